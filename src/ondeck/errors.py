@@ -1,0 +1,62 @@
+"""The one error vocabulary of ondeck.
+
+Three kinds, handled differently by every caller:
+user errors (the input is wrong: say where and what to do), temporary errors
+(the world is briefly wrong: retry with backoff) and bugs (crash loudly; those
+are ordinary exceptions and are never caught here).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class OndeckError(Exception):
+    """Base of every error ondeck raises on purpose."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One located problem in a spec file: `FILE:LINE:COL: message`."""
+
+    file: str
+    line: int
+    col: int
+    message: str
+    hint: str | None = None
+
+    def __str__(self) -> str:
+        text = f"{self.file}:{self.line}:{self.col}: {self.message}"
+        return f"{text} ({self.hint})" if self.hint else text
+
+
+class UserError(OndeckError):
+    """The user's input is wrong; the message says what to do instead."""
+
+
+class SpecError(UserError):
+    """An `ondeck.yaml` that cannot be used; carries every problem found."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class TemporaryError(OndeckError):
+    """The world is briefly wrong (network, remote, busy resource): retry later."""
+
+
+class SourceError(TemporaryError):
+    """The git source could not be fetched or read."""
+
+
+class BuildError(UserError):
+    """A release's build step failed; carries the tail of its log."""
+
+    def __init__(self, message: str, log_tail: str = "") -> None:
+        self.log_tail = log_tail
+        super().__init__(message)
+
+
+class RuntimeFailure(OndeckError):
+    """An instance could not be started, stopped or inspected."""

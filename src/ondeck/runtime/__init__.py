@@ -1,0 +1,1 @@
+"""Runtimes: where instances actually run (local processes, containers, Kubernetes)."""

@@ -1,0 +1,67 @@
+"""The seam between the controller and whatever runs instances.
+
+The controller decides; a `Runtime` starts, stops, watches and re-adopts
+instances. Everything here is data or a protocol so tests and other runtimes
+(containers, Kubernetes) plug in behind the same calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """Everything needed to start one instance, already fully resolved."""
+
+    id: str
+    app: str
+    env: str
+    service: str
+    argv: tuple[str, ...]
+    environ: Mapping[str, str]
+    cwd: Path
+    log_path: Path
+    port: int | None = None
+    stop_signal: str = "TERM"
+    stop_grace: float = 30.0
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Handle:
+    """A running instance as the runtime identifies it (pid plus its start time)."""
+
+    id: str
+    pid: int
+    start_ticks: int
+
+
+@dataclass(frozen=True)
+class ExitEvent:
+    """An instance's process ended; `exit_code` is None when it cannot be known
+    (an adopted process is not our child) and negative for a signal."""
+
+    id: str
+    pid: int
+    exit_code: int | None
+
+
+ExitCallback = Callable[[ExitEvent], None]
+
+
+class Runtime(Protocol):
+    """What the controller needs from a runtime."""
+
+    async def start(self, spec: InstanceSpec) -> Handle: ...
+
+    async def stop(self, handle: Handle, signal: str, grace: float) -> int | None: ...
+
+    def adopt(self, handle: Handle) -> bool: ...
+
+    def scan(self) -> dict[str, Handle]: ...
+
+    def is_alive(self, handle: Handle) -> bool: ...

@@ -1,0 +1,318 @@
+"""The typed model of `ondeck.yaml`: the contract users write against.
+
+Pure data with validation only; loading with positions lives in `load.py`,
+the JSON Schema export in `schema.py`. Field descriptions here are the spec
+reference: `docs/spec.md` is generated from them.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from ondeck.errors import UserError
+from ondeck.units import parse_duration
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SIGNALS = ("TERM", "INT", "QUIT", "HUP", "KILL", "USR1", "USR2", "WINCH")
+
+
+def _duration(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("a duration is a string such as 500ms, 2s or 5m")
+    try:
+        return parse_duration(value)
+    except UserError as err:
+        raise ValueError(str(err)) from err
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(_duration),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^\d+(\.\d+)?(ms|s|m|h|d)?$",
+            "description": "A duration: a number with a unit (ms, s, m, h, d), e.g. 500ms, 2s, 5m.",
+        }
+    ),
+]
+
+
+def _env_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float | str):
+        return str(value)
+    raise ValueError("an env value is a string, number or boolean")
+
+
+EnvValue = Annotated[
+    str, BeforeValidator(_env_value), WithJsonSchema({"type": ["string", "number", "boolean"]})
+]
+Argv = Annotated[list[str], Field(min_length=1)]
+
+
+class Strict(BaseModel):
+    """Base of every spec model: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HealthCheck(Strict):
+    """How ondeck knows an instance is ready; exactly one of `http`, `tcp`, `exec`."""
+
+    http: str | None = Field(
+        None, description="HTTP GET path on the instance's port; 2xx/3xx is healthy."
+    )
+    tcp: bool | None = Field(
+        None, description="Healthy when the instance's port accepts a connection."
+    )
+    exec: Argv | None = Field(
+        None, description="Command run in the release directory; exit 0 is healthy."
+    )
+    interval: Duration = Field(2.0, description="Time between probes.")
+    timeout: Duration = Field(1.0, description="A probe slower than this fails.")
+    failure_threshold: int = Field(3, ge=1, description="Consecutive failures before unhealthy.")
+    start_period: Duration = Field(
+        0.0, description="Failures in this time after start do not count."
+    )
+
+    @field_validator("http")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError(f"the http health path must start with '/', e.g. /{value}")
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> HealthCheck:
+        chosen = [k for k in ("http", "tcp", "exec") if getattr(self, k) not in (None, False)]
+        if len(chosen) != 1:
+            raise ValueError("health needs exactly one of http, tcp or exec")
+        return self
+
+
+class RestartPolicy(Strict):
+    """What happens when an instance exits on its own."""
+
+    policy: Literal["always", "on-failure", "never"] = Field(
+        "always", description="always: restart on any exit; on-failure: only on non-zero exit."
+    )
+    backoff_initial: Duration = Field(
+        1.0, description="Delay before the second restart in a crash loop."
+    )
+    backoff_max: Duration = Field(300.0, description="The delay doubles up to this.")
+    reset_after: Duration = Field(
+        600.0, description="Running healthy this long resets the backoff."
+    )
+
+
+class StopPolicy(Strict):
+    """How an instance is stopped: signal to its process group, then SIGKILL after `grace`."""
+
+    signal: str = Field("TERM", description="One of " + ", ".join(SIGNALS) + ".")
+    grace: Duration = Field(30.0, description="Time allowed to exit before SIGKILL.")
+
+    @field_validator("signal")
+    @classmethod
+    def _signal(cls, value: str) -> str:
+        name = value.upper().removeprefix("SIG")
+        if name not in SIGNALS:
+            raise ValueError(f"unknown signal {value!r}; use one of {', '.join(SIGNALS)}")
+        return name
+
+
+class Step(Strict):
+    """A canary step: shift `weight` percent of traffic, or `pause` (a duration or `manual`)."""
+
+    weight: int | None = Field(None, ge=0, le=100)
+    pause: Duration | Literal["manual"] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Step:
+        if (self.weight is None) == (self.pause is None):
+            raise ValueError("a step is either {weight: N} or {pause: DURATION|manual}")
+        return self
+
+
+class Analysis(Strict):
+    """Automated analysis of a new version from the router's metrics."""
+
+    interval: Duration = 10.0
+    max_error_rate: float = Field(0.01, ge=0, le=1)
+    max_p95: Duration = 0.5
+    failure_limit: int = Field(1, ge=0)
+
+
+class Match(Strict):
+    """Requests matching any header or cookie here always reach the new version (A/B)."""
+
+    header: dict[str, str] = Field(default_factory=dict)
+    cookie: dict[str, str] = Field(default_factory=dict)
+
+
+class Rollout(Strict):
+    """How a new release replaces the running one."""
+
+    strategy: Literal["recreate", "rolling", "blue-green", "canary"] = "rolling"
+    max_surge: int = Field(1, ge=0, description="Extra instances allowed during a rolling update.")
+    max_unavailable: int = Field(
+        0, ge=0, description="Ready instances that may be missing during it."
+    )
+    drain: Duration = Field(
+        30.0, description="Time in-flight requests get before an old instance stops."
+    )
+    keep_old: Duration = Field(30.0, description="Blue/green: how long the old set is kept.")
+    steps: list[Step] = Field(default_factory=list)
+    analysis: Analysis | None = None
+    match: Match | None = None
+
+    @model_validator(mode="after")
+    def _progress(self) -> Rollout:
+        if self.strategy == "rolling" and self.max_surge == 0 and self.max_unavailable == 0:
+            raise ValueError(
+                "max_surge and max_unavailable cannot both be 0: the rollout could never progress"
+            )
+        return self
+
+
+class Route(Strict):
+    """Where users reach a service through the router; no host matches any host."""
+
+    host: str | None = None
+    path: str = "/"
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("a route path starts with '/'")
+        return value
+
+
+class Service(Strict):
+    """One service: a command (process runtime) or image (container), run `replicas` times."""
+
+    command: Argv | None = Field(
+        None, description="argv list, never a shell string; ${NAME} is expanded."
+    )
+    build: Argv | None = Field(None, description="Run once per release in the release directory.")
+    image: str | None = Field(
+        None, description="Image reference (container and kubernetes runtimes)."
+    )
+    version: str | None = Field(None, description="Free text, exported as ONDECK_VERSION.")
+    env: dict[str, EnvValue] = Field(
+        default_factory=dict, description="Environment of each instance."
+    )
+    port: bool | int | None = Field(
+        None, description="true: ondeck assigns $PORT (process); an int is the container port."
+    )
+    replicas: int = Field(1, ge=0)
+    health: HealthCheck | None = None
+    restart: RestartPolicy = Field(default_factory=RestartPolicy)
+    stop: StopPolicy = Field(default_factory=StopPolicy)
+    rollout: Rollout = Field(default_factory=Rollout)
+    routes: list[Route] = Field(default_factory=list)
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not ENV_NAME.match(name):
+                raise ValueError(f"{name!r} is not a valid environment variable name")
+        return value
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, value: bool | int | None) -> bool | int | None:
+        if isinstance(value, int) and not isinstance(value, bool) and not 1 <= value <= 65535:
+            raise ValueError("a port is between 1 and 65535")
+        return value
+
+
+class PostgresSource(Strict):
+    url_env: str = Field(description="Name of the host secret or env var holding the database URL.")
+
+
+class Keep(Strict):
+    last: int = Field(3, ge=0)
+    daily: int = Field(7, ge=0)
+    weekly: int = Field(4, ge=0)
+    monthly: int = Field(6, ge=0)
+
+
+class Backup(Strict):
+    """A database backed up on a schedule and proven by restoring it."""
+
+    sqlite: str | None = Field(None, description="Path, relative to ONDECK_DATA_DIR.")
+    postgres: PostgresSource | None = None
+    schedule: str = Field("0 3 * * *", description="cron expression")
+    keep: Keep = Field(default_factory=Keep)
+    verify: bool = True
+    before_deploy: bool = True
+
+    @model_validator(mode="after")
+    def _one(self) -> Backup:
+        if (self.sqlite is None) == (self.postgres is None):
+            raise ValueError("a backup needs exactly one of sqlite or postgres")
+        return self
+
+
+class RuntimeKind(StrEnum):
+    PROCESS = "process"
+    CONTAINER = "container"
+    KUBERNETES = "kubernetes"
+
+
+class Spec(Strict):
+    """The whole `ondeck.yaml`, for one environment once overlays are merged."""
+
+    app: str = Field(description="The application's name, a DNS label.")
+    runtime: RuntimeKind = RuntimeKind.PROCESS
+    services: dict[str, Service] = Field(default_factory=dict)
+    backups: dict[str, Backup] = Field(default_factory=dict)
+    environments: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Overlays deep-merged onto the base per environment; lists replace.",
+    )
+
+    @field_validator("app")
+    @classmethod
+    def _app(cls, value: str) -> str:
+        if not DNS_LABEL.match(value):
+            raise ValueError(f"{value!r} is not a DNS label: use lowercase letters, digits and '-'")
+        return value
+
+    @field_validator("services", "backups", "environments")
+    @classmethod
+    def _names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name in value:
+            if not DNS_LABEL.match(name):
+                raise ValueError(
+                    f"{name!r} is not a DNS label: use lowercase letters, digits and '-'"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _runtime_needs(self) -> Spec:
+        for name, service in self.services.items():
+            if self.runtime is RuntimeKind.PROCESS and service.command is None:
+                raise ValueError(f"service {name!r} needs a command for the process runtime")
+            if self.runtime is not RuntimeKind.PROCESS and service.image is None:
+                raise ValueError(
+                    f"service {name!r} needs an image for the {self.runtime.value} runtime"
+                )
+        return self

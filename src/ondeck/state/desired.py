@@ -1,0 +1,69 @@
+"""`render(spec, env, revision, code_id) -> Desired`: what should run, as data.
+
+Called by the controller once per new revision; the result is compared with
+the live state by `diff` and `plan`. Each service gets a fingerprint naming
+exactly what its instances run, so a change that does not touch an instance
+(replicas, routes, rollout settings) never restarts it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from ondeck.spec.model import Service, Spec
+
+DEFAULT_ENV = "default"
+
+
+@dataclass(frozen=True)
+class DesiredService:
+    name: str
+    spec: Service
+    fingerprint: str
+
+    @property
+    def replicas(self) -> int:
+        return self.spec.replicas
+
+
+@dataclass(frozen=True)
+class Desired:
+    app: str
+    env: str
+    revision: str
+    runtime: str
+    services: tuple[DesiredService, ...]
+
+    def service(self, name: str) -> DesiredService | None:
+        return next((s for s in self.services if s.name == name), None)
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset(s.name for s in self.services)
+
+
+def fingerprint(service: Service, code_id: str, secrets_id: str = "") -> str:
+    """A short id of everything that shapes a running instance of `service`."""
+    payload = {
+        "code": code_id,
+        "secrets": secrets_id,
+        "command": service.command,
+        "build": service.build,
+        "image": service.image,
+        "version": service.version,
+        "env": dict(sorted(service.env.items())),
+        "port": service.port,
+    }
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def render(spec: Spec, env: str, revision: str, code_id: str, secrets_id: str = "") -> Desired:
+    """The desired state of one environment at one revision."""
+    services = tuple(
+        DesiredService(name, service, fingerprint(service, code_id, secrets_id))
+        for name, service in sorted(spec.services.items())
+    )
+    return Desired(spec.app, env, revision, spec.runtime.value, services)

@@ -1,0 +1,65 @@
+"""`diff(desired, live)`: per service, is it in sync and if not, why.
+
+Pairs desired services with live ones by name, so create (no live), prune
+(no desired) and update fall out of one loop. The reasons are shown to people
+by `ondeck status` and `ondeck diff`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from ondeck.state.desired import Desired, DesiredService
+from ondeck.state.health import exit_text
+from ondeck.state.live import Live, LiveInstance, Phase
+
+
+class Sync(StrEnum):
+    SYNCED = "Synced"
+    OUT_OF_SYNC = "OutOfSync"
+    UNKNOWN = "Unknown"
+
+
+@dataclass(frozen=True)
+class ServiceDiff:
+    name: str
+    sync: Sync
+    reasons: tuple[str, ...] = ()
+
+
+def diff(desired: Desired, live: Live) -> list[ServiceDiff]:
+    """One entry per service found on either side, sorted by name."""
+    names = sorted(desired.names | live.services)
+    return [_one(name, desired.service(name), live.of(name)) for name in names]
+
+
+def overall(diffs: list[ServiceDiff]) -> Sync:
+    return Sync.OUT_OF_SYNC if any(d.sync is not Sync.SYNCED for d in diffs) else Sync.SYNCED
+
+
+def _one(name: str, want: DesiredService | None, have: list[LiveInstance]) -> ServiceDiff:
+    reasons = _reasons(want, [i for i in have if i.phase is not Phase.STOPPING])
+    return ServiceDiff(name, Sync.OUT_OF_SYNC if reasons else Sync.SYNCED, tuple(reasons))
+
+
+def _reasons(want: DesiredService | None, have: list[LiveInstance]) -> list[str]:
+    if want is None:
+        return [f"not in the spec: {len(have)} instance(s) to prune"] if have else []
+    reasons: list[str] = []
+    stale = [i for i in have if i.fingerprint != want.fingerprint]
+    if stale:
+        reasons.append(f"{len(stale)} instance(s) run an older release (want {want.fingerprint})")
+    current = [i for i in have if i.fingerprint == want.fingerprint]
+    if len(current) != want.replicas:
+        reasons.append(f"{len(current)} instance(s) of the current release, want {want.replicas}")
+    for inst in current:
+        if inst.phase is Phase.EXITED and not _finished(want, inst):
+            reasons.append(f"{inst.id} {exit_text(inst.exit_code)}")
+    return reasons
+
+
+def _finished(want: DesiredService, inst: LiveInstance) -> bool:
+    """An exit the restart policy says to leave alone is not drift."""
+    policy = want.spec.restart.policy
+    return policy == "never" or (policy == "on-failure" and inst.exit_code == 0)

@@ -1,0 +1,203 @@
+"""`plan(desired, live, now) -> Plan`: the next actions that bring live to desired.
+
+Repeatable by design (gitops-engine's sync step): the plan holds only what
+can be done now without breaking the rollout's bounds; the controller carries
+it out, observes, and calls `plan` again until it is `done`. Waiting is a
+named result with a reason and, when known, a time to look again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ondeck.state.desired import Desired, DesiredService
+from ondeck.state.health import exit_text, restart_delay
+from ondeck.state.live import Live, LiveInstance, Phase
+
+
+@dataclass(frozen=True)
+class Start:
+    service: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class Restart:
+    service: str
+    instance: str
+
+
+@dataclass(frozen=True)
+class Stop:
+    service: str
+    instance: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Forget:
+    """Drop the record of an exited instance that will not run again."""
+
+    service: str
+    instance: str
+
+
+Action = Start | Restart | Stop | Forget
+
+
+@dataclass(frozen=True)
+class Plan:
+    actions: tuple[Action, ...] = ()
+    waiting: tuple[str, ...] = ()
+    wake_at: float | None = None
+
+    @property
+    def done(self) -> bool:
+        """Nothing to do and nothing to wait for: live matches desired."""
+        return not self.actions and not self.waiting
+
+
+@dataclass
+class _Builder:
+    actions: list[Action] = field(default_factory=list)
+    waiting: list[str] = field(default_factory=list)
+    wake_at: float | None = None
+
+    def wake(self, at: float) -> None:
+        self.wake_at = at if self.wake_at is None else min(self.wake_at, at)
+
+    def build(self) -> Plan:
+        return Plan(tuple(self.actions), tuple(self.waiting), self.wake_at)
+
+
+def plan(desired: Desired, live: Live, now: float) -> Plan:
+    """Every service of `desired` plus pruning of live services no longer wanted."""
+    out = _Builder()
+    for service in desired.services:
+        _plan_service(service, live.of(service.name), now, out)
+    for name in sorted(live.services - desired.names):
+        _prune(name, live.of(name), out)
+    return out.build()
+
+
+def _prune(name: str, instances: list[LiveInstance], out: _Builder) -> None:
+    for inst in instances:
+        if inst.phase is Phase.RUNNING:
+            out.actions.append(Stop(name, inst.id, "service removed from the spec"))
+        elif inst.phase is Phase.EXITED:
+            out.actions.append(Forget(name, inst.id))
+        else:
+            out.waiting.append(f"{inst.id} stopping")
+
+
+def _plan_service(
+    svc: DesiredService, instances: list[LiveInstance], now: float, out: _Builder
+) -> None:
+    current = [i for i in instances if i.phase is not Phase.STOPPING]
+    if len(current) < len(instances):
+        out.waiting.append(f"{svc.name}: waiting for instances to stop")
+    new = [i for i in current if i.fingerprint == svc.fingerprint]
+    old = [i for i in current if i.fingerprint != svc.fingerprint]
+    for inst in old:
+        if inst.phase is Phase.EXITED:
+            out.actions.append(Forget(svc.name, inst.id))
+    old = [i for i in old if i.phase is Phase.RUNNING]
+    for inst in new:
+        _heal_exited(svc, inst, now, out)
+    if svc.spec.rollout.strategy == "recreate":
+        _recreate(svc, new, old, out)
+    elif svc.spec.rollout.strategy == "rolling" or not old:
+        _rolling(svc, new, old, out)
+    else:
+        _side_by_side(svc, new, old, out)
+
+
+def _heal_exited(svc: DesiredService, inst: LiveInstance, now: float, out: _Builder) -> None:
+    """Restart a crashed instance of the current version, after its backoff.
+
+    An exited instance keeps its slot either way: while it backs off, and for
+    good when its restart policy says it must not run again.
+    """
+    if inst.phase is not Phase.EXITED:
+        return
+    policy = svc.spec.restart
+    if policy.policy == "never" or (policy.policy == "on-failure" and inst.exit_code == 0):
+        return
+    at = (inst.exited_at or now) + restart_delay(
+        inst.failures, policy.backoff_initial, policy.backoff_max
+    )
+    if at <= now:
+        out.actions.append(Restart(svc.name, inst.id))
+    else:
+        out.waiting.append(
+            f"{inst.id} {exit_text(inst.exit_code)}; restarting in {at - now:.0f}s (crash loop backoff)"
+        )
+        out.wake(at)
+
+
+def _serving(instances: Sequence[LiveInstance]) -> list[LiveInstance]:
+    return [i for i in instances if i.phase is Phase.RUNNING and i.ready]
+
+
+def _stop_order(instances: Sequence[LiveInstance]) -> list[LiveInstance]:
+    """Who goes first when some must stop: not ready, then the newest."""
+    return sorted(instances, key=lambda i: (i.ready, -(i.started_at or 0.0), i.id))
+
+
+def _scale(svc: DesiredService, new: list[LiveInstance], out: _Builder) -> None:
+    """Only the current version runs: start or stop to reach `replicas`."""
+    missing = svc.replicas - len(new)
+    out.actions.extend(Start(svc.name, svc.fingerprint) for _ in range(max(missing, 0)))
+    for inst in _stop_order(new)[: max(-missing, 0)]:
+        out.actions.append(Stop(svc.name, inst.id, f"scale down to {svc.replicas}"))
+    if missing <= 0 and len(_serving(new)) < min(svc.replicas, len(new)):
+        out.waiting.append(f"{svc.name}: {len(_serving(new))}/{svc.replicas} ready")
+
+
+def _recreate(
+    svc: DesiredService, new: list[LiveInstance], old: list[LiveInstance], out: _Builder
+) -> None:
+    if old:
+        out.actions.extend(
+            Stop(svc.name, i.id, "recreate: replaced by the new version") for i in old
+        )
+        return
+    _scale(svc, new, out)
+
+
+def _rolling(
+    svc: DesiredService, new: list[LiveInstance], old: list[LiveInstance], out: _Builder
+) -> None:
+    """Surge up to `max_surge` new instances; stop old ones while enough stay ready."""
+    if not old:
+        _scale(svc, new, out)
+        return
+    bounds = svc.spec.rollout
+    ceiling = svc.replicas + bounds.max_surge
+    can_start = min(svc.replicas - len(new), ceiling - len(new) - len(old))
+    actions: list[Action] = [Start(svc.name, svc.fingerprint) for _ in range(max(can_start, 0))]
+    ready = len(_serving(new)) + len(_serving(old))
+    floor = svc.replicas - bounds.max_unavailable
+    for inst in _stop_order(old):
+        if inst.ready and ready - 1 < floor:
+            continue
+        ready -= 1 if inst.ready else 0
+        actions.append(Stop(svc.name, inst.id, "rolling: replaced by the new version"))
+    out.actions.extend(actions)
+    if not actions:
+        out.waiting.append(f"{svc.name}: rolling, {len(_serving(new))}/{svc.replicas} new ready")
+
+
+def _side_by_side(
+    svc: DesiredService, new: list[LiveInstance], old: list[LiveInstance], out: _Builder
+) -> None:
+    """Blue/green (and canary, until the router weighs traffic): the whole new
+    set starts beside the old; the old set stops only once all new are ready."""
+    out.actions.extend(
+        Start(svc.name, svc.fingerprint) for _ in range(max(svc.replicas - len(new), 0))
+    )
+    if len(_serving(new)) >= svc.replicas:
+        out.actions.extend(Stop(svc.name, i.id, "blue-green: switched to the new set") for i in old)
+    else:
+        out.waiting.append(f"{svc.name}: new set {len(_serving(new))}/{svc.replicas} ready")
