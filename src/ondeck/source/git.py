@@ -19,6 +19,7 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from ondeck.errors import SourceError, UserError
 
@@ -30,8 +31,16 @@ _REFSPECS = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*", "+refs/no
 _RAW_ATTRIBUTES = "* -text -filter -ident -export-ignore -export-subst -working-tree-encoding\n"
 
 # Variables a git hook or wrapper may leave behind that would redirect our calls.
-_LEAKY_ENV = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY",
-              "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_COMMON_DIR", "GIT_NAMESPACE", "GIT_PREFIX")
+_LEAKY_ENV = (
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_INDEX_FILE",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_COMMON_DIR",
+    "GIT_NAMESPACE",
+    "GIT_PREFIX",
+)
 
 _STDERR_LINES = 10
 
@@ -62,13 +71,23 @@ def _git_env() -> dict[str, str]:
     return env
 
 
-def _call(args: list[str], cwd: Path | None, timeout: float, input: bytes | None) -> _Result:
+def _call(
+    args: list[str],
+    cwd: Path | None,
+    timeout: float,
+    input: bytes | None,
+    stdout: IO[bytes] | None = None,
+) -> _Result:
     """Run git; only a timeout or a missing git raises, the exit code is returned."""
     try:
         proc = subprocess.Popen(
-            ["git", *args], cwd=cwd, env=_git_env(), start_new_session=True,
+            ["git", *args],
+            cwd=cwd,
+            env=_git_env(),
+            start_new_session=True,
             stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            stdout=stdout or subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
     except FileNotFoundError as exc:
         raise UserError("git is not installed (or not on PATH); ondeck needs it") from exc
@@ -80,7 +99,7 @@ def _call(args: list[str], cwd: Path | None, timeout: float, input: bytes | None
     except BaseException:
         _kill_group(proc)
         raise
-    return _Result(proc.returncode, out, _trim(err))
+    return _Result(proc.returncode, out or b"", _trim(err))
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -95,8 +114,9 @@ def _trim(stderr: bytes) -> str:
     return "\n".join(lines[-_STDERR_LINES:])
 
 
-def run_git(args: list[str], cwd: Path | None = None, timeout: float = 60.0,
-            input: bytes | None = None) -> bytes:
+def run_git(
+    args: list[str], cwd: Path | None = None, timeout: float = 60.0, input: bytes | None = None
+) -> bytes:
     """Run `git ARGS` and return its stdout; a non-zero exit raises `SourceError`."""
     result = _call(args, cwd, timeout, input)
     if result.code != 0:
@@ -128,8 +148,9 @@ def _clean_path(path: str) -> str:
 class GitSource:
     """A watched repository, mirrored into `mirror_dir` and read from there."""
 
-    def __init__(self, url: str, mirror_dir: Path, branch: str | None = None,
-                 timeout: float = 60.0) -> None:
+    def __init__(
+        self, url: str, mirror_dir: Path, branch: str | None = None, timeout: float = 60.0
+    ) -> None:
         self.url = str(Path(url).expanduser().resolve()) if _is_local(url) else url
         self.mirror_dir = mirror_dir
         self.branch = branch
@@ -159,23 +180,35 @@ class GitSource:
     def _first_fetch(self) -> None:
         # Built beside its final place and renamed: a crash never leaves half a mirror.
         self.mirror_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{self.mirror_dir.name}.", suffix=".tmp",
-                                    dir=self.mirror_dir.parent))
+        tmp = Path(
+            tempfile.mkdtemp(
+                prefix=f".{self.mirror_dir.name}.", suffix=".tmp", dir=self.mirror_dir.parent
+            )
+        )
         try:
             run_git(["init", "--quiet", "--bare", str(tmp)], timeout=self.timeout)
             self._fetch_into(tmp)
-            if self.mirror_dir.exists():
-                self.mirror_dir.rmdir()  # an empty directory, checked by fetch()
-            tmp.rename(self.mirror_dir)
+            tmp.rename(self.mirror_dir)  # replaces an empty directory, checked by fetch()
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def _fetch_into(self, git_dir: Path) -> None:
-        (git_dir / "info").mkdir(exist_ok=True)
-        (git_dir / "info" / "attributes").write_text(_RAW_ATTRIBUTES)
+        attributes = git_dir / "info" / "attributes"
+        if not attributes.is_file() or attributes.read_text() != _RAW_ATTRIBUTES:
+            attributes.parent.mkdir(exist_ok=True)
+            attributes.write_text(_RAW_ATTRIBUTES)
         # --atomic: either every ref moves or none does, so a failure keeps the old state.
-        self._git(git_dir, "fetch", "--quiet", "--prune", "--atomic", "--no-write-fetch-head",
-                  "--", self.url, *_REFSPECS)
+        self._git(
+            git_dir,
+            "fetch",
+            "--quiet",
+            "--prune",
+            "--atomic",
+            "--no-write-fetch-head",
+            "--",
+            self.url,
+            *_REFSPECS,
+        )
         if self.branch is None:
             self._follow_remote_head(git_dir)
 
@@ -224,8 +257,11 @@ class GitSource:
         """A content hash of directory `path` at `rev`, blind to top-level `exclude` names."""
         out = self._mirror_git("ls-tree", "-z", self._tree(rev, path)).stdout
         entries = [e for e in out.split(b"\0") if e]
-        kept = sorted(e for e in entries
-                      if e.split(b"\t", 1)[1].decode("utf-8", "surrogateescape") not in exclude)
+        kept = sorted(
+            e
+            for e in entries
+            if e.split(b"\t", 1)[1].decode("utf-8", "surrogateescape") not in exclude
+        )
         return hashlib.sha256(b"\0".join(kept)).hexdigest()
 
     def export(self, rev: str, path: str, dest: Path) -> None:
@@ -238,22 +274,11 @@ class GitSource:
         try:
             archive = tmp / "tree.tar"
             with archive.open("wb") as out:
-                self._archive(tree, out)
+                self._mirror_git("archive", "--format=tar", tree, stdout=out)
             self._extract(archive, tmp / "tree", f"{path or '/'} at {rev}")
             (tmp / "tree").rename(dest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-
-    def _archive(self, tree: str, out: object) -> None:
-        args = ["--git-dir", str(self.mirror_dir), "archive", "--format=tar", tree]
-        try:
-            subprocess.run(["git", *args], env=_git_env(), stdout=out, stderr=subprocess.PIPE,
-                           stdin=subprocess.DEVNULL, timeout=self.timeout, check=True)
-        except subprocess.CalledProcessError as exc:
-            raise SourceError(f"git archive failed for {self._shown_url}: "
-                              f"{_trim(exc.stderr)}") from exc
-        except subprocess.TimeoutExpired as exc:
-            raise SourceError(f"git archive timed out after {self.timeout:g}s") from exc
 
     @staticmethod
     def _extract(archive: Path, into: Path, what: str) -> None:
@@ -295,15 +320,30 @@ class GitSource:
         # "<oid> <type> <size>" when found; "<spec> missing" / "ambiguous" otherwise.
         return (fields[0], fields[1]) if len(fields) == 3 else None
 
-    def _mirror_git(self, *args: str, ok: tuple[int, ...] = (0,),
-                    input: bytes | None = None) -> _Result:
+    def _mirror_git(
+        self,
+        *args: str,
+        ok: tuple[int, ...] = (0,),
+        input: bytes | None = None,
+        stdout: IO[bytes] | None = None,
+    ) -> _Result:
         if not (self.mirror_dir / "HEAD").is_file():
             raise SourceError(f"no mirror of {self._shown_url} yet: fetch() first")
-        return self._git(self.mirror_dir, *args, ok=ok, input=input)
+        return self._git(self.mirror_dir, *args, ok=ok, input=input, stdout=stdout)
 
-    def _git(self, git_dir: Path, *args: str, ok: tuple[int, ...] = (0,),
-             input: bytes | None = None) -> _Result:
-        result = _call(["--git-dir", str(git_dir), *args], None, self.timeout, input)
+    def _git(
+        self,
+        git_dir: Path,
+        *args: str,
+        ok: tuple[int, ...] = (0,),
+        input: bytes | None = None,
+        stdout: IO[bytes] | None = None,
+    ) -> _Result:
+        argv = ["--git-dir", str(git_dir), *args]
+        try:
+            result = _call(argv, None, self.timeout, input, stdout)
+        except SourceError as exc:
+            raise SourceError(f"{exc} for {self._shown_url}") from exc
         if result.code not in ok:
             stderr = result.stderr.replace(self.url, self._shown_url)
             raise SourceError(f"git {args[0]} failed for {self._shown_url}: {stderr}")

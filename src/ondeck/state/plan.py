@@ -95,22 +95,44 @@ def _plan_service(
     svc: DesiredService, instances: list[LiveInstance], now: float, out: _Builder
 ) -> None:
     current = [i for i in instances if i.phase is not Phase.STOPPING]
-    if len(current) < len(instances):
-        out.waiting.append(f"{svc.name}: waiting for instances to stop")
+    stopping = len(instances) - len(current)
+    if stopping:
+        out.waiting.append(f"{svc.name}: waiting for instances to stop ({stopping} left)")
     new = [i for i in current if i.fingerprint == svc.fingerprint]
     old = [i for i in current if i.fingerprint != svc.fingerprint]
     for inst in old:
         if inst.phase is Phase.EXITED:
             out.actions.append(Forget(svc.name, inst.id))
     old = [i for i in old if i.phase is Phase.RUNNING]
+    new = _trim(svc, new, out)
     for inst in new:
         _heal_exited(svc, inst, now, out)
     if svc.spec.rollout.strategy == "recreate":
-        _recreate(svc, new, old, out)
+        if not stopping:
+            _recreate(svc, new, old, out)
     elif svc.spec.rollout.strategy == "rolling" or not old:
         _rolling(svc, new, old, out)
     else:
         _side_by_side(svc, new, old, out)
+
+
+def _trim(svc: DesiredService, new: list[LiveInstance], out: _Builder) -> list[LiveInstance]:
+    """Scale down: exited instances go first (forgotten), then not ready, then newest."""
+    excess = _stop_order(new)[: max(len(new) - svc.replicas, 0)]
+    for inst in excess:
+        if inst.phase is Phase.EXITED:
+            out.actions.append(Forget(svc.name, inst.id))
+        else:
+            out.actions.append(Stop(svc.name, inst.id, f"scale down to {svc.replicas}"))
+    return [i for i in new if i not in excess]
+
+
+def _finished(svc: DesiredService, inst: LiveInstance) -> bool:
+    """Exited, and its restart policy says it must not run again."""
+    policy = svc.spec.restart.policy
+    return inst.phase is Phase.EXITED and (
+        policy == "never" or (policy == "on-failure" and inst.exit_code == 0)
+    )
 
 
 def _heal_exited(svc: DesiredService, inst: LiveInstance, now: float, out: _Builder) -> None:
@@ -119,14 +141,11 @@ def _heal_exited(svc: DesiredService, inst: LiveInstance, now: float, out: _Buil
     An exited instance keeps its slot either way: while it backs off, and for
     good when its restart policy says it must not run again.
     """
-    if inst.phase is not Phase.EXITED:
+    if inst.phase is not Phase.EXITED or _finished(svc, inst):
         return
     policy = svc.spec.restart
-    if policy.policy == "never" or (policy.policy == "on-failure" and inst.exit_code == 0):
-        return
-    at = (inst.exited_at or now) + restart_delay(
-        inst.failures, policy.backoff_initial, policy.backoff_max
-    )
+    exited_at = inst.exited_at if inst.exited_at is not None else 0.0
+    at = exited_at + restart_delay(inst.failures, policy.backoff_initial, policy.backoff_max)
     if at <= now:
         out.actions.append(Restart(svc.name, inst.id))
     else:
@@ -146,13 +165,12 @@ def _stop_order(instances: Sequence[LiveInstance]) -> list[LiveInstance]:
 
 
 def _scale(svc: DesiredService, new: list[LiveInstance], out: _Builder) -> None:
-    """Only the current version runs: start or stop to reach `replicas`."""
+    """Only the current version runs (already trimmed to `replicas`): start the missing."""
     missing = svc.replicas - len(new)
-    out.actions.extend(Start(svc.name, svc.fingerprint) for _ in range(max(missing, 0)))
-    for inst in _stop_order(new)[: max(-missing, 0)]:
-        out.actions.append(Stop(svc.name, inst.id, f"scale down to {svc.replicas}"))
-    if missing <= 0 and len(_serving(new)) < min(svc.replicas, len(new)):
-        out.waiting.append(f"{svc.name}: {len(_serving(new))}/{svc.replicas} ready")
+    out.actions.extend(Start(svc.name, svc.fingerprint) for _ in range(missing))
+    active = [i for i in new if not _finished(svc, i)]
+    if missing <= 0 and len(_serving(active)) < len(active):
+        out.waiting.append(f"{svc.name}: {len(_serving(active))}/{len(active)} ready")
 
 
 def _recreate(

@@ -1,0 +1,1 @@
+"""HTTP adapters over the controller: JSON API, metrics, (later) webhooks and UI."""

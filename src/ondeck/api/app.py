@@ -1,0 +1,172 @@
+"""The HTTP API of `ondeck up`: JSON under /api/v1, Prometheus at /metrics.
+
+An adapter only: every answer comes from the `Controller`. It binds to
+loopback by default; every /api/v1 call needs the bearer token from the
+state dir, since status and logs can reveal as much as a mutating call can.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
+from pydantic import BaseModel
+
+from ondeck import __version__
+from ondeck.controller import Controller, Trigger
+from ondeck.errors import UserError
+from ondeck.runtime.logs import tail
+
+FOLLOW_INTERVAL = 0.2
+
+
+class SyncBody(BaseModel):
+    env: str | None = None
+    wait: bool = False
+    timeout: float = 300.0
+
+
+def create_app(controller: Controller, token: str) -> FastAPI:
+    app = FastAPI(title="ondeck", version=__version__, docs_url=None, redoc_url=None)
+
+    def authorized(request: Request) -> None:
+        header = request.headers.get("authorization", "")
+        given = header.removeprefix("Bearer ").strip()
+        if not given or not hmac.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(
+                401, "missing or wrong bearer token: see the `token` file in the state dir"
+            )
+
+    api = APIRouter(prefix="/api/v1", dependencies=[Depends(authorized)])
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        body, content_type = controller.metrics.render()
+        return Response(body, media_type=content_type)
+
+    @api.get("/status")
+    def status() -> dict[str, Any]:
+        return controller.status()
+
+    @api.post("/sync")
+    async def sync(body: SyncBody) -> dict[str, Any]:
+        try:
+            future = controller.request_sync(body.env, Trigger.CLI)
+        except UserError as err:
+            raise HTTPException(404, str(err)) from err
+        if not body.wait:
+            return {"accepted": True}
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), body.timeout)
+        except TimeoutError as err:
+            raise HTTPException(
+                504, f"sync not finished after {body.timeout:.0f}s; see `ondeck status`"
+            ) from err
+
+    @api.get("/diff")
+    def diff(env: str | None = None) -> dict[str, Any]:
+        states = (
+            [controller.envs[env]] if env in controller.envs else list(controller.envs.values())
+        )
+        if env and env not in controller.envs:
+            raise HTTPException(404, f"unknown environment {env!r}")
+        return {
+            "environments": [
+                {
+                    "name": s.name,
+                    "services": [
+                        {"name": d.name, "sync": d.sync.value, "reasons": list(d.reasons)}
+                        for d in controller.diffs(s)
+                    ],
+                }
+                for s in states
+            ]
+        }
+
+    @api.get("/history")
+    def history(env: str | None = None, limit: int = 50) -> dict[str, Any]:
+        rows = controller.store.history(env, limit)
+        return {
+            "syncs": [
+                {
+                    "id": r.id,
+                    "env": r.env,
+                    "revision": r.revision,
+                    "author": r.author,
+                    "message": r.message,
+                    "trigger": r.trigger,
+                    "result": r.result,
+                    "started_at": r.started_at,
+                    "finished_at": r.finished_at,
+                    "duration": (r.finished_at - r.started_at) if r.finished_at else None,
+                    "actions": r.actions,
+                    "error": r.error,
+                }
+                for r in rows
+            ]
+        }
+
+    @api.get("/events")
+    def events(env: str | None = None, limit: int = 100) -> dict[str, Any]:
+        return {"events": controller.store.events(env, limit)}
+
+    @api.get("/logs/{service}", response_class=PlainTextResponse)
+    def logs(
+        service: str,
+        env: str | None = None,
+        lines: Annotated[int, Query(ge=1, le=10000)] = 100,
+        follow: bool = False,
+    ) -> Response:
+        paths = _log_paths(controller, service, env)
+        if not paths:
+            raise HTTPException(404, f"no instance of service {service!r}; see `ondeck status`")
+        if not follow:
+            return PlainTextResponse("".join(_prefixed(i, tail(p, lines)) for i, p in paths))
+        return StreamingResponse(_follow(paths, lines), media_type="text/plain")
+
+    app.include_router(api)
+    return app
+
+
+def _log_paths(controller: Controller, service: str, env: str | None) -> list[tuple[str, Path]]:
+    found = []
+    for state in controller.envs.values():
+        if (env and state.name != env) or state.supervisor is None:
+            continue
+        for inst in state.supervisor.instances.values():
+            if inst.rec.service == service:
+                found.append((inst.rec.id, Path(inst.rec.log_path)))
+    return found
+
+
+def _prefixed(inst_id: str, text: str) -> str:
+    return "".join(f"[{inst_id}] {line}\n" for line in text.splitlines())
+
+
+async def _follow(paths: list[tuple[str, Path]], lines: int) -> AsyncIterator[bytes]:
+    """Like `tail -f` over every instance's log; survives copytruncate rotation."""
+    offsets: dict[str, int] = {}
+    for inst_id, path in paths:
+        yield _prefixed(inst_id, tail(path, lines)).encode()
+        offsets[inst_id] = path.stat().st_size if path.exists() else 0
+    while True:
+        for inst_id, path in paths:
+            size = path.stat().st_size if path.exists() else 0
+            if size < offsets[inst_id]:
+                offsets[inst_id] = 0  # rotated (truncated): read from the start
+            if size > offsets[inst_id]:
+                with path.open("rb") as f:
+                    f.seek(offsets[inst_id])
+                    chunk = f.read(size - offsets[inst_id])
+                offsets[inst_id] = size
+                yield _prefixed(inst_id, chunk.decode(errors="replace")).encode()
+        await asyncio.sleep(FOLLOW_INTERVAL)

@@ -1,0 +1,538 @@
+"""The `ondeck` command line: a thin adapter over the spec, the controller and the API.
+
+Commands that inspect or steer a running controller talk to its API, found
+through the state dir; `--json` output is a stable contract (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from ondeck import __version__
+from ondeck.client import Client, default_state_dir
+from ondeck.errors import OndeckError, UserError
+from ondeck.units import format_duration, parse_duration
+
+app = typer.Typer(
+    help="GitOps for the humble app: a git repo states what runs; ondeck makes this host match it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+StateDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--state-dir", help="State dir (default: $ONDECK_STATE_DIR or ~/.local/state/ondeck)."
+    ),
+]
+ApiUrl = Annotated[
+    str | None, typer.Option("--api", help="API URL (default: from the state dir, or $ONDECK_API).")
+]
+Token = Annotated[
+    str | None,
+    typer.Option("--token", help="Bearer token (default: from the state dir, or $ONDECK_TOKEN)."),
+]
+EnvOpt = Annotated[str | None, typer.Option("--env", help="Only this environment.")]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Machine-readable output (a stable contract).")
+]
+
+SYNC_STYLE = {"Synced": "green", "OutOfSync": "yellow", "Unknown": "red"}
+HEALTH_STYLE = {
+    "Healthy": "green",
+    "Progressing": "cyan",
+    "Suspended": "blue",
+    "Missing": "yellow",
+    "Degraded": "red",
+    "Unknown": "red",
+}
+RESULT_STYLE = {"Succeeded": "green", "Failed": "red", "Aborted": "yellow", "Running": "cyan"}
+
+
+def main() -> None:
+    try:
+        app()
+    except OndeckError as error:
+        err.print(f"[red]error:[/red] {escape(str(error))}")
+        sys.exit(1)
+
+
+def _client(state_dir: Path | None, api: str | None, token: str | None) -> Client:
+    return Client(state_dir or default_state_dir(), api, token)
+
+
+# -- spec ------------------------------------------------------------------------------
+
+
+@app.command()
+def validate(
+    path: Annotated[Path, typer.Argument(help="ondeck.yaml, or a directory holding one.")] = Path(
+        "."
+    ),
+) -> None:
+    """Check a spec: exit 1 with FILE:LINE:COL: message lines."""
+    from ondeck.spec.load import validate as check
+
+    file = path / "ondeck.yaml" if path.is_dir() else path
+    if not file.is_file():
+        raise UserError(f"{file}: no such file; run `ondeck init` to scaffold one")
+    problems = check(file.read_bytes(), str(file))
+    for problem in problems:
+        print(problem)
+    if problems:
+        raise typer.Exit(1)
+    err.print(f"[green]{file}: valid[/green]")
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of ondeck.yaml."""
+    from ondeck.spec.schema import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Where to create the repo.")] = Path("."),
+) -> None:
+    """Scaffold a git repo holding an example app and its ondeck.yaml."""
+    from ondeck.scaffold import scaffold
+
+    created = scaffold(directory)
+    err.print(f"[green]created[/green] {created} with an example app, committed on branch main")
+    err.print(f"next: [bold]ondeck up {created}[/bold], then [bold]ondeck status[/bold]")
+
+
+# -- the controller -----------------------------------------------------------------------
+
+
+@app.command()
+def up(
+    repo: Annotated[str, typer.Argument(help="Local path or any URL git can fetch.")],
+    branch: Annotated[
+        str | None, typer.Option(help="Branch to follow (default: the remote's HEAD).")
+    ] = None,
+    path: Annotated[str, typer.Option(help="Directory in the repo holding ondeck.yaml.")] = "",
+    env: Annotated[
+        list[str] | None, typer.Option("--env", help="Environment overlay to run; repeatable.")
+    ] = None,
+    state_dir: StateDir = None,
+    api: Annotated[
+        str, typer.Option(help="Where the API listens (host:port; port 0 picks one).")
+    ] = "127.0.0.1:7070",
+    listen: Annotated[
+        str, typer.Option(help="Where the router listens (arrives with the router).")
+    ] = "127.0.0.1:8080",
+    poll: Annotated[str, typer.Option(help="How often to fetch the repo.")] = "10s",
+    no_auto_sync: Annotated[
+        bool, typer.Option("--no-auto-sync", help="Apply new commits only on `ondeck sync`.")
+    ] = False,
+    no_self_heal: Annotated[
+        bool, typer.Option("--no-self-heal", help="Report drift (OutOfSync) instead of fixing it.")
+    ] = False,
+) -> None:
+    """Run the controller in the foreground: make this host match the repo, and keep it so."""
+    from ondeck.controller import Options
+
+    directory = (state_dir or default_state_dir()).resolve()
+    _setup_logging()
+    is_local = os.path.exists(repo)
+    opts = Options(
+        repo=str(Path(repo).resolve()) if is_local else repo,
+        state_dir=directory,
+        branch=branch,
+        path=path,
+        envs=tuple(env or ()),
+        poll=parse_duration(poll),
+        auto_sync=not no_auto_sync,
+        self_heal=not no_self_heal,
+    )
+    with _lock(directory):
+        asyncio.run(_serve(opts, api, listen))
+
+
+@contextlib.contextmanager
+def _lock(directory: Path) -> Iterator[None]:
+    """One controller per state dir: a second one would start every instance twice."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / "lock").open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as error:
+            raise UserError(
+                f"another `ondeck up` is already running with state dir {directory}"
+            ) from error
+        yield
+
+
+async def _serve(opts: Any, api: str, listen: str) -> None:
+    import uvicorn
+
+    from ondeck.api.app import create_app
+    from ondeck.controller import Controller
+
+    sock = _bind(api)
+    controller = Controller(opts)
+    token = _ensure_token(opts.state_dir)
+    config = uvicorn.Config(
+        create_app(controller, token), log_level="warning", lifespan="off", access_log=False
+    )
+    server = _Server(config)
+    loop = asyncio.get_running_loop()
+
+    def shutdown() -> None:
+        logging.getLogger("ondeck").info("stopping the controller; instances keep running")
+        controller.stop()
+        server.should_exit = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, shutdown)
+    host, port = sock.getsockname()[:2]
+    url = f"http://{host}:{port}"
+    _write_atomic(opts.state_dir / "api.json", json.dumps({"url": url, "pid": os.getpid()}))
+    logging.getLogger("ondeck").info(
+        "ondeck %s: API on %s, state in %s, watching %s",
+        __version__,
+        url,
+        opts.state_dir,
+        opts.repo,
+    )
+    if listen:
+        logging.getLogger("ondeck").debug("--listen %s is reserved for the router", listen)
+    await asyncio.gather(controller.run(), server.serve(sockets=[sock]))
+
+
+class _Server:
+    """uvicorn without its own signal handling: `ondeck up` owns SIGTERM/SIGINT."""
+
+    def __init__(self, config: Any) -> None:
+        import uvicorn
+
+        class Quiet(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                yield
+
+        self._server = Quiet(config)
+
+    @property
+    def should_exit(self) -> bool:
+        return bool(self._server.should_exit)
+
+    @should_exit.setter
+    def should_exit(self, value: bool) -> None:
+        self._server.should_exit = value
+
+    async def serve(self, sockets: list[socket.socket]) -> None:
+        await self._server.serve(sockets=sockets)
+
+
+def _bind(address: str) -> socket.socket:
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        sock = socket.create_server((host, int(port)), reuse_port=False)
+    except ValueError as error:
+        raise UserError(f"--api {address!r}: write HOST:PORT, e.g. 127.0.0.1:7070") from error
+    except OSError as error:
+        raise UserError(
+            f"cannot listen on {address} ({error.strerror}): is another ondeck running? "
+            "Choose another with --api 127.0.0.1:PORT"
+        ) from error
+    return sock
+
+
+def _ensure_token(state_dir: Path) -> str:
+    path = state_dir / "token"
+    if path.exists():
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(32)
+    _write_atomic(path, token + "\n", mode=0o600)
+    return token
+
+
+def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def _setup_logging() -> None:
+    level = logging.DEBUG if os.environ.get("ONDECK_DEBUG") else logging.INFO
+    if sys.stderr.isatty():
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(
+            show_path=False, markup=False, log_time_format="%H:%M:%S"
+        )
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler()
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S")
+        )
+    root = logging.getLogger("ondeck")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+# -- talking to a running controller ---------------------------------------------------------------
+
+
+@app.command()
+def status(
+    json_out: JsonOpt = False, state_dir: StateDir = None, api: ApiUrl = None, token: Token = None
+) -> None:
+    """Desired vs live, per environment and service."""
+    doc = _client(state_dir, api, token).get("/api/v1/status")
+    if json_out:
+        print(json.dumps({"environments": doc["environments"]}, indent=2))
+        return
+    _print_status(doc)
+
+
+def _print_status(doc: dict[str, Any]) -> None:
+    source = doc.get("source") or {}
+    if source.get("error"):
+        out.print(f"[red]git source error:[/red] {escape(source['error'])} (retrying with backoff)")
+    for env in doc["environments"]:
+        _print_env(env)
+
+
+def _print_env(env: dict[str, Any]) -> None:
+    sync, health = env["sync"], env["health"]
+    out.print(
+        f"[bold]{env['name']}[/bold]  [{SYNC_STYLE.get(sync, 'white')}]{sync}[/]  "
+        f"[{HEALTH_STYLE.get(health, 'white')}]{health}[/]"
+    )
+    for label, key in (
+        ("desired", "commit"),
+        ("live", "live_commit"),
+        ("pending", "pending_commit"),
+    ):
+        commit = env.get(key)
+        if commit:
+            out.print(
+                f"  {label:8} {commit['sha'][:12]} {escape(commit['message'])} — {escape(_who(commit['author']))}"
+            )
+    if env.get("operation"):
+        op = env["operation"]
+        out.print(f"  [cyan]syncing[/cyan] {op['revision'][:12]} ({op['trigger']})")
+    if env.get("error"):
+        culprit = env.get("error_commit")
+        where = (
+            f" (commit {culprit['sha'][:12]} by {escape(_who(culprit['author']))})"
+            if culprit
+            else ""
+        )
+        out.print(f"  [red]error{where}:[/red] {escape(env['error'])}")
+        out.print(
+            "  [dim]the last good release keeps running; push a fix or revert the commit[/dim]"
+        )
+    if env["services"]:
+        out.print(_services_table(env["services"]))
+
+
+def _services_table(services: list[dict[str, Any]]) -> Table:
+    table = Table(box=None, pad_edge=False, padding=(0, 2, 0, 0))
+    for column in ("SERVICE", "SYNC", "HEALTH", "VERSION", "READY"):
+        table.add_column(column)
+    for svc in services:
+        table.add_row(
+            f"[bold]{svc['name']}[/bold]",
+            _styled(svc["sync"], SYNC_STYLE),
+            _styled(svc["health"], HEALTH_STYLE),
+            escape(svc.get("version") or "-"),
+            f"{svc['replicas']['ready']}/{svc['replicas']['desired']}",
+        )
+        reasons = [
+            *svc.get("reasons", []),
+            *([svc["health_reason"]] if svc.get("health_reason") else []),
+        ]
+        for reason in reasons:
+            table.add_row("", f"[dim]{escape(reason)}[/dim]")
+        for inst in svc["instances"]:
+            restarts = f"  restarts {inst['restarts']}" if inst["restarts"] else ""
+            table.add_row(
+                f"  {inst['id']}",
+                inst.get("state", ""),
+                _styled(inst["health"], HEALTH_STYLE),
+                f"pid {inst['pid'] or '-'}",
+                f"port {inst['port'] or '-'}{restarts}",
+            )
+            for line in (inst.get("log_tail") or "").strip().splitlines()[-5:]:
+                table.add_row("", f"[dim]  | {escape(line)}[/dim]")
+    return table
+
+
+def _styled(value: str, styles: dict[str, str]) -> str:
+    return f"[{styles.get(value, 'white')}]{value}[/]"
+
+
+def _who(author: str) -> str:
+    """`Name <email>` shown as the name alone; --json keeps it whole."""
+    return author.split(" <", 1)[0]
+
+
+@app.command()
+def sync(
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until the sync is done.")] = False,
+    env: EnvOpt = None,
+    timeout: Annotated[str, typer.Option(help="Give up waiting after this long.")] = "5m",
+    json_out: JsonOpt = False,
+    state_dir: StateDir = None,
+    api: ApiUrl = None,
+    token: Token = None,
+) -> None:
+    """Refresh from git now and sync."""
+    seconds = parse_duration(timeout)
+    started = time.monotonic()
+    with err.status("fetching and syncing…") if wait and not json_out else contextlib.nullcontext():
+        answer = _client(state_dir, api, token).post(
+            "/api/v1/sync", {"env": env, "wait": wait, "timeout": seconds}, timeout=seconds + 10
+        )
+    if json_out:
+        print(json.dumps(answer, indent=2))
+    elif not wait:
+        err.print("sync requested; follow it with `ondeck status`")
+    else:
+        _print_status(answer["status"])
+        err.print(f"done in {format_duration(time.monotonic() - started)}")
+    if wait and (
+        answer.get("error")
+        or any(
+            e["sync"] != "Synced"
+            for e in answer["status"]["environments"]
+            if env in (None, e["name"])
+        )
+    ):
+        raise typer.Exit(1)
+
+
+@app.command()
+def diff(
+    env: EnvOpt = None,
+    json_out: JsonOpt = False,
+    state_dir: StateDir = None,
+    api: ApiUrl = None,
+    token: Token = None,
+) -> None:
+    """What differs between desired and live, and why."""
+    doc = _client(state_dir, api, token).get("/api/v1/diff", env=env)
+    if json_out:
+        print(json.dumps(doc, indent=2))
+        return
+    for environment in doc["environments"]:
+        for svc in environment["services"]:
+            mark = "[green]=[/green]" if svc["sync"] == "Synced" else "[yellow]~[/yellow]"
+            out.print(f"{mark} {environment['name']}/{svc['name']}: {svc['sync']}")
+            for reason in svc["reasons"]:
+                out.print(f"    [yellow]{escape(reason)}[/yellow]")
+
+
+@app.command()
+def history(
+    env: EnvOpt = None,
+    limit: int = 20,
+    json_out: JsonOpt = False,
+    state_dir: StateDir = None,
+    api: ApiUrl = None,
+    token: Token = None,
+) -> None:
+    """Every sync: revision, author, message, trigger, result, duration, actions."""
+    doc = _client(state_dir, api, token).get("/api/v1/history", env=env, limit=limit)
+    if json_out:
+        print(json.dumps(doc, indent=2))
+        return
+    for row in doc["syncs"]:
+        took = format_duration(row["duration"]) if row["duration"] is not None else "…"
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["started_at"]))
+        out.print(
+            f"{when}  {row['env']}  [bold]{row['revision'][:12]}[/bold]  "
+            f"{_styled(row['result'] or 'Running', RESULT_STYLE)} in {took}  ({row['trigger']})  "
+            f"{escape(row['message'])} — {escape(_who(row['author']))}"
+        )
+        for action in row["actions"]:
+            out.print(f"    [dim]{escape(action)}[/dim]")
+        for line in (row["error"] or "").splitlines()[:12]:
+            out.print(f"    [red]{escape(line)}[/red]")
+
+
+@app.command()
+def logs(
+    service: str,
+    env: EnvOpt = None,
+    follow: Annotated[
+        bool, typer.Option("-f", "--follow", help="Keep printing new lines.")
+    ] = False,
+    lines: Annotated[int, typer.Option("-n", "--lines")] = 100,
+    state_dir: StateDir = None,
+    api: ApiUrl = None,
+    token: Token = None,
+) -> None:
+    """A service's logs (every instance, prefixed by its id)."""
+    client = _client(state_dir, api, token)
+    if not follow:
+        sys.stdout.write(client.get(f"/api/v1/logs/{service}", env=env, lines=lines))
+        return
+    with contextlib.suppress(KeyboardInterrupt):
+        for chunk in client.stream(
+            f"/api/v1/logs/{service}", env=env or "", lines=lines, follow="true"
+        ):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+
+
+@app.command()
+def install(
+    repo: Annotated[str, typer.Option("--repo", help="The repo `ondeck up` follows.")],
+    env: Annotated[list[str] | None, typer.Option("--env")] = None,
+    state_dir: StateDir = None,
+    unit_dir: Annotated[Path, typer.Option(help="Where to write the units.")] = Path(
+        "/etc/systemd/system"
+    ),
+    api: Annotated[str, typer.Option(help="Where the API listens.")] = "127.0.0.1:7070",
+) -> None:
+    """Write a systemd unit so `ondeck up` itself is kept running (Restart=always)."""
+    from ondeck.install import write_units
+
+    for path in write_units(
+        unit_dir,
+        repo=repo,
+        envs=env or [],
+        state_dir=(state_dir or default_state_dir()).resolve(),
+        api=api,
+    ):
+        err.print(f"[green]wrote[/green] {path}")
+    err.print("next: [bold]systemctl daemon-reload && systemctl enable --now ondeck.service[/bold]")
+
+
+@app.command()
+def version() -> None:
+    """Print ondeck's version."""
+    print(__version__)

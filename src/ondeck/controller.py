@@ -1,0 +1,661 @@
+"""The reconcile loop: fetch, render, plan, execute, observe, repeat.
+
+`ondeck up` runs one `Controller`. It wakes on a timer (poll), on a request
+(CLI, API) and on every instance event (exit, health change, backoff timer),
+reads the repo's head, renders each environment's desired state, and drives
+each environment's `Supervisor` with the actions of `plan` until live matches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from ondeck.errors import BuildError, SourceError, SpecError, UserError
+from ondeck.metrics import Metrics
+from ondeck.releases import prepare, prune, release_dir
+from ondeck.runtime.base import ExitEvent
+from ondeck.runtime.logs import rotate
+from ondeck.runtime.process import ProcessRuntime
+from ondeck.source.git import CommitInfo, GitSource
+from ondeck.spec.load import parse, render_spec
+from ondeck.spec.template import instance_env
+from ondeck.state.desired import DEFAULT_ENV, Desired, render
+from ondeck.state.diff import ServiceDiff, Sync, diff, overall
+from ondeck.state.health import Health, Verdict, instance_health, service_health, worst
+from ondeck.state.plan import Action, Forget, Plan, Restart, Start, Stop, plan
+from ondeck.store import EnvRecord, Store
+from ondeck.supervisor import Supervisor
+
+log = logging.getLogger("ondeck")
+
+SPEC_FILE = "ondeck.yaml"
+HOUSEKEEPING_EVERY = 30.0
+FETCH_BACKOFF_MAX = 300.0
+CRASH_LOOP_FAILURES = 3  # a new release whose instance crashed this often fails its sync
+PROGRESS_DEADLINE = 600.0  # a sync still not done after this long has failed
+
+
+class Trigger(StrEnum):
+    STARTUP = "startup"
+    POLL = "poll"
+    CLI = "cli"
+    WEBHOOK = "webhook"
+    SELF_HEAL = "self-heal"
+
+
+@dataclass(frozen=True)
+class Options:
+    repo: str
+    state_dir: Path
+    branch: str | None = None
+    path: str = ""
+    envs: tuple[str, ...] = ()
+    poll: float = 10.0
+    auto_sync: bool = True
+    self_heal: bool = True
+    log_max_bytes: int = 10 * 1024 * 1024
+    log_keep: int = 3
+
+
+@dataclass
+class Operation:
+    """A sync in progress: from a new desired state until live matches it."""
+
+    id: int
+    revision: str
+    trigger: str
+    started: float
+
+
+@dataclass
+class EnvState:
+    name: str
+    overlay: str | None
+    supervisor: Supervisor | None = None
+    desired: Desired | None = None
+    commit: CommitInfo | None = None
+    candidate: CommitInfo | None = None  # a newer revision not applied (auto-sync off)
+    seen: str | None = None
+    error: str | None = None
+    error_commit: CommitInfo | None = None
+    op: Operation | None = None
+    last_result: str | None = None
+    wake_at: float | None = None
+
+
+@dataclass
+class SyncRequest:
+    """Someone waits (`ondeck sync --wait`) for a fetch and the syncs it causes."""
+
+    envs: list[str]
+    future: asyncio.Future[dict[str, Any]]
+    fetched: bool = False
+    error: str | None = None
+
+
+@dataclass
+class FetchState:
+    error: str | None = None
+    failures: int = 0
+    next_at: float = 0.0
+    last_ok: float | None = None
+    head: str | None = None
+
+
+class Controller:
+    """Makes this host match the repo, for every environment it was given."""
+
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+        opts.state_dir.mkdir(parents=True, exist_ok=True)
+        self.store = Store(opts.state_dir / "ondeck.db")
+        mirror = opts.state_dir / "repos" / hashlib.sha256(opts.repo.encode()).hexdigest()[:16]
+        self.source = GitSource(opts.repo, mirror, opts.branch)
+        self.metrics = Metrics()
+        self.runtime = ProcessRuntime(opts.state_dir, self._on_exit)
+        names = opts.envs or (DEFAULT_ENV,)
+        self.envs = {
+            n: EnvState(n, None if n == DEFAULT_ENV and not opts.envs else n) for n in names
+        }
+        self.fetch = FetchState()
+        self.started = time.time()
+        self._wake_event: asyncio.Event | None = None
+        self._refresh: str | None = Trigger.STARTUP
+        self._stopping = False
+        self._next_housekeeping = 0.0
+        self._requests: list[SyncRequest] = []
+
+    # -- the loop ---------------------------------------------------------------
+
+    async def run(self) -> None:
+        self._wake_event = asyncio.Event()
+        self._adopt()
+        try:
+            while not self._stopping:
+                await self._step()
+                await self._sleep()
+        finally:
+            self._shutdown()
+
+    def stop(self) -> None:
+        """Leave the loop; instances keep running (the data plane outlives us)."""
+        self._stopping = True
+        self.wake()
+
+    def wake(self) -> None:
+        if self._wake_event is not None:
+            self._wake_event.set()
+
+    def request_sync(self, env: str | None, trigger: str) -> asyncio.Future[dict[str, Any]]:
+        """Fetch now and sync; the future resolves once the named env(s) settle."""
+        names = [self._env(env).name] if env else list(self.envs)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._requests.append(SyncRequest(names, future))
+        self._refresh = trigger
+        self.wake()
+        return future
+
+    async def _step(self) -> None:
+        now = time.time()
+        if self._refresh or now >= self.fetch.next_at:
+            trigger, self._refresh = self._refresh or Trigger.POLL, None
+            waiting = [r for r in self._requests if not r.fetched]
+            await self._pull(trigger)
+            for request in waiting:
+                request.fetched, request.error = True, self.fetch.error
+        for state in self.envs.values():
+            await self._reconcile(state)
+        self._answer_requests()
+        if now >= self._next_housekeeping:
+            self._next_housekeeping = now + HOUSEKEEPING_EVERY
+            await asyncio.to_thread(self._housekeeping)
+
+    async def _sleep(self) -> None:
+        assert self._wake_event is not None  # set in run(); a bug otherwise
+        deadlines = [self.fetch.next_at, self._next_housekeeping]
+        deadlines += [s.wake_at for s in self.envs.values() if s.wake_at is not None]
+        timeout = max(0.0, min(deadlines) - time.time())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake_event.wait(), timeout)
+        self._wake_event.clear()
+
+    # -- git -> desired -----------------------------------------------------------
+
+    async def _pull(self, trigger: str) -> None:
+        try:
+            await asyncio.to_thread(self.source.fetch)
+            head = await asyncio.to_thread(self.source.resolve)
+        except (SourceError, UserError) as err:
+            self._fetch_failed(err)
+            return
+        if self.fetch.error:
+            log.info("git source reachable again")
+        self.fetch = FetchState(None, 0, time.time() + self.opts.poll, time.time(), head)
+        for state in self.envs.values():
+            await self._load(state, head, trigger)
+
+    def _fetch_failed(self, err: Exception) -> None:
+        self.fetch.failures += 1
+        delay = min(
+            self.opts.poll * 2 ** (self.fetch.failures - 1), max(FETCH_BACKOFF_MAX, self.opts.poll)
+        )
+        self.fetch.next_at = time.time() + delay
+        if str(err) != self.fetch.error:
+            log.warning("fetch failed (retry in %.0fs): %s", delay, err)
+        self.fetch.error = str(err)
+        for state in self.envs.values():
+            self.metrics.fetch_errors.labels(state.name).inc()
+
+    async def _load(self, state: EnvState, head: str, trigger: str) -> None:
+        manual = trigger not in (Trigger.POLL, Trigger.STARTUP)
+        if head == state.seen:
+            if manual and state.candidate is not None and state.candidate.sha == head:
+                await self._apply_revision(state, head, trigger)
+            return
+        state.seen = head
+        commit = await asyncio.to_thread(self.source.commit_info, head)
+        if (
+            self.opts.auto_sync
+            or manual
+            or (state.desired is None and self._first_apply(state, head))
+        ):
+            await self._apply_revision(state, head, trigger, commit)
+        else:
+            state.candidate = commit
+            log.info("[%s] %s is new; auto-sync is off: run `ondeck sync`", state.name, head[:12])
+
+    def _first_apply(self, state: EnvState, head: str) -> bool:
+        """Without auto-sync, start from what was last applied, not from the head."""
+        record = self.store.get_env(state.name)
+        return record is None or record.desired_revision in (None, head)
+
+    async def _apply_revision(
+        self, state: EnvState, rev: str, trigger: str, commit: CommitInfo | None = None
+    ) -> None:
+        if commit is None:
+            commit = await asyncio.to_thread(self.source.commit_info, rev)
+        try:
+            desired = await asyncio.to_thread(self._render, state, rev)
+            await asyncio.to_thread(self._prepare_releases, state, desired)
+        except (SpecError, UserError, SourceError) as err:
+            self._refuse(state, commit, trigger, err)
+            return
+        if state.op is not None:
+            self._finish(state, "Aborted", f"superseded by {rev[:12]}")
+        state.desired, state.commit, state.candidate = desired, commit, None
+        state.error = state.error_commit = None
+        record = self.store.get_env(state.name)
+        if trigger == Trigger.STARTUP and record is not None and record.live_revision == rev:
+            self._save_env(state)  # a restart on the same revision: only drift opens a sync
+            return
+        op_id = self.store.begin_sync(
+            state.name, rev, commit.author, commit.message, trigger, time.time()
+        )
+        state.op = Operation(op_id, rev, trigger, time.time())
+        self._save_env(state)
+        log.info("[%s] syncing %s %s (%s)", state.name, rev[:12], commit.message, commit.author)
+        self.wake()
+
+    def _render(self, state: EnvState, rev: str) -> Desired:
+        spec_path = f"{self.opts.path.strip('/')}/{SPEC_FILE}".lstrip("/")
+        text = self.source.read_file(rev, spec_path)
+        if text is None:
+            raise UserError(
+                f"{spec_path}: not found at {rev[:12]}; add an ondeck.yaml there (`ondeck init`)"
+            )
+        spec = render_spec(parse(text, spec_path), state.overlay)
+        code_id = self.source.tree_id(rev, self.opts.path.strip("/"), frozenset({SPEC_FILE}))
+        return render(spec, state.name, rev, code_id)
+
+    def _prepare_releases(self, state: EnvState, desired: Desired) -> None:
+        for svc in desired.services:
+            dest = release_dir(
+                self.opts.state_dir, desired.app, state.name, svc.name, svc.fingerprint
+            )
+            builtins = {
+                "ONDECK_APP": desired.app,
+                "ONDECK_SERVICE": svc.name,
+                "ONDECK_ENV": state.name,
+                "ONDECK_REVISION": desired.revision,
+                "ONDECK_VERSION": svc.spec.version or "",
+                "ONDECK_DATA_DIR": str(self.opts.state_dir / "data" / desired.app / state.name),
+            }
+            environ = instance_env(svc.spec.env, builtins, os.environ)
+            prepare(
+                self.source,
+                desired.revision,
+                self.opts.path.strip("/"),
+                dest,
+                svc.spec.build,
+                environ,
+            )
+
+    def _refuse(self, state: EnvState, commit: CommitInfo, trigger: str, err: Exception) -> None:
+        """A bad commit: say why, record it, and leave everything running untouched."""
+        message = str(err)
+        if isinstance(err, BuildError) and err.log_tail:
+            message += "\n--- build log (tail) ---\n" + err.log_tail
+        state.error, state.error_commit = message, commit
+        now = time.time()
+        op_id = self.store.begin_sync(
+            state.name, commit.sha, commit.author, commit.message, trigger, now
+        )
+        self.store.finish_sync(op_id, "Failed", now, message)
+        self.metrics.syncs.labels(state.name, "Failed").inc()
+        self._save_env(state)
+        log.error("[%s] refused %s (%s): %s", state.name, commit.sha[:12], commit.author, message)
+
+    # -- desired -> live ------------------------------------------------------------
+
+    async def _reconcile(self, state: EnvState) -> None:
+        sup, desired = state.supervisor, state.desired
+        if desired is None:
+            return
+        if sup is None or sup.app != desired.app:
+            sup = state.supervisor = self._supervisor(desired.app, state.name)
+        started = time.perf_counter()
+        now = time.time()
+        steps = plan(desired, sup.live(), now)
+        state.wake_at = steps.wake_at
+        acting = state.op is not None or self.opts.self_heal
+        if acting and steps.actions:
+            if state.op is None and any(not isinstance(a, Restart) for a in steps.actions):
+                self._open_heal_op(state, steps)
+            await self._execute(state, sup, desired, steps.actions)
+            self.wake()  # observe the result and plan again at once
+        elif state.op is not None:
+            self._settle(state, steps, now)
+        self.metrics.reconcile_duration.labels(state.name).observe(time.perf_counter() - started)
+        self._export_metrics(state)
+
+    def _open_heal_op(self, state: EnvState, steps: Plan) -> None:
+        assert state.desired is not None and state.commit is not None
+        c = state.commit
+        op_id = self.store.begin_sync(
+            state.name, c.sha, c.author, c.message, Trigger.SELF_HEAL, time.time()
+        )
+        state.op = Operation(op_id, c.sha, Trigger.SELF_HEAL, time.time())
+        log.info("[%s] drift: %s", state.name, "; ".join(_describe(a) for a in steps.actions))
+
+    async def _execute(
+        self, state: EnvState, sup: Supervisor, desired: Desired, actions: tuple[Action, ...]
+    ) -> None:
+        done: list[str] = []
+        for action in actions:
+            svc = desired.service(action.service)
+            if isinstance(action, Start) and svc is not None:
+                dest = release_dir(
+                    self.opts.state_dir, desired.app, state.name, svc.name, svc.fingerprint
+                )
+                inst_id = await sup.start(desired, svc, dest)
+                done.append(f"start {inst_id}")
+                continue
+            if isinstance(action, Restart) and svc is not None:
+                await sup.restart(desired, svc, action.instance)
+            elif isinstance(action, Stop):
+                sup.stop(action.instance, action.reason)
+            elif isinstance(action, Forget):
+                sup.forget(action.instance)
+            done.append(_describe(action))
+        if state.op is not None and done:
+            self.store.add_sync_actions(state.op.id, done)
+
+    def _settle(self, state: EnvState, steps: Plan, now: float) -> None:
+        """Close the open sync once live matches, or fail it when it cannot get there."""
+        assert state.op is not None and state.supervisor is not None and state.desired is not None
+        if steps.done:
+            self._finish(state, "Succeeded")
+            return
+        current = {s.name: s.fingerprint for s in state.desired.services}
+        looping = [
+            i
+            for i in state.supervisor.live().instances
+            if current.get(i.service) == i.fingerprint and i.failures >= CRASH_LOOP_FAILURES
+        ]
+        if looping:
+            self._finish(
+                state, "Failed", f"{looping[0].id} is crash-looping: {looping[0].last_error}"
+            )
+        elif now - state.op.started > PROGRESS_DEADLINE:
+            self._finish(
+                state,
+                "Failed",
+                f"not done after {PROGRESS_DEADLINE:.0f}s: {'; '.join(steps.waiting)}",
+            )
+
+    def _finish(self, state: EnvState, result: str, error: str | None = None) -> None:
+        op = state.op
+        if op is None:
+            return
+        now = time.time()
+        self.store.finish_sync(op.id, result, now, error)
+        self.metrics.syncs.labels(state.name, result).inc()
+        self.metrics.sync_duration.labels(state.name).observe(now - op.started)
+        state.op, state.last_result = None, result
+        if result == "Succeeded":
+            self._save_env(state, live=op.revision)
+        log_fn = log.info if result == "Succeeded" else log.warning
+        log_fn(
+            "[%s] sync %s %s in %.2fs%s",
+            state.name,
+            op.revision[:12],
+            result,
+            now - op.started,
+            f": {error}" if error else "",
+        )
+
+    def _answer_requests(self) -> None:
+        """Answer each fetched request whose environments have settled."""
+        for request in list(self._requests):
+            settled = all(self.envs[name].op is None for name in request.envs)
+            if request.future.done() or (request.fetched and (request.error or settled)):
+                self._requests.remove(request)
+            if request.fetched and (request.error or settled) and not request.future.done():
+                error = request.error or next(
+                    (self.envs[n].error for n in request.envs if self.envs[n].error), None
+                )
+                request.future.set_result({"error": error, "status": self.status()})
+
+    # -- instances ----------------------------------------------------------------------
+
+    def _supervisor(self, app: str, env: str) -> Supervisor:
+        return Supervisor(
+            app, env, self.opts.state_dir, self.store, self.runtime, self.metrics, self.wake
+        )
+
+    def _on_exit(self, event: ExitEvent) -> None:
+        for state in self.envs.values():
+            if state.supervisor is not None and state.supervisor.on_exit(event):
+                return
+
+    def _adopt(self) -> None:
+        """Re-attach to instances left by an earlier controller; stop strays."""
+        handles = self.runtime.scan()
+        for record_env in self.envs.values():
+            saved = self.store.get_env(record_env.name)
+            records = [r for r in self.store.instances(env=record_env.name)]
+            if not records:
+                continue
+            app = records[0].app
+            record_env.supervisor = self._supervisor(app, record_env.name)
+            record_env.supervisor.adopt(records, handles)
+            open_op = self.store.open_sync(record_env.name)
+            if open_op is not None:
+                self.store.finish_sync(open_op.id, "Aborted", time.time(), "controller restarted")
+            if saved is not None and saved.desired_revision:
+                record_env.seen = None
+        managed = {r.id for r in self.store.instances()}
+        for inst_id, handle in handles.items():
+            if inst_id not in managed:
+                log.warning(
+                    "stopping stray instance %s (pid %d): no record of it", inst_id, handle.pid
+                )
+                if self.runtime.adopt(handle):
+                    asyncio.get_running_loop().create_task(self.runtime.stop(handle, "TERM", 10.0))
+
+    def _housekeeping(self) -> None:
+        for state in self.envs.values():
+            if state.supervisor is None:
+                continue
+            for inst in list(state.supervisor.instances.values()):
+                rotate(Path(inst.rec.log_path), self.opts.log_max_bytes, self.opts.log_keep)
+            if state.op is None and state.desired is not None:
+                keep = {Path(i.rec.release_dir) for i in state.supervisor.instances.values()}
+                keep |= {
+                    release_dir(
+                        self.opts.state_dir, state.desired.app, state.name, s.name, s.fingerprint
+                    )
+                    for s in state.desired.services
+                }
+                prune(self.opts.state_dir / "releases" / state.desired.app / state.name, keep)
+
+    def _shutdown(self) -> None:
+        for state in self.envs.values():
+            if state.supervisor is not None:
+                state.supervisor.close()
+        self.runtime.close()
+        self.store.close()
+
+    # -- reporting ----------------------------------------------------------------------
+
+    def _env(self, name: str) -> EnvState:
+        if name not in self.envs:
+            raise UserError(
+                f"unknown environment {name!r}; this controller runs: {', '.join(self.envs)}"
+            )
+        return self.envs[name]
+
+    def _save_env(self, state: EnvState, live: str | None = None) -> None:
+        old = self.store.get_env(state.name)
+        extra = dict(old.extra) if old else {}
+        if live is not None and state.commit is not None:
+            extra["live_commit"] = _commit_json(state.commit)
+        self.store.put_env(
+            EnvRecord(
+                env=state.name,
+                desired_revision=state.desired.revision if state.desired else None,
+                live_revision=live or (old.live_revision if old else None),
+                error=state.error,
+                error_revision=state.error_commit.sha if state.error_commit else None,
+                updated_at=time.time(),
+                extra=extra,
+            )
+        )
+
+    def _export_metrics(self, state: EnvState) -> None:
+        if state.desired is None or state.supervisor is None:
+            return
+        live = state.supervisor.live()
+        for svc in state.desired.services:
+            self.metrics.desired.labels(state.name, svc.name).set(svc.replicas)
+            ready = sum(
+                1 for i in live.of(svc.name) if i.ready and i.fingerprint == svc.fingerprint
+            )
+            self.metrics.ready.labels(state.name, svc.name).set(ready)
+        env = self._env_status(state)
+        self.metrics.set_env_info(state.name, env["revision"] or "", env["sync"], env["health"])
+
+    def status(self) -> dict[str, Any]:
+        """The `ondeck status --json` document (its shape is a contract; see DESIGN.md)."""
+        return {
+            "environments": [self._env_status(s) for s in self.envs.values()],
+            "source": {
+                "repo": self.opts.repo,
+                "branch": self.opts.branch,
+                "path": self.opts.path,
+                "head": self.fetch.head,
+                "error": self.fetch.error,
+                "last_fetch": self.fetch.last_ok,
+            },
+            "controller": {
+                "started_at": self.started,
+                "auto_sync": self.opts.auto_sync,
+                "self_heal": self.opts.self_heal,
+                "poll": self.opts.poll,
+            },
+        }
+
+    def diffs(self, state: EnvState) -> list[ServiceDiff]:
+        if state.desired is None or state.supervisor is None:
+            return []
+        return diff(state.desired, state.supervisor.live())
+
+    def _env_status(self, state: EnvState) -> dict[str, Any]:
+        record = self.store.get_env(state.name)
+        services = self._services_status(state)
+        diffs = self.diffs(state)
+        if state.desired is None or state.error is not None:
+            sync = Sync.UNKNOWN if state.error or state.desired is None else overall(diffs)
+        else:
+            sync = overall(diffs)
+        if state.candidate is not None:
+            sync = Sync.OUT_OF_SYNC
+        health = (
+            worst(Health(s["health"]) for s in services)
+            if services
+            else (Health.HEALTHY if state.desired is not None else Health.UNKNOWN)
+        )
+        return {
+            "name": state.name,
+            "revision": state.desired.revision if state.desired else None,
+            "live_revision": record.live_revision if record else None,
+            "sync": sync.value,
+            "health": health.value,
+            "error": state.error
+            or (f"fetch failed: {self.fetch.error}" if self.fetch.error else None),
+            "error_commit": _commit_json(state.error_commit) if state.error_commit else None,
+            "commit": _commit_json(state.commit) if state.commit else None,
+            "live_commit": record.extra.get("live_commit") if record else None,
+            "pending_commit": _commit_json(state.candidate) if state.candidate else None,
+            "operation": {
+                "revision": state.op.revision,
+                "trigger": state.op.trigger,
+                "started_at": state.op.started,
+            }
+            if state.op
+            else None,
+            "last_result": state.last_result,
+            "app": state.desired.app if state.desired else None,
+            "services": services,
+        }
+
+    def _services_status(self, state: EnvState) -> list[dict[str, Any]]:
+        if state.desired is None or state.supervisor is None:
+            return []
+        live = state.supervisor.live()
+        reasons = {d.name: d for d in self.diffs(state)}
+        out = []
+        for name in sorted(state.desired.names | live.services):
+            svc = state.desired.service(name)
+            instances = live.of(name)
+            verdict = service_health(svc.replicas if svc else 0, instances)
+            if svc is None:
+                verdict = Verdict(Health.PROGRESSING, "pruning")
+            d = reasons.get(name)
+            out.append(
+                {
+                    "name": name,
+                    "sync": d.sync.value if d else Sync.SYNCED.value,
+                    "health": verdict.health.value,
+                    "health_reason": verdict.reason,
+                    "reasons": list(d.reasons) if d else [],
+                    "version": svc.spec.version if svc else None,
+                    "fingerprint": svc.fingerprint if svc else None,
+                    "replicas": {
+                        "desired": svc.replicas if svc else 0,
+                        "ready": sum(1 for i in instances if i.ready),
+                    },
+                    "instances": [self._instance_status(state, i.id) for i in instances],
+                }
+            )
+        return out
+
+    def _instance_status(self, state: EnvState, inst_id: str) -> dict[str, Any]:
+        assert state.supervisor is not None
+        inst = state.supervisor.instances[inst_id]
+        li = inst.live()
+        return {
+            "id": li.id,
+            "pid": li.pid,
+            "port": li.port,
+            "revision": li.revision,
+            "health": instance_health(li).health.value,
+            "restarts": li.restarts,
+            "state": inst.rec.state,
+            "fingerprint": li.fingerprint,
+            "started_at": li.started_at,
+            "exit_code": li.exit_code,
+            "last_error": li.last_error,
+            "log_tail": inst.rec.extra.get("log_tail") if inst.rec.state == "exited" else None,
+            "log_path": inst.rec.log_path,
+        }
+
+
+def _commit_json(commit: CommitInfo) -> dict[str, Any]:
+    return {
+        "sha": commit.sha,
+        "author": commit.author,
+        "message": commit.message,
+        "committed_at": commit.committed_at,
+    }
+
+
+def _describe(action: Action) -> str:
+    if isinstance(action, Start):
+        return f"start {action.service}"
+    if isinstance(action, Stop):
+        return f"stop {action.instance} ({action.reason})"
+    return f"{type(action).__name__.lower()} {action.instance}"
+
+
+Callback = Callable[[], None]

@@ -1,0 +1,113 @@
+"""Releases: an exported revision plus the output of its build step.
+
+One immutable directory per (app, env, service, fingerprint). It is complete
+only once its marker is written last, so a crash mid-export or mid-build
+leaves something `prepare` recognises as incomplete and redoes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from ondeck.errors import BuildError
+from ondeck.runtime.logs import tail
+
+MARKER = ".ondeck-release.json"
+BUILD_LOG = ".ondeck-build.log"
+
+
+class Exporter(Protocol):
+    def export(self, rev: str, path: str, dest: Path) -> None: ...
+
+
+def release_dir(state_dir: Path, app: str, env: str, service: str, fingerprint: str) -> Path:
+    return state_dir / "releases" / app / env / service / fingerprint
+
+
+def is_complete(dest: Path) -> bool:
+    return (dest / MARKER).is_file()
+
+
+def prepare(
+    source: Exporter,
+    revision: str,
+    path: str,
+    dest: Path,
+    build: Sequence[str] | None,
+    environ: Mapping[str, str],
+    timeout: float = 1800.0,
+) -> Path:
+    """Make `dest` a complete release of `revision`; idempotent and crash-safe."""
+    if is_complete(dest):
+        return dest
+    if dest.exists():
+        shutil.rmtree(dest)  # an earlier attempt died half-way: start over
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    source.export(revision, path, dest)
+    if build:
+        _build(dest, build, environ, timeout)
+    _write_marker(dest, revision, build)
+    return dest
+
+
+def _build(dest: Path, argv: Sequence[str], environ: Mapping[str, str], timeout: float) -> None:
+    log_path = dest / BUILD_LOG
+    started = time.monotonic()
+    with log_path.open("ab") as log:
+        try:
+            proc = subprocess.run(
+                list(argv),
+                cwd=dest,
+                env=dict(environ),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+                check=False,
+                start_new_session=True,
+            )
+            code: int | None = proc.returncode
+        except FileNotFoundError:
+            log.write(f"ondeck: build command not found: {argv[0]}\n".encode())
+            code = 127
+        except subprocess.TimeoutExpired:
+            log.write(f"ondeck: build timed out after {timeout:.0f}s\n".encode())
+            code = None
+    if code == 0:
+        return
+    log_tail = tail(log_path, 30)
+    shutil.rmtree(dest, ignore_errors=True)  # never leave a half-built release to be used
+    what = "timed out" if code is None else f"exited with code {code}"
+    raise BuildError(
+        f"build {' '.join(argv)!r} {what} after {time.monotonic() - started:.1f}s; "
+        "fix the build and push a new commit",
+        log_tail,
+    )
+
+
+def _write_marker(dest: Path, revision: str, build: Sequence[str] | None) -> None:
+    tmp = dest / (MARKER + ".tmp")
+    tmp.write_text(
+        json.dumps({"revision": revision, "build": list(build or []), "at": time.time()})
+    )
+    os.replace(tmp, dest / MARKER)
+
+
+def prune(root: Path, keep: set[Path]) -> list[Path]:
+    """Remove release dirs under `root` (…/SERVICE/FINGERPRINT) that are not in `keep`."""
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    for service_dir in root.iterdir():
+        for release in service_dir.iterdir() if service_dir.is_dir() else []:
+            if release not in keep:
+                shutil.rmtree(release, ignore_errors=True)
+                removed.append(release)
+    return removed

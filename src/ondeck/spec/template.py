@@ -1,0 +1,147 @@
+"""`${NAME}` expansion in `command`, `build` and `env` values, without a shell.
+
+`check_references` runs at validation time (called by `load.render_spec`) so an
+unknown name is a located spec error; `expand` and `instance_env` run when a
+runtime builds an instance's argv and environment. Pure: no I/O, no os.environ.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from types import MappingProxyType
+from typing import Literal
+
+from ondeck.errors import UserError
+from ondeck.spec.model import Spec
+
+BUILTIN = (
+    "PORT",
+    "ONDECK_APP",
+    "ONDECK_SERVICE",
+    "ONDECK_ENV",
+    "ONDECK_REVISION",
+    "ONDECK_VERSION",
+    "ONDECK_INSTANCE",
+    "ONDECK_DATA_DIR",
+)
+PASSTHROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "USER", "LOGNAME", "TMPDIR")
+PER_INSTANCE = ("PORT", "ONDECK_INSTANCE")  # unknown while a release is built
+
+# `$${` is the escape; `${NAME}` a reference; any other `${...` is malformed.
+_TOKEN = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\{[^}]*\}?")
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+Kind = Literal["text", "name", "bad"]
+Path = tuple[str | int, ...]
+
+
+def _tokens(value: str) -> Iterator[tuple[Kind, str]]:
+    """Split a value into literal text, referenced names and malformed references."""
+    pos = 0
+    for match in _TOKEN.finditer(value):
+        if match.start() > pos:
+            yield "text", value[pos : match.start()]
+        if match.group(0) == "$${":
+            yield "text", "${"
+        elif match.group(1) is not None:
+            yield "name", match.group(1)
+        else:
+            yield "bad", match.group(0)
+        pos = match.end()
+    if pos < len(value):
+        yield "text", value[pos:]
+
+
+def _malformed(raw: str) -> str:
+    return (
+        f"malformed reference {raw!r}: write ${{NAME}} (letters, digits, _), "
+        "or $${...} for a literal"
+    )
+
+
+def expand(value: str, env: Mapping[str, str]) -> str:
+    """`value` with every `${NAME}` replaced from `env`; `$${NAME}` gives a literal `${NAME}`."""
+    parts: list[str] = []
+    for kind, text in _tokens(value):
+        if kind == "bad":
+            raise UserError(_malformed(text))
+        if kind == "name" and text not in env:
+            raise UserError(f"unknown variable ${{{text}}} in {value!r}")
+        parts.append(env[text] if kind == "name" else text)
+    return "".join(parts)
+
+
+def names(value: str) -> list[str]:
+    """The names `value` references, in order of first use."""
+    found = [text for kind, text in _tokens(value) if kind == "name"]
+    return list(dict.fromkeys(found))
+
+
+def _unknown(name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    message = f"unknown variable ${{{name}}}"
+    if close:
+        return f"{message}; did you mean ${{{close[0]}}}?"
+    return f"{message}: not a builtin, a host variable passed through, a secret or an env key"
+
+
+def _check(value: str, known: set[str], explain: Mapping[str, str]) -> Iterator[str]:
+    """A message for each reference in `value` that `known` does not resolve."""
+    for kind, text in _tokens(value):
+        if kind == "bad":
+            yield _malformed(text)
+        elif kind == "name" and text not in known:
+            yield explain.get(text) or _unknown(text, known)
+
+
+def _service_refs(
+    name: str,
+    command: list[str] | None,
+    build: list[str] | None,
+    env: Mapping[str, str],
+    base: set[str],
+) -> Iterator[tuple[Path, str]]:
+    here: Path = ("services", name)
+    own = set(env)
+    for i, arg in enumerate(command or []):
+        for message in _check(arg, base | own, _EMPTY):
+            yield (*here, "command", i), message
+    at_build = (base - set(PER_INSTANCE)) | own
+    not_yet = {n: f"{n} is not known at build time (it is set per instance)" for n in PER_INSTANCE}
+    for i, arg in enumerate(build or []):
+        for message in _check(arg, at_build, not_yet):
+            yield (*here, "build", i), message
+    siblings = {
+        n: f"${{{n}}} refers to another env key: env values may use only builtins, "
+        "host variables passed through and secrets"
+        for n in own - base
+    }
+    for key, value in env.items():
+        for message in _check(value, base, siblings):
+            yield (*here, "env", key), message
+
+
+def check_references(spec: Spec, secrets: Iterable[str] = ()) -> list[tuple[Path, str]]:
+    """(path, message) for every `${NAME}` in `spec` that could not resolve."""
+    base = set(BUILTIN) | set(PASSTHROUGH) | set(secrets)
+    problems: list[tuple[Path, str]] = []
+    for name, service in spec.services.items():
+        problems.extend(_service_refs(name, service.command, service.build, service.env, base))
+    return problems
+
+
+def instance_env(
+    service_env: Mapping[str, str],
+    builtins: Mapping[str, str],
+    host: Mapping[str, str],
+    secrets: Mapping[str, str] = _EMPTY,
+) -> dict[str, str]:
+    """The whole environment of one instance; builtins win, nothing else leaks from the host."""
+    env = {name: host[name] for name in PASSTHROUGH if name in host}
+    env.update(secrets)
+    context = {**env, **builtins}
+    env.update({key: expand(value, context) for key, value in service_env.items()})
+    env.update(builtins)
+    return env

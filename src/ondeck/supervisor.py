@@ -1,0 +1,399 @@
+"""The custodian of one environment's instances: start, restart, stop, probe, adopt.
+
+The controller decides what to do (from `plan`); the supervisor carries each
+action out through a `Runtime`, records every instance in the store before
+and after its process exists (so a crash in between is found again), and
+turns process exits and probe verdicts into the live state `plan` reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ondeck.errors import RuntimeFailure, UserError
+from ondeck.metrics import Metrics
+from ondeck.runtime.base import ExitEvent, Handle, InstanceSpec
+from ondeck.runtime.logs import tail
+from ondeck.runtime.probes import ProbeResult, probe_exec, probe_http, probe_tcp
+from ondeck.runtime.process import ProcessRuntime, allocate_port
+from ondeck.spec.model import HealthCheck
+from ondeck.spec.template import PASSTHROUGH, expand, instance_env
+from ondeck.state.desired import Desired, DesiredService
+from ondeck.state.health import exit_text, next_failures
+from ondeck.state.live import Live, LiveInstance, Phase
+from ondeck.store import InstanceRecord, Store
+
+log = logging.getLogger("ondeck")
+
+# While an instance has never been ready we probe it often, so a rollout moves
+# as soon as the app answers, and judge it failing only after the time its
+# spec allows (start_period + failure_threshold * interval).
+FAST_PROBE = 0.05
+DEFAULT_TCP = HealthCheck(tcp=True, interval=2.0, timeout=1.0, failure_threshold=3)
+LOG_TAIL_LINES = 15
+
+
+@dataclass
+class Instance:
+    """One instance's record plus what only lives in memory: handle and probe state."""
+
+    rec: InstanceRecord
+    handle: Handle | None = None
+    ready: bool = False
+    failing: bool = False
+    probe_failures: int = 0
+    probe_detail: str | None = None
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    def live(self) -> LiveInstance:
+        phase = {"exited": Phase.EXITED, "stopping": Phase.STOPPING}.get(
+            self.rec.state, Phase.RUNNING
+        )
+        return LiveInstance(
+            id=self.rec.id,
+            service=self.rec.service,
+            fingerprint=self.rec.fingerprint,
+            revision=self.rec.revision,
+            phase=phase,
+            ready=self.ready and phase is Phase.RUNNING,
+            failing=self.failing,
+            pid=self.rec.pid,
+            port=self.rec.port,
+            restarts=self.rec.restarts,
+            failures=self.rec.failures,
+            exit_code=self.rec.exit_code,
+            started_at=self.rec.started_at,
+            exited_at=self.rec.exited_at,
+            last_error=self.rec.extra.get("last_error"),
+        )
+
+    def cancel_tasks(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        self.tasks.clear()
+
+
+class Supervisor:
+    """All instances of one (app, environment) on this host."""
+
+    def __init__(
+        self,
+        app: str,
+        env: str,
+        state_dir: Path,
+        store: Store,
+        runtime: ProcessRuntime,
+        metrics: Metrics,
+        wake: Callable[[], None],
+    ) -> None:
+        self.app, self.env = app, env
+        self.state_dir, self.store, self.runtime = state_dir, store, runtime
+        self.metrics, self.wake = metrics, wake
+        self.instances: dict[str, Instance] = {}
+        self.data_dir = state_dir / "data" / app / env
+
+    # -- the live state ---------------------------------------------------
+
+    def live(self) -> Live:
+        return Live(self.env, tuple(i.live() for i in self.instances.values()))
+
+    def used_ports(self) -> set[int]:
+        return {i.rec.port for i in self.instances.values() if i.rec.port}
+
+    # -- actions ----------------------------------------------------------
+
+    async def start(self, desired: Desired, svc: DesiredService, release: Path) -> str:
+        """A new instance of `svc`: recorded first, then spawned."""
+        seq = int(self.store.get_kv("instance_seq") or "0") + 1
+        self.store.set_kv("instance_seq", str(seq))
+        inst_id = f"{svc.name}-{svc.fingerprint[:4]}-{seq}"
+        rec = InstanceRecord(
+            id=inst_id,
+            app=self.app,
+            env=self.env,
+            service=svc.name,
+            fingerprint=svc.fingerprint,
+            revision=desired.revision,
+            release_dir=str(release),
+            log_path=str(self.state_dir / "logs" / self.app / self.env / f"{inst_id}.log"),
+            created_at=time.time(),
+            extra=_policy_extra(svc),
+        )
+        self.store.put_instance(rec)
+        inst = self.instances[inst_id] = Instance(rec)
+        await self._spawn(inst, desired, svc)
+        return inst_id
+
+    async def restart(self, desired: Desired, svc: DesiredService, inst_id: str) -> None:
+        inst = self.instances[inst_id]
+        inst.rec = replace(inst.rec, restarts=inst.rec.restarts + 1)
+        self.metrics.restarts.labels(self.env, svc.name).inc()
+        await self._spawn(inst, desired, svc)
+
+    def stop(self, inst_id: str, reason: str) -> None:
+        """Begin a graceful stop in the background; the record goes when the process has."""
+        inst = self.instances[inst_id]
+        inst.cancel_tasks()
+        inst.ready = False
+        inst.rec = replace(inst.rec, state="stopping")
+        self.store.put_instance(inst.rec)
+        log.info("[%s] stop %s (%s)", self.env, inst_id, reason)
+        inst.tasks.append(asyncio.create_task(self._stop(inst)))
+
+    def forget(self, inst_id: str) -> None:
+        inst = self.instances.pop(inst_id)
+        inst.cancel_tasks()
+        self.store.delete_instance(inst_id)
+
+    async def _stop(self, inst: Instance) -> None:
+        try:
+            if inst.handle is not None:
+                signal = str(inst.rec.extra.get("stop_signal", "TERM"))
+                grace = float(inst.rec.extra.get("stop_grace", 30.0))
+                await self.runtime.stop(inst.handle, signal, grace)
+        finally:
+            self.instances.pop(inst.rec.id, None)
+            self.store.delete_instance(inst.rec.id)
+            self.wake()
+
+    async def _spawn(self, inst: Instance, desired: Desired, svc: DesiredService) -> None:
+        port = self._port(inst, svc)
+        try:
+            spec = self._instance_spec(inst, desired, svc, port)
+            inst.handle = await self.runtime.start(spec)
+        except (RuntimeFailure, UserError) as err:
+            self._mark_exited(inst, 127, str(err))
+            return
+        inst.ready = inst.failing = False
+        inst.probe_failures = 0
+        inst.rec = replace(
+            inst.rec,
+            pid=inst.handle.pid,
+            start_ticks=inst.handle.start_ticks,
+            port=port,
+            state="running",
+            started_at=time.time(),
+            exit_code=None,
+            exited_at=None,
+            healthy_since=None,
+            extra={**inst.rec.extra, "last_error": None},
+        )
+        self.store.put_instance(inst.rec)
+        log.info(
+            "[%s] started %s (pid %d%s)",
+            self.env,
+            inst.rec.id,
+            inst.handle.pid,
+            f", port {port}" if port else "",
+        )
+        self._watch(inst)
+
+    def _port(self, inst: Instance, svc: DesiredService) -> int | None:
+        if svc.spec.port is None or svc.spec.port is False:
+            return None
+        used = self.used_ports() - {inst.rec.port or 0}
+        if inst.rec.port and inst.rec.port not in used and _port_free(inst.rec.port):
+            return inst.rec.port  # a restarted instance keeps its port when it can
+        return allocate_port(exclude=used)
+
+    def _instance_spec(
+        self, inst: Instance, desired: Desired, svc: DesiredService, port: int | None
+    ) -> InstanceSpec:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        builtins = {
+            "PORT": str(port or ""),
+            "ONDECK_APP": self.app,
+            "ONDECK_SERVICE": svc.name,
+            "ONDECK_ENV": self.env,
+            "ONDECK_REVISION": inst.rec.revision,
+            "ONDECK_VERSION": svc.spec.version or "",
+            "ONDECK_INSTANCE": inst.rec.id,
+            "ONDECK_DATA_DIR": str(self.data_dir),
+        }
+        environ = instance_env(svc.spec.env, builtins, os.environ)
+        argv = tuple(expand(arg, environ) for arg in svc.spec.command or ())
+        return InstanceSpec(
+            id=inst.rec.id,
+            app=self.app,
+            env=self.env,
+            service=svc.name,
+            argv=argv,
+            environ=environ,
+            cwd=Path(inst.rec.release_dir),
+            log_path=Path(inst.rec.log_path),
+            port=port,
+            stop_signal=svc.spec.stop.signal,
+            stop_grace=svc.spec.stop.grace,
+            labels={"fingerprint": svc.fingerprint, "revision": desired.revision},
+        )
+
+    # -- exits --------------------------------------------------------------
+
+    def on_exit(self, event: ExitEvent) -> bool:
+        """A process ended: a requested stop finishes in `_stop`; anything else is a crash."""
+        inst = self.instances.get(event.id)
+        if inst is None or inst.handle is None or inst.handle.pid != event.pid:
+            return False
+        if inst.rec.state == "stopping":
+            return True
+        self._mark_exited(inst, event.exit_code, exit_text(event.exit_code))
+        return True
+
+    def _mark_exited(self, inst: Instance, code: int | None, why: str) -> None:
+        now = time.time()
+        inst.cancel_tasks()
+        inst.ready = False
+        reset_after = float(inst.rec.extra.get("reset_after", 600.0))
+        failures = next_failures(inst.rec.failures, inst.rec.healthy_since, now, reset_after)
+        log_tail = tail(Path(inst.rec.log_path), LOG_TAIL_LINES)
+        inst.rec = replace(
+            inst.rec,
+            state="exited",
+            exit_code=code,
+            exited_at=now,
+            failures=failures,
+            healthy_since=None,
+            extra={**inst.rec.extra, "last_error": why, "log_tail": log_tail},
+        )
+        self.store.put_instance(inst.rec)
+        self.store.events_add(self.env, inst.rec.service, "exit", f"{inst.rec.id} {why}", now)
+        log.warning("[%s] %s %s", self.env, inst.rec.id, why)
+        self.wake()
+
+    # -- health ---------------------------------------------------------------
+
+    def _watch(self, inst: Instance) -> None:
+        check = _health_of(inst.rec)
+        if check is None:
+            self._set_ready(inst, True, None)
+            return
+        inst.tasks.append(asyncio.create_task(self._probe_loop(inst, check)))
+
+    async def _probe_loop(self, inst: Instance, check: HealthCheck) -> None:
+        while True:
+            result = await self._probe(inst, check)
+            now = time.time()
+            started = inst.rec.started_at or now
+            if result.ok:
+                inst.probe_failures = 0
+                self._set_ready(inst, True, None)
+            elif not inst.ready and inst.rec.healthy_since is None:
+                # never ready yet: failing only once its allowance is spent
+                allowance = check.start_period + check.failure_threshold * check.interval
+                if now - started >= allowance:
+                    self._set_failing(inst, result.detail)
+            elif now - started >= check.start_period:
+                inst.probe_failures += 1
+                if inst.probe_failures >= check.failure_threshold:
+                    self._set_failing(inst, result.detail)
+            await asyncio.sleep(check.interval if inst.ready or inst.failing else FAST_PROBE)
+
+    async def _probe(self, inst: Instance, check: HealthCheck) -> ProbeResult:
+        port = inst.rec.port
+        if check.http is not None and port:
+            return await probe_http(port, check.http, check.timeout)
+        if check.exec is not None:
+            environ = {k: os.environ[k] for k in PASSTHROUGH if k in os.environ}
+            environ.update(PORT=str(port or ""), ONDECK_INSTANCE=inst.rec.id)
+            return await probe_exec(check.exec, Path(inst.rec.release_dir), environ, check.timeout)
+        if port:
+            return await probe_tcp(port, check.timeout)
+        return ProbeResult(False, "health check needs a port: set `port: true`", 0.0)
+
+    def _set_ready(self, inst: Instance, ready: bool, detail: str | None) -> None:
+        if inst.ready == ready and not inst.failing:
+            return
+        inst.ready, inst.failing, inst.probe_detail = ready, False, detail
+        if inst.rec.healthy_since is None:
+            inst.rec = replace(inst.rec, healthy_since=time.time())
+            self.store.put_instance(inst.rec)
+        log.info("[%s] %s is healthy", self.env, inst.rec.id)
+        self.wake()
+
+    def _set_failing(self, inst: Instance, detail: str) -> None:
+        if inst.failing:
+            return
+        inst.ready, inst.failing, inst.probe_detail = False, True, detail
+        inst.rec = replace(
+            inst.rec, extra={**inst.rec.extra, "last_error": f"health check: {detail}"}
+        )
+        self.store.put_instance(inst.rec)
+        self.store.events_add(
+            self.env, inst.rec.service, "unhealthy", f"{inst.rec.id}: {detail}", time.time()
+        )
+        log.warning("[%s] %s is unhealthy: %s", self.env, inst.rec.id, detail)
+        self.wake()
+
+    # -- adoption -------------------------------------------------------------
+
+    def adopt(self, records: Iterable[InstanceRecord], handles: dict[str, Handle]) -> None:
+        """Take over the instances an earlier controller left running."""
+        for rec in records:
+            inst = self.instances[rec.id] = Instance(rec)
+            handle = handles.pop(rec.id, None)
+            alive = (
+                handle is not None
+                and (rec.pid in (None, handle.pid))
+                and self.runtime.adopt(handle)
+            )
+            if rec.state == "exited":
+                continue
+            if not alive or handle is None:
+                if rec.state in ("stopping", "launching"):
+                    self.forget(rec.id)
+                else:
+                    self._mark_exited(inst, None, "exited while the controller was down")
+                continue
+            inst.handle = handle
+            if rec.state == "launching":  # spawned, but the controller died before recording it
+                inst.rec = replace(
+                    rec,
+                    pid=handle.pid,
+                    start_ticks=handle.start_ticks,
+                    state="running",
+                    started_at=time.time(),
+                )
+                self.store.put_instance(inst.rec)
+            log.info("[%s] adopted %s (pid %d)", self.env, rec.id, handle.pid)
+            if inst.rec.state == "stopping":
+                inst.tasks.append(asyncio.create_task(self._stop(inst)))
+            else:
+                self._watch(inst)
+
+    def close(self) -> None:
+        for inst in self.instances.values():
+            inst.cancel_tasks()
+
+
+def _policy_extra(svc: DesiredService) -> dict[str, Any]:
+    """What an instance must remember of its spec even after the spec moves on."""
+    health = svc.spec.health
+    if health is None and svc.spec.port:
+        health = DEFAULT_TCP
+    return {
+        "stop_signal": svc.spec.stop.signal,
+        "stop_grace": svc.spec.stop.grace,
+        "reset_after": svc.spec.restart.reset_after,
+        "health": health.model_dump(mode="json") if health else None,
+    }
+
+
+def _health_of(rec: InstanceRecord) -> HealthCheck | None:
+    raw = rec.extra.get("health")
+    return HealthCheck.model_validate(raw) if raw else None
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock, contextlib.suppress(OSError):
+        sock.bind(("127.0.0.1", port))
+        return True
+    return False

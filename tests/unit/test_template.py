@@ -1,0 +1,150 @@
+"""`${NAME}` expansion: literal escapes, unknown names, what each field may use."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+import pytest
+
+from ondeck.errors import UserError
+from ondeck.spec.model import Spec
+from ondeck.spec.template import (
+    BUILTIN,
+    PASSTHROUGH,
+    check_references,
+    expand,
+    instance_env,
+    names,
+)
+
+ENV = {"PORT": "8080", "HOME": "/home/app", "X": "x"}
+
+
+@pytest.mark.parametrize(
+    ("value", "expanded"),
+    [
+        ("127.0.0.1:${PORT}", "127.0.0.1:8080"),
+        ("${HOME}/${X}${X}", "/home/app/xx"),
+        ("$${PORT}", "${PORT}"),
+        ("$${NOPE} and ${PORT}", "${NOPE} and 8080"),
+        ("$$${PORT}", "$${PORT}"),  # a lone "$", then an escaped "${PORT}"
+        ("cost: $5", "cost: $5"),
+        ("$PORT", "$PORT"),
+        ("$", "$"),
+        ("$$", "$$"),
+        ("{PORT}", "{PORT}"),
+        ("", ""),
+    ],
+)
+def test_expand(value: str, expanded: str) -> None:
+    assert expand(value, ENV) == expanded
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        ("${NOPE}", r"unknown variable \$\{NOPE\}"),
+        ("${}", "malformed reference"),
+        ("${PORT", "malformed reference"),
+        ("${A-B}", "malformed reference"),
+    ],
+)
+def test_expand_rejects(value: str, error: str) -> None:
+    with pytest.raises(UserError, match=error):
+        expand(value, ENV)
+
+
+def test_names_in_order_of_first_use() -> None:
+    assert names("${B}:${A}:$${C}:${B}:$D") == ["B", "A"]
+
+
+def _spec(**service: object) -> Spec:
+    return Spec.model_validate({"app": "shop", "services": {"web": service}})
+
+
+@pytest.mark.parametrize(
+    ("service", "found"),
+    [
+        ({"command": ["run", "${PORT}", "${HOME}", "${LEVEL}"], "env": {"LEVEL": "1"}}, []),
+        ({"command": ["${ONDECK_DATA_DIR}/bin", "$${LITERAL}"]}, []),
+        (
+            {"command": ["run", "${PROT}"]},
+            [
+                (
+                    ("services", "web", "command", 1),
+                    "unknown variable ${PROT}; did you mean ${PORT}?",
+                )
+            ],
+        ),
+        (
+            {"command": ["a"], "env": {"A": "${PATH}:${ONDECK_APP}", "B": "${A}"}},
+            [
+                (
+                    ("services", "web", "env", "B"),
+                    "${A} refers to another env key: env values may use only builtins, "
+                    "host variables passed through and secrets",
+                )
+            ],
+        ),
+        (
+            {
+                "command": ["a"],
+                "build": ["make", "${ONDECK_VERSION}", "${A}", "${PORT}", "${ONDECK_INSTANCE}"],
+                "env": {"A": "1"},
+            },
+            [
+                (
+                    ("services", "web", "build", 3),
+                    "PORT is not known at build time (it is set per instance)",
+                ),
+                (
+                    ("services", "web", "build", 4),
+                    "ONDECK_INSTANCE is not known at build time (it is set per instance)",
+                ),
+            ],
+        ),
+    ],
+)
+def test_check_references(service: dict[str, object], found: list[object]) -> None:
+    assert check_references(_spec(**service)) == found
+
+
+def test_secrets_are_known_everywhere() -> None:
+    spec = _spec(command=["${DB}"], build=["${DB}"], env={"URL": "${DB}"})
+    assert len(check_references(spec)) == 3
+    assert check_references(spec, secrets=["DB"]) == []
+
+
+def test_instance_env_precedence() -> None:
+    host = {"PATH": "/usr/bin", "HOME": "/root", "AWS_SECRET": "leak", "PORT": "1"}
+    builtins = {"PORT": "40123", "ONDECK_APP": "shop"}
+    service_env = {"BIND": "127.0.0.1:${PORT}", "WHERE": "${HOME}", "TOKEN": "t", "ONDECK_APP": "x"}
+    env = instance_env(service_env, builtins, host, {"TOKEN": "secret", "DB": "db"})
+    assert env == {
+        "PATH": "/usr/bin",
+        "HOME": "/root",
+        "TOKEN": "t",
+        "DB": "db",
+        "BIND": "127.0.0.1:40123",
+        "WHERE": "/root",
+        "PORT": "40123",
+        "ONDECK_APP": "shop",
+    }
+
+
+def test_instance_env_is_pure() -> None:
+    host = MappingProxyType({"PATH": "/bin"})
+    builtins = MappingProxyType({"PORT": "1"})
+    service_env = MappingProxyType({"A": "${PORT}"})
+    assert instance_env(service_env, builtins, host) == {"PATH": "/bin", "A": "1", "PORT": "1"}
+    assert instance_env(service_env, builtins, host) == instance_env(service_env, builtins, host)
+
+
+def test_instance_env_passes_through_only_the_listed_host_names() -> None:
+    host = {name: "v" for name in (*PASSTHROUGH, "SSH_AUTH_SOCK", "PYTHONPATH")}
+    assert set(instance_env({}, {}, host)) == set(PASSTHROUGH)
+
+
+def test_builtin_names_are_the_designed_ones() -> None:
+    assert len(BUILTIN) == len(set(BUILTIN)) == 8
+    assert all(name == "PORT" or name.startswith("ONDECK_") for name in BUILTIN)
