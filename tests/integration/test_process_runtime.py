@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -195,8 +196,6 @@ def test_read_start_ticks_of_a_zombie_is_none() -> None:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     try:
         pidfd = os.pidfd_open(proc.pid)
-        import select
-
         select.select([pidfd], [], [], DEADLINE)  # exited, not yet reaped: a zombie
         os.close(pidfd)
         assert read_start_ticks(proc.pid) is None

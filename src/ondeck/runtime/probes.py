@@ -116,9 +116,11 @@ async def _wait_or_kill(proc: asyncio.subprocess.Process, timeout: float) -> int
         code: int | None = await asyncio.wait_for(proc.wait(), timeout)
     except TimeoutError:
         code = None
-    # Its own session made it a group leader: sweep it and anything it left running.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        # Its own session made it a group leader: sweep it and anything it left running,
+        # also when our caller cancels the probe.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
     await proc.wait()
     return code
 

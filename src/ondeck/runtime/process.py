@@ -118,6 +118,7 @@ class ProcessRuntime:
         self._watches: dict[str, _Watch] = {}
 
     async def start(self, spec: InstanceSpec) -> Handle:
+        """Spawn the instance detached, logging to `spec.log_path`, and watch its exit."""
         popen = self._spawn(spec)
         stat = _read_stat(popen.pid)
         # Our unreaped child cannot vanish from /proc, even if it already exited.
@@ -179,6 +180,7 @@ class ProcessRuntime:
         os.close(watch.pidfd)
 
     async def stop(self, handle: Handle, signal: str, grace: float) -> int | None:
+        """Signal the instance's group, SIGKILL it after `grace`; the exit code if known."""
         sig = _signal_number(signal)
         watch = self._watched(handle)
         if watch is None:
@@ -206,6 +208,7 @@ class ProcessRuntime:
         return self._watches.get(handle.id) if self.adopt(handle) else None
 
     def adopt(self, handle: Handle) -> bool:
+        """Watch a live instance an earlier controller started; False if it is gone."""
         current = self._watches.get(handle.id)
         if current is not None:
             return current.handle == handle
@@ -221,6 +224,7 @@ class ProcessRuntime:
         return True
 
     def scan(self) -> dict[str, Handle]:
+        """Every live instance of this state dir on the host, by instance id."""
         marker = f"{MARKER}={self._supervisor}".encode()
         found: dict[str, Handle] = {}
         for pid in _pids():
@@ -230,6 +234,7 @@ class ProcessRuntime:
         return found
 
     def is_alive(self, handle: Handle) -> bool:
+        """True while the very process of `handle` runs (not a zombie, not a reused pid)."""
         return read_start_ticks(handle.pid) == handle.start_ticks
 
     def close(self) -> None:
@@ -253,9 +258,10 @@ def _spawn_failure(spec: InstanceSpec, exc: OSError) -> str:
     if exc.filename is not None and str(exc.filename) == str(spec.cwd):
         return head + f"working directory {spec.cwd} does not exist or is not a directory"
     if exc.errno == errno.ENOENT:
+        where = f"relative to {spec.cwd}" if "/" in command else "on the instance's PATH"
         return head + (
-            f"command {command!r} not found (looked in {spec.cwd} and the instance's PATH);"
-            " check `command` in ondeck.yaml or install it"
+            f"command {command!r} not found {where};"
+            " check `command` in ondeck.yaml or install it on this host"
         )
     if exc.errno == errno.EACCES:
         return (

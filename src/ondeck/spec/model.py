@@ -138,8 +138,12 @@ class StopPolicy(Strict):
 class Step(Strict):
     """A canary step: shift `weight` percent of traffic, or `pause` (a duration or `manual`)."""
 
-    weight: int | None = Field(None, ge=0, le=100)
-    pause: Duration | Literal["manual"] | None = None
+    weight: int | None = Field(
+        None, ge=0, le=100, description="Percent of traffic to the new version."
+    )
+    pause: Duration | Literal["manual"] | None = Field(
+        None, description="Wait this long, or until `ondeck rollout promote` (manual)."
+    )
 
     @model_validator(mode="after")
     def _one(self) -> Step:
@@ -151,23 +155,28 @@ class Step(Strict):
 class Analysis(Strict):
     """Automated analysis of a new version from the router's metrics."""
 
-    interval: Duration = 10.0
-    max_error_rate: float = Field(0.01, ge=0, le=1)
-    max_p95: Duration = 0.5
-    failure_limit: int = Field(1, ge=0)
+    interval: Duration = Field(10.0, description="How often the new version is measured.")
+    max_error_rate: float = Field(0.01, ge=0, le=1, description="Highest share of 5xx answers.")
+    max_p95: Duration = Field(0.5, description="Highest 95th percentile latency.")
+    failure_limit: int = Field(1, ge=0, description="Failed measurements tolerated before abort.")
 
 
 class Match(Strict):
     """Requests matching any header or cookie here always reach the new version (A/B)."""
 
-    header: dict[str, str] = Field(default_factory=dict)
-    cookie: dict[str, str] = Field(default_factory=dict)
+    header: dict[str, str] = Field(default_factory=dict, description="Header name -> value.")
+    cookie: dict[str, str] = Field(default_factory=dict, description="Cookie name -> value.")
 
 
 class Rollout(Strict):
     """How a new release replaces the running one."""
 
-    strategy: Literal["recreate", "rolling", "blue-green", "canary"] = "rolling"
+    strategy: Literal["recreate", "rolling", "blue-green", "canary"] = Field(
+        "rolling",
+        description="recreate: stop all, then start; rolling: replace a few at a time; "
+        "blue-green: start the whole new set, then switch; canary: shift traffic in steps "
+        "(until the router ships, canary runs as blue-green).",
+    )
     max_surge: int = Field(1, ge=0, description="Extra instances allowed during a rolling update.")
     max_unavailable: int = Field(
         0, ge=0, description="Ready instances that may be missing during it."
@@ -176,9 +185,9 @@ class Rollout(Strict):
         30.0, description="Time in-flight requests get before an old instance stops."
     )
     keep_old: Duration = Field(30.0, description="Blue/green: how long the old set is kept.")
-    steps: list[Step] = Field(default_factory=list)
-    analysis: Analysis | None = None
-    match: Match | None = None
+    steps: list[Step] = Field(default_factory=list, description="Canary steps, in order.")
+    analysis: Analysis | None = Field(None, description="Automatic abort on bad figures.")
+    match: Match | None = Field(None, description="A/B: who always gets the new version.")
 
     @model_validator(mode="after")
     def _progress(self) -> Rollout:
@@ -192,8 +201,8 @@ class Rollout(Strict):
 class Route(Strict):
     """Where users reach a service through the router; no host matches any host."""
 
-    host: str | None = None
-    path: str = "/"
+    host: str | None = Field(None, description="Host name to match; none matches any host.")
+    path: str = Field("/", description="Path prefix to match.")
 
     @field_validator("path")
     @classmethod
@@ -220,12 +229,16 @@ class Service(Strict):
     port: bool | int | None = Field(
         None, description="true: ondeck assigns $PORT (process); an int is the container port."
     )
-    replicas: int = Field(1, ge=0)
-    health: HealthCheck | None = None
-    restart: RestartPolicy = Field(default_factory=RestartPolicy)
-    stop: StopPolicy = Field(default_factory=StopPolicy)
-    rollout: Rollout = Field(default_factory=Rollout)
-    routes: list[Route] = Field(default_factory=list)
+    replicas: int = Field(1, ge=0, description="How many instances run.")
+    health: HealthCheck | None = Field(
+        None, description="Readiness check; with a port and none given, a TCP check on the port."
+    )
+    restart: RestartPolicy = Field(default_factory=RestartPolicy, description="Crash handling.")
+    stop: StopPolicy = Field(default_factory=StopPolicy, description="Graceful stop.")
+    rollout: Rollout = Field(default_factory=Rollout, description="How new releases replace old.")
+    routes: list[Route] = Field(
+        default_factory=list, description="Where the router sends users to this service."
+    )
 
     @field_validator("env")
     @classmethod
@@ -244,25 +257,29 @@ class Service(Strict):
 
 
 class PostgresSource(Strict):
+    """A PostgreSQL database named by a URL held outside git."""
+
     url_env: str = Field(description="Name of the host secret or env var holding the database URL.")
 
 
 class Keep(Strict):
-    last: int = Field(3, ge=0)
-    daily: int = Field(7, ge=0)
-    weekly: int = Field(4, ge=0)
-    monthly: int = Field(6, ge=0)
+    """Retention: how many backups to keep, per kind of period."""
+
+    last: int = Field(3, ge=0, description="The most recent ones.")
+    daily: int = Field(7, ge=0, description="The last of each day.")
+    weekly: int = Field(4, ge=0, description="The last of each week.")
+    monthly: int = Field(6, ge=0, description="The last of each month.")
 
 
 class Backup(Strict):
     """A database backed up on a schedule and proven by restoring it."""
 
     sqlite: str | None = Field(None, description="Path, relative to ONDECK_DATA_DIR.")
-    postgres: PostgresSource | None = None
+    postgres: PostgresSource | None = Field(None, description="A PostgreSQL database.")
     schedule: str = Field("0 3 * * *", description="cron expression")
-    keep: Keep = Field(default_factory=Keep)
-    verify: bool = True
-    before_deploy: bool = True
+    keep: Keep = Field(default_factory=Keep, description="Retention.")
+    verify: bool = Field(True, description="Prove each backup by restoring it.")
+    before_deploy: bool = Field(True, description="Take one before every deploy.")
 
     @model_validator(mode="after")
     def _one(self) -> Backup:
@@ -272,6 +289,8 @@ class Backup(Strict):
 
 
 class RuntimeKind(StrEnum):
+    """Where instances run."""
+
     PROCESS = "process"
     CONTAINER = "container"
     KUBERNETES = "kubernetes"
@@ -281,9 +300,13 @@ class Spec(Strict):
     """The whole `ondeck.yaml`, for one environment once overlays are merged."""
 
     app: str = Field(description="The application's name, a DNS label.")
-    runtime: RuntimeKind = RuntimeKind.PROCESS
-    services: dict[str, Service] = Field(default_factory=dict)
-    backups: dict[str, Backup] = Field(default_factory=dict)
+    runtime: RuntimeKind = Field(
+        RuntimeKind.PROCESS, description="process (local processes), container or kubernetes."
+    )
+    services: dict[str, Service] = Field(default_factory=dict, description="Services by name.")
+    backups: dict[str, Backup] = Field(
+        default_factory=dict, description="Databases to back up, by name."
+    )
     environments: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Overlays deep-merged onto the base per environment; lists replace.",
