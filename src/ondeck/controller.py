@@ -91,6 +91,7 @@ class EnvState:
     op: Operation | None = None
     last_result: str | None = None
     wake_at: float | None = None
+    manual: bool = False  # a person asked for a sync: act even with self-heal off
 
 
 @dataclass
@@ -140,6 +141,7 @@ class Controller:
     async def run(self) -> None:
         self._wake_event = asyncio.Event()
         self._adopt()
+        await self._restore()
         try:
             while not self._stopping:
                 await self._step()
@@ -218,26 +220,41 @@ class Controller:
 
     async def _load(self, state: EnvState, head: str, trigger: str) -> None:
         manual = trigger not in (Trigger.POLL, Trigger.STARTUP)
+        state.manual = state.manual or manual
         if head == state.seen:
             if manual and state.candidate is not None and state.candidate.sha == head:
                 await self._apply_revision(state, head, trigger)
             return
         state.seen = head
+        if state.desired is not None and state.desired.revision == head and state.error is None:
+            return  # restored from the state dir: nothing new
         commit = await asyncio.to_thread(self.source.commit_info, head)
-        if (
-            self.opts.auto_sync
-            or manual
-            or (state.desired is None and self._first_apply(state, head))
-        ):
+        if self.opts.auto_sync or manual or state.desired is None:
             await self._apply_revision(state, head, trigger, commit)
         else:
             state.candidate = commit
             log.info("[%s] %s is new; auto-sync is off: run `ondeck sync`", state.name, head[:12])
 
-    def _first_apply(self, state: EnvState, head: str) -> bool:
-        """Without auto-sync, start from what was last applied, not from the head."""
-        record = self.store.get_env(state.name)
-        return record is None or record.desired_revision in (None, head)
+    async def _restore(self) -> None:
+        """Render what was last applied from the local mirror, before any fetch.
+
+        So a controller restarted while the remote is unreachable still
+        supervises (restarts, heals) what it had deployed.
+        """
+        for state in self.envs.values():
+            record = self.store.get_env(state.name)
+            if record is None or not record.desired_revision:
+                continue
+            rev = record.desired_revision
+            try:
+                desired = await asyncio.to_thread(self._render, state, rev)
+                await asyncio.to_thread(self._prepare_releases, state, desired)
+                commit = await asyncio.to_thread(self.source.commit_info, rev)
+            except (SpecError, UserError, SourceError) as err:
+                log.warning("[%s] cannot restore %s from the mirror: %s", state.name, rev[:12], err)
+                continue
+            state.desired, state.commit = desired, commit
+            log.info("[%s] restored %s %s", state.name, rev[:12], commit.message)
 
     async def _apply_revision(
         self, state: EnvState, rev: str, trigger: str, commit: CommitInfo | None = None
@@ -321,16 +338,19 @@ class Controller:
         sup, desired = state.supervisor, state.desired
         if desired is None:
             return
-        if sup is None or sup.app != desired.app:
+        if sup is None:
             sup = state.supervisor = self._supervisor(desired.app, state.name)
+        sup.app = desired.app  # a renamed app rolls: the app is part of every fingerprint
         started = time.perf_counter()
         now = time.time()
         steps = plan(desired, sup.live(), now)
         state.wake_at = steps.wake_at
-        acting = state.op is not None or self.opts.self_heal
+        acting = state.op is not None or self.opts.self_heal or state.manual
+        trigger = Trigger.CLI if state.manual else Trigger.SELF_HEAL
+        state.manual = False
         if acting and steps.actions:
             if state.op is None and any(not isinstance(a, Restart) for a in steps.actions):
-                self._open_heal_op(state, steps)
+                self._open_heal_op(state, steps, trigger)
             await self._execute(state, sup, desired, steps.actions)
             self.wake()  # observe the result and plan again at once
         elif state.op is not None:
@@ -338,13 +358,11 @@ class Controller:
         self.metrics.reconcile_duration.labels(state.name).observe(time.perf_counter() - started)
         self._export_metrics(state)
 
-    def _open_heal_op(self, state: EnvState, steps: Plan) -> None:
+    def _open_heal_op(self, state: EnvState, steps: Plan, trigger: str) -> None:
         assert state.desired is not None and state.commit is not None
         c = state.commit
-        op_id = self.store.begin_sync(
-            state.name, c.sha, c.author, c.message, Trigger.SELF_HEAL, time.time()
-        )
-        state.op = Operation(op_id, c.sha, Trigger.SELF_HEAL, time.time())
+        op_id = self.store.begin_sync(state.name, c.sha, c.author, c.message, trigger, time.time())
+        state.op = Operation(op_id, c.sha, trigger, time.time())
         log.info("[%s] drift: %s", state.name, "; ".join(_describe(a) for a in steps.actions))
 
     async def _execute(

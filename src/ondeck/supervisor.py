@@ -99,7 +99,11 @@ class Supervisor:
         self.state_dir, self.store, self.runtime = state_dir, store, runtime
         self.metrics, self.wake = metrics, wake
         self.instances: dict[str, Instance] = {}
-        self.data_dir = state_dir / "data" / app / env
+
+    @property
+    def data_dir(self) -> Path:
+        """Persistent data of this app in this environment, kept across releases."""
+        return self.state_dir / "data" / self.app / self.env
 
     # -- the live state ---------------------------------------------------
 

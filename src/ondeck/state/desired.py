@@ -44,9 +44,10 @@ class Desired:
         return frozenset(s.name for s in self.services)
 
 
-def fingerprint(service: Service, code_id: str, secrets_id: str = "") -> str:
+def fingerprint(service: Service, code_id: str, secrets_id: str = "", app: str = "") -> str:
     """A short id of everything that shapes a running instance of `service`."""
     payload = {
+        "app": app,
         "code": code_id,
         "secrets": secrets_id,
         "command": service.command,
@@ -63,7 +64,7 @@ def fingerprint(service: Service, code_id: str, secrets_id: str = "") -> str:
 def render(spec: Spec, env: str, revision: str, code_id: str, secrets_id: str = "") -> Desired:
     """The desired state of one environment at one revision."""
     services = tuple(
-        DesiredService(name, service, fingerprint(service, code_id, secrets_id))
+        DesiredService(name, service, fingerprint(service, code_id, secrets_id, spec.app))
         for name, service in sorted(spec.services.items())
     )
     return Desired(spec.app, env, revision, spec.runtime.value, services)
