@@ -21,10 +21,11 @@ from ondeck.spec.model import Service
 from ondeck.state.desired import Desired, DesiredService
 from ondeck.state.live import Live, LiveInstance, Phase
 from ondeck.state.plan import Action, Forget, Plan, Restart, Start, Stop, plan
+from ondeck.state.rollout import Progress
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "plan"
-FIXTURE_KEYS = {"name", "now", "desired", "live", "expect", "bug"}
-EXPECT_KEYS = {"actions", "ordered", "done", "waiting", "wake_at"}
+FIXTURE_KEYS = {"name", "now", "desired", "live", "expect", "bug", "releases"}
+EXPECT_KEYS = {"actions", "ordered", "done", "waiting", "wake_at", "releases", "traffic"}
 
 
 # -- fixture format -----------------------------------------------------------
@@ -105,6 +106,23 @@ def check(result: Plan, expect: dict[str, Any]) -> None:
             assert any(text in reason for reason in result.waiting), (text, result.waiting)
     if "wake_at" in expect:
         assert result.wake_at == expect["wake_at"]
+    for service, fields in (expect.get("releases") or {}).items():
+        got = result.progress.get(service)
+        if fields is None:
+            assert got is None, got
+            continue
+        assert got is not None, result.progress
+        for key, value in fields.items():
+            assert got.to_json()[key] == value, (key, got)
+    for service, fields in (expect.get("traffic") or {}).items():
+        assert dataclasses.asdict(result.traffic[service]) == fields, result.traffic
+
+
+def releases_of(data: dict[str, Any]) -> dict[str, Progress]:
+    return {
+        name: Progress.from_json({"service": name, **fields})
+        for name, fields in (data.get("releases") or {}).items()
+    }
 
 
 # -- the fixtures --------------------------------------------------------------
@@ -117,7 +135,12 @@ def test_there_are_fixtures() -> None:
 @pytest.mark.parametrize("path", cases())
 def test_plan_fixture(path: Path) -> None:
     data = load(path)
-    result = plan(desired_of(data["desired"]), live_of(data["live"] or []), float(data["now"]))
+    result = plan(
+        desired_of(data["desired"]),
+        live_of(data["live"] or []),
+        float(data["now"]),
+        releases_of(data),
+    )
     check(result, data["expect"])
 
 
@@ -125,7 +148,7 @@ def test_plan_fixture(path: Path) -> None:
 def test_plan_acts_once_per_instance_and_starts_only_the_desired_release(path: Path) -> None:
     data = load(path)
     desired = desired_of(data["desired"])
-    result = plan(desired, live_of(data["live"] or []), float(data["now"]))
+    result = plan(desired, live_of(data["live"] or []), float(data["now"]), releases_of(data))
     touched = [a.instance for a in result.actions if not isinstance(a, Start)]
     assert len(touched) == len(set(touched)), result.actions
     for action in result.actions:
@@ -203,15 +226,23 @@ def rollout(**fields: Any) -> Desired:
 def drive(desired: Desired, host: Host, check_step: Any, steps: int = 30) -> list[Plan]:
     """Plan, apply, check, tick until the plan is done; the plans made on the way."""
     plans: list[Plan] = []
+    releases: dict[str, Progress] = {}
     for _ in range(steps):
-        result = plan(desired, host.live(), host.now)
+        result = plan(desired, host.live(), host.now, releases)
         plans.append(result)
+        for name, progress in result.progress.items():
+            if progress is None:
+                releases.pop(name, None)
+            else:
+                releases[name] = progress
         if result.done:
             return plans
         for action in result.actions:
             host.apply(action)
         check_step(host)
         host.tick()
+        if not result.actions and result.wake_at is not None:
+            host.now = max(host.now, result.wake_at)  # nothing to do until then
     pytest.fail(f"no convergence in {steps} steps: {plans[-1]}")
 
 
@@ -259,3 +290,23 @@ def test_recreate_never_mixes_versions_among_counted_instances() -> None:
     plans = drive(rollout(replicas=2, rollout={"strategy": "recreate"}), host, one_version)
     first = [compact(a) for a in plans[0].actions]
     assert sorted(first) == ["stop web web-1", "stop web web-2"]
+
+
+@pytest.mark.parametrize("strategy", ["blue-green", "canary"])
+def test_progressive_release_keeps_the_old_set_serving_until_promoted(strategy: str) -> None:
+    host = Host(old_set(2))
+    steps = [{"weight": 20}, {"pause": "5s"}, {"weight": 60}, {"pause": "5s"}]
+    steps = steps if strategy == "canary" else []
+    spec = {"strategy": strategy, "keep_old": "10s", "steps": steps}
+
+    def old_serves_until_the_new_set_is_ready(host: Host) -> None:
+        new_ready = sum(1 for i in counted(host) if i.fingerprint == "f2" and i.ready)
+        old_left = sum(1 for i in counted(host) if i.fingerprint == "f1")
+        assert old_left == 2 or new_ready == 2
+
+    plans = drive(rollout(replicas=2, rollout=spec), host, old_serves_until_the_new_set_is_ready)
+    weights = [p.traffic["web"].weight for p in plans if p.traffic["web"].canary == "f2"]
+    assert weights == sorted(weights)  # traffic only ever moves forward
+    assert ({20, 60} if strategy == "canary" else {100}) <= set(weights)
+    assert sorted(i.fingerprint for i in host.instances) == ["f2"] * 2
+    assert plans[-1].traffic["web"].canary is None  # released: one plain pool again

@@ -8,12 +8,16 @@ named result with a reason and, when known, a time to look again.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from ondeck.state import rollout
 from ondeck.state.desired import Desired, DesiredService
 from ondeck.state.health import exit_text, restart_delay
 from ondeck.state.live import Live, LiveInstance, Phase
+from ondeck.state.rollout import Progress, Stage, Traffic
+
+PROGRESSIVE = ("blue-green", "canary")
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,8 @@ class Plan:
     actions: tuple[Action, ...] = ()
     waiting: tuple[str, ...] = ()
     wake_at: float | None = None
+    progress: Mapping[str, Progress | None] = field(default_factory=dict)  # None: release over
+    traffic: Mapping[str, Traffic] = field(default_factory=dict)
 
     @property
     def done(self) -> bool:
@@ -60,20 +66,32 @@ class Plan:
 
 @dataclass
 class _Builder:
+    releases: Mapping[str, Progress]
     actions: list[Action] = field(default_factory=list)
     waiting: list[str] = field(default_factory=list)
     wake_at: float | None = None
+    progress: dict[str, Progress | None] = field(default_factory=dict)
+    traffic: dict[str, Traffic] = field(default_factory=dict)
 
-    def wake(self, at: float) -> None:
-        self.wake_at = at if self.wake_at is None else min(self.wake_at, at)
+    def wake(self, at: float | None) -> None:
+        if at is not None:
+            self.wake_at = at if self.wake_at is None else min(self.wake_at, at)
 
     def build(self) -> Plan:
-        return Plan(tuple(self.actions), tuple(self.waiting), self.wake_at)
+        return Plan(
+            tuple(self.actions), tuple(self.waiting), self.wake_at, self.progress, self.traffic
+        )
 
 
-def plan(desired: Desired, live: Live, now: float) -> Plan:
-    """Every service of `desired` plus pruning of live services no longer wanted."""
-    out = _Builder()
+def plan(
+    desired: Desired, live: Live, now: float, releases: Mapping[str, Progress] | None = None
+) -> Plan:
+    """Every service of `desired` plus pruning of live services no longer wanted.
+
+    `releases` holds the stored progress of blue/green and canary releases;
+    the plan says how it moves on (`progress`) and how to split traffic.
+    """
+    out = _Builder(releases or {})
     for service in desired.services:
         _plan_service(service, live.of(service.name), now, out)
     for name in sorted(live.services - desired.names):
@@ -107,13 +125,19 @@ def _plan_service(
     new = _trim(svc, new, out)
     for inst in new:
         _heal_exited(svc, inst, now, out)
-    if svc.spec.rollout.strategy == "recreate":
+    strategy = svc.spec.rollout.strategy
+    release = out.releases.get(svc.name)
+    if strategy in PROGRESSIVE and (old or _unfinished(release, svc)):
+        _progressive(svc, new, old, release, now, out)
+        return
+    if release is not None:
+        out.progress[svc.name] = None
+    out.traffic[svc.name] = Traffic(None)
+    if strategy == "recreate":
         if not stopping:
             _recreate(svc, new, old, out)
-    elif svc.spec.rollout.strategy == "rolling" or not old:
-        _rolling(svc, new, old, out)
     else:
-        _side_by_side(svc, new, old, out)
+        _rolling(svc, new, old, out)
 
 
 def _trim(svc: DesiredService, new: list[LiveInstance], out: _Builder) -> list[LiveInstance]:
@@ -207,15 +231,30 @@ def _rolling(
         out.waiting.append(f"{svc.name}: rolling, {len(_serving(new))}/{svc.replicas} new ready")
 
 
-def _side_by_side(
-    svc: DesiredService, new: list[LiveInstance], old: list[LiveInstance], out: _Builder
-) -> None:
-    """Blue/green (and canary, until the router weighs traffic): the whole new
-    set starts beside the old; the old set stops only once all new are ready."""
-    out.actions.extend(
-        Start(svc.name, svc.fingerprint) for _ in range(max(svc.replicas - len(new), 0))
+def _unfinished(release: Progress | None, svc: DesiredService) -> bool:
+    return (
+        release is not None
+        and release.canary == svc.fingerprint
+        and release.stage is not Stage.PROMOTED
     )
-    if len(_serving(new)) >= svc.replicas:
-        out.actions.extend(Stop(svc.name, i.id, "blue-green: switched to the new set") for i in old)
-    else:
-        out.waiting.append(f"{svc.name}: new set {len(_serving(new))}/{svc.replicas} ready")
+
+
+def _progressive(
+    svc: DesiredService,
+    new: list[LiveInstance],
+    old: list[LiveInstance],
+    release: Progress | None,
+    now: float,
+    out: _Builder,
+) -> None:
+    """Blue/green and canary: the new set beside the old, traffic moved by the router."""
+    if release is None or release.canary != svc.fingerprint:
+        release = rollout.start(svc, old, release, now)
+    step = rollout.advance(svc, release, new, old, now)
+    if step.progress is not None and step.progress.stage is not Stage.ABORTED:
+        out.actions.extend(Start(svc.name, svc.fingerprint) for _ in range(step.start))
+    out.actions.extend(Stop(svc.name, inst, why) for inst, why in step.stop)
+    out.waiting.extend(step.waiting)
+    out.wake(step.wake_at)
+    out.progress[svc.name] = step.progress
+    out.traffic[svc.name] = step.traffic
