@@ -152,6 +152,12 @@ def up(
     no_self_heal: Annotated[
         bool, typer.Option("--no-self-heal", help="Report drift (OutOfSync) instead of fixing it.")
     ] = False,
+    webhook_secret: Annotated[
+        str | None,
+        typer.Option(
+            envvar="ONDECK_WEBHOOK_SECRET", help="Shared secret of /hooks/{github,gitlab,gitea}."
+        ),
+    ] = None,
 ) -> None:
     """Run the controller in the foreground: make this host match the repo, and keep it so."""
     from ondeck.controller import Options
@@ -170,7 +176,7 @@ def up(
         self_heal=not no_self_heal,
     )
     with _lock(directory):
-        asyncio.run(_serve(opts, api, listen))
+        asyncio.run(_serve(opts, api, listen, webhook_secret))
 
 
 @contextlib.contextmanager
@@ -187,7 +193,7 @@ def _lock(directory: Path) -> Iterator[None]:
         yield
 
 
-async def _serve(opts: Any, api: str, listen: str) -> None:
+async def _serve(opts: Any, api: str, listen: str, webhook_secret: str | None) -> None:
     import uvicorn
 
     from ondeck.api.app import create_app
@@ -197,7 +203,10 @@ async def _serve(opts: Any, api: str, listen: str) -> None:
     controller = Controller(opts)
     token = _ensure_token(opts.state_dir)
     config = uvicorn.Config(
-        create_app(controller, token), log_level="warning", lifespan="off", access_log=False
+        create_app(controller, token, webhook_secret),
+        log_level="warning",
+        lifespan="off",
+        access_log=False,
     )
     server = _Server(config)
     loop = asyncio.get_running_loop()
@@ -530,6 +539,120 @@ def install(
     ):
         err.print(f"[green]wrote[/green] {path}")
     err.print("next: [bold]systemctl daemon-reload && systemctl enable --now ondeck.service[/bold]")
+
+
+# -- the write path: every change to what runs is a commit ------------------------------------
+
+Target = Annotated[
+    str, typer.Option("--repo", help="A git checkout (default: here) or a remote URL.")
+]
+Push = Annotated[
+    bool, typer.Option("--push", help="Push the commit (retried with rebase if the remote moved).")
+]
+Author = Annotated[
+    str | None, typer.Option("--author", help="'Name <email>' (default: git config).")
+]
+BranchOpt = Annotated[str | None, typer.Option("--branch", help="Branch to commit to.")]
+PathOpt = Annotated[str, typer.Option("--path", help="Directory in the repo holding ondeck.yaml.")]
+
+
+def _assignments(pairs: list[str], what: str) -> list[tuple[str, str]]:
+    out = []
+    for pair in pairs:
+        service, sep, value = pair.partition("=")
+        if not sep or not service or not value:
+            raise UserError(f"{pair!r}: write SERVICE={what}, e.g. web=1.4.3")
+        out.append((service, value))
+    return out
+
+
+def _report(result: Any) -> None:
+    if result.sha is None:
+        err.print(f"[yellow]{escape(result.message)}[/yellow]")
+        return
+    out.print(
+        f"[green]committed[/green] {result.sha[:12]}  {escape(result.message.splitlines()[0])}"
+    )
+    for line in result.message.splitlines()[2:]:
+        out.print(f"  {escape(line)}")
+    err.print("pushed" if result.pushed else "not pushed: add --push, or `git push` it yourself")
+
+
+@app.command("set-version")
+def set_version(
+    assignments: Annotated[list[str], typer.Argument(help="SERVICE=VERSION ...")],
+    env: EnvOpt = None,
+    push: Push = False,
+    author: Author = None,
+    repo: Target = ".",
+    branch: BranchOpt = None,
+    path: PathOpt = "",
+) -> None:
+    """Commit a new version for services (CI's step after a build): a one-line diff."""
+    from ondeck.gitops import set_field
+
+    _report(
+        set_field(
+            repo, _assignments(assignments, "VERSION"), "version", env, push, author, branch, path
+        )
+    )
+
+
+@app.command("set-image")
+def set_image(
+    assignments: Annotated[list[str], typer.Argument(help="SERVICE=IMAGE ...")],
+    env: EnvOpt = None,
+    push: Push = False,
+    author: Author = None,
+    repo: Target = ".",
+    branch: BranchOpt = None,
+    path: PathOpt = "",
+) -> None:
+    """Commit a new image reference for services: a one-line diff."""
+    from ondeck.gitops import set_field
+
+    _report(
+        set_field(
+            repo, _assignments(assignments, "IMAGE"), "image", env, push, author, branch, path
+        )
+    )
+
+
+@app.command("promote")
+def promote_cmd(
+    from_env: Annotated[str, typer.Argument(metavar="FROM_ENV")],
+    to_env: Annotated[str, typer.Argument(metavar="TO_ENV")],
+    service: Annotated[
+        list[str] | None, typer.Option("--service", help="Only these services.")
+    ] = None,
+    push: Push = False,
+    author: Author = None,
+    repo: Target = ".",
+    branch: BranchOpt = None,
+    path: PathOpt = "",
+) -> None:
+    """Make TO_ENV run the versions and images FROM_ENV runs, as one commit."""
+    from ondeck.gitops import promote
+
+    _report(promote(repo, from_env, to_env, service, push, author, branch, path))
+
+
+@app.command()
+def rollback(
+    to: Annotated[
+        str | None, typer.Option("--to", help="Restore what ran at this revision.")
+    ] = None,
+    env: EnvOpt = None,
+    push: Push = False,
+    author: Author = None,
+    repo: Target = ".",
+    branch: BranchOpt = None,
+    path: PathOpt = "",
+) -> None:
+    """Undo the last deploy with a revert commit (git stays the truth; auto-sync deploys it)."""
+    from ondeck.gitops import rollback as do_rollback
+
+    _report(do_rollback(repo, env, to, push, author, branch, path))
 
 
 @app.command()

@@ -167,6 +167,11 @@ class Controller:
         self.wake()
         return future
 
+    def refresh(self, trigger: str) -> None:
+        """Fetch soon (webhook, poll); a burst of requests coalesces into one fetch."""
+        self._refresh = trigger
+        self.wake()
+
     async def _step(self) -> None:
         now = time.time()
         if self._refresh or now >= self.fetch.next_at:

@@ -18,6 +18,7 @@ from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
 from ondeck import __version__
+from ondeck.api.webhooks import PushEvent, webhook_router
 from ondeck.controller import Controller, Trigger
 from ondeck.errors import UserError
 from ondeck.runtime.logs import tail
@@ -31,8 +32,15 @@ class SyncBody(BaseModel):
     timeout: float = 300.0
 
 
-def create_app(controller: Controller, token: str) -> FastAPI:
+def create_app(controller: Controller, token: str, webhook_secret: str | None = None) -> FastAPI:
     app = FastAPI(title="ondeck", version=__version__, docs_url=None, redoc_url=None)
+    loop = asyncio.get_running_loop()  # the controller's: webhooks arrive on worker threads
+
+    def on_push(event: PushEvent) -> None:
+        loop.call_soon_threadsafe(controller.refresh, Trigger.WEBHOOK)
+
+    opts = controller.opts
+    app.include_router(webhook_router(webhook_secret, opts.repo, opts.branch, on_push))
 
     def authorized(request: Request) -> None:
         header = request.headers.get("authorization", "")
