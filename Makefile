@@ -18,8 +18,8 @@ system-deps:
 	@bash scripts/system-deps.sh
 
 lint: install
-	$(VENV)/bin/ruff check src tests bench scripts
-	$(VENV)/bin/ruff format --check src tests bench scripts
+	$(VENV)/bin/ruff check
+	$(VENV)/bin/ruff format --check
 	$(VENV)/bin/mypy
 
 test: install system-deps lint

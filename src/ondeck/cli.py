@@ -143,7 +143,7 @@ def up(
         str, typer.Option(help="Where the API listens (host:port; port 0 picks one).")
     ] = "127.0.0.1:7070",
     listen: Annotated[
-        str, typer.Option(help="Where the router listens (arrives with the router).")
+        str, typer.Option(help="Where the router serves users (host:port; 'none': no router).")
     ] = "127.0.0.1:8080",
     poll: Annotated[str, typer.Option(help="How often to fetch the repo.")] = "10s",
     no_auto_sync: Annotated[
@@ -174,9 +174,23 @@ def up(
         poll=parse_duration(poll),
         auto_sync=not no_auto_sync,
         self_heal=not no_self_heal,
+        listen=None if listen.lower() in ("", "none", "off") else listen,
     )
     with _lock(directory):
         asyncio.run(_serve(opts, api, listen, webhook_secret))
+
+
+@app.command()
+def router(
+    state_dir: StateDir = None,
+    listen: Annotated[
+        str, typer.Option(help="Where users reach the services (host:port).")
+    ] = "127.0.0.1:8080",
+) -> None:
+    """Run the router (the data plane) in the foreground; `ondeck up` starts one when none runs."""
+    from ondeck.router.server import run
+
+    run((state_dir or default_state_dir()).resolve(), listen)
 
 
 @contextlib.contextmanager
@@ -228,8 +242,6 @@ async def _serve(opts: Any, api: str, listen: str, webhook_secret: str | None) -
         opts.state_dir,
         opts.repo,
     )
-    if listen:
-        logging.getLogger("ondeck").debug("--listen %s is reserved for the router", listen)
     await asyncio.gather(controller.run(), server.serve(sockets=[sock]))
 
 
@@ -539,6 +551,52 @@ def install(
     ):
         err.print(f"[green]wrote[/green] {path}")
     err.print("next: [bold]systemctl daemon-reload && systemctl enable --now ondeck.service[/bold]")
+
+
+rollout_app = typer.Typer(help="Step into a blue/green or canary release.", no_args_is_help=True)
+app.add_typer(rollout_app, name="rollout")
+
+
+def _rollout(
+    action: str,
+    service: str,
+    env: str | None,
+    state_dir: Path | None,
+    api: str | None,
+    token: str | None,
+) -> None:
+    answer = _client(state_dir, api, token).post(
+        f"/api/v1/rollout/{service}/{action}" + (f"?env={env}" if env else ""), {}
+    )
+    release = answer["release"]
+    out.print(
+        f"{service}: {release['stage']} at {release['weight']}%"
+        + (f" ({escape(release['reason'])})" if release.get("reason") else "")
+    )
+
+
+@rollout_app.command("promote")
+def rollout_promote(
+    service: str,
+    env: EnvOpt = None,
+    state_dir: StateDir = None,
+    api: ApiUrl = None,
+    token: Token = None,
+) -> None:
+    """Go past the current pause (or retry an aborted release)."""
+    _rollout("promote", service, env, state_dir, api, token)
+
+
+@rollout_app.command("abort")
+def rollout_abort(
+    service: str,
+    env: EnvOpt = None,
+    state_dir: StateDir = None,
+    api: ApiUrl = None,
+    token: Token = None,
+) -> None:
+    """Send all traffic back to the stable version and stop the new one."""
+    _rollout("abort", service, env, state_dir, api, token)
 
 
 # -- the write path: every change to what runs is a commit ------------------------------------

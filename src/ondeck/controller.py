@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -23,18 +23,23 @@ from typing import Any
 from ondeck.errors import BuildError, SourceError, SpecError, UserError
 from ondeck.metrics import Metrics
 from ondeck.releases import prepare, prune, release_dir
+from ondeck.rollout.analysis import Measurement, measure
+from ondeck.rollout.strategies import EnvTraffic
 from ondeck.runtime.base import ExitEvent
 from ondeck.runtime.logs import rotate
 from ondeck.runtime.process import ProcessRuntime
 from ondeck.source.git import CommitInfo, GitSource
 from ondeck.spec.load import parse, render_spec
 from ondeck.spec.template import instance_env
+from ondeck.state import rollout
 from ondeck.state.desired import DEFAULT_ENV, Desired, render
 from ondeck.state.diff import ServiceDiff, Sync, diff, overall
 from ondeck.state.health import Health, Verdict, instance_health, service_health, worst
 from ondeck.state.plan import Action, Forget, Plan, Restart, Start, Stop, plan
-from ondeck.store import EnvRecord, Store
+from ondeck.state.rollout import Progress, Stage, Traffic
+from ondeck.store import EnvRecord, InstanceRecord, Store
 from ondeck.supervisor import Supervisor
+from ondeck.traffic import RouterLink
 
 log = logging.getLogger("ondeck")
 
@@ -65,6 +70,7 @@ class Options:
     self_heal: bool = True
     log_max_bytes: int = 10 * 1024 * 1024
     log_keep: int = 3
+    listen: str | None = None  # where the router serves users; None: no router
 
 
 @dataclass
@@ -92,6 +98,10 @@ class EnvState:
     last_result: str | None = None
     wake_at: float | None = None
     manual: bool = False  # a person asked for a sync: act even with self-heal off
+    releases: dict[str, Progress] = field(default_factory=dict)  # blue/green, canary in flight
+    traffic: dict[str, Traffic] = field(default_factory=dict)
+    measurements: dict[str, Measurement] = field(default_factory=dict)
+    snapshots: dict[str, tuple[float, dict[str, Any]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -125,9 +135,12 @@ class Controller:
         self.metrics = Metrics()
         self.runtime = ProcessRuntime(opts.state_dir, self._on_exit)
         names = opts.envs or (DEFAULT_ENV,)
+        self.router = RouterLink(opts.state_dir, opts.listen) if opts.listen else None
         self.envs = {
             n: EnvState(n, None if n == DEFAULT_ENV and not opts.envs else n) for n in names
         }
+        for state in self.envs.values():
+            self._load_releases(state)
         self.fetch = FetchState()
         self.started = time.time()
         self._wake_event: asyncio.Event | None = None
@@ -142,6 +155,8 @@ class Controller:
         self._wake_event = asyncio.Event()
         self._adopt()
         await self._restore()
+        if self.router is not None:
+            await self.router.ensure()
         try:
             while not self._stopping:
                 await self._step()
@@ -185,6 +200,8 @@ class Controller:
         self._answer_requests()
         if now >= self._next_housekeeping:
             self._next_housekeeping = now + HOUSEKEEPING_EVERY
+            if self.router is not None:
+                await self.router.ensure()
             await asyncio.to_thread(self._housekeeping)
 
     async def _sleep(self) -> None:
@@ -348,11 +365,14 @@ class Controller:
         sup.app = desired.app  # a renamed app rolls: the app is part of every fingerprint
         started = time.perf_counter()
         now = time.time()
-        steps = plan(desired, sup.live(), now)
-        state.wake_at = steps.wake_at
+        await self._analyze(state, now)
+        steps = plan(desired, sup.live(), now, state.releases)
+        state.wake_at = _earliest(steps.wake_at, self._next_analysis(state))
         acting = state.op is not None or self.opts.self_heal or state.manual
         trigger = Trigger.CLI if state.manual else Trigger.SELF_HEAL
         state.manual = False
+        if acting:
+            self._keep_progress(state, steps)
         if acting and steps.actions:
             if state.op is None and any(not isinstance(a, Restart) for a in steps.actions):
                 self._open_heal_op(state, steps, trigger)
@@ -360,8 +380,135 @@ class Controller:
             self.wake()  # observe the result and plan again at once
         elif state.op is not None:
             self._settle(state, steps, now)
+        await self._push_routes()
         self.metrics.reconcile_duration.labels(state.name).observe(time.perf_counter() - started)
         self._export_metrics(state)
+
+    # -- traffic and progressive releases ---------------------------------------------------
+
+    def _routing(self) -> list[EnvTraffic]:
+        return [
+            EnvTraffic(s.desired, s.supervisor.live().instances, s.traffic)
+            for s in self.envs.values()
+            if s.desired is not None and s.supervisor is not None
+        ]
+
+    async def _push_routes(self) -> None:
+        if self.router is not None:
+            await self.router.push(self._routing())
+
+    async def _drain(self, rec: InstanceRecord) -> None:
+        if self.router is not None:
+            await self.router.drain(rec, self._routing())
+
+    def _keep_progress(self, state: EnvState, steps: Plan) -> None:
+        """Store every release step before acting on it, so a crash resumes from here."""
+        state.traffic.update(steps.traffic)
+        changed = False
+        for name, progress in steps.progress.items():
+            if progress is None:
+                changed |= state.releases.pop(name, None) is not None
+                state.measurements.pop(name, None)
+            elif state.releases.get(name) != progress:
+                state.releases[name], changed = progress, True
+        if changed:
+            self._save_releases(state)
+
+    def _save_releases(self, state: EnvState) -> None:
+        blob = {name: p.to_json() for name, p in state.releases.items()}
+        self.store.set_kv(f"releases/{state.name}", json.dumps(blob))
+
+    def _load_releases(self, state: EnvState) -> None:
+        raw = self.store.get_kv(f"releases/{state.name}")
+        if raw:
+            state.releases = {n: Progress.from_json(p) for n, p in json.loads(raw).items()}
+
+    def _next_analysis(self, state: EnvState) -> float | None:
+        times = []
+        for name, progress in state.releases.items():
+            spec = self._analysis_spec(state, name, progress)
+            if spec is not None and name in state.snapshots:
+                times.append(state.snapshots[name][0] + spec.interval)
+        return min(times, default=None)
+
+    def _analysis_spec(self, state: EnvState, name: str, progress: Progress) -> Any:
+        svc = state.desired.service(name) if state.desired else None
+        if svc is None or progress.canary != svc.fingerprint or progress.weight == 0:
+            return None
+        if progress.stage not in (Stage.PROGRESSING, Stage.PAUSED):
+            return None
+        return svc.spec.rollout.analysis
+
+    async def _analyze(self, state: EnvState, now: float) -> None:
+        """Measure each new version under traffic; abort it after too many bad figures."""
+        if self.router is None or state.supervisor is None:
+            return
+        stats: dict[str, Any] | None = None
+        for name, progress in list(state.releases.items()):
+            spec = self._analysis_spec(state, name, progress)
+            last = state.snapshots.get(name)
+            if spec is None or (last is not None and now - last[0] < spec.interval):
+                continue
+            stats = stats if stats is not None else await self.router.stats()
+            state.snapshots[name] = (now, stats)
+            if last is None:
+                continue
+            ids = [
+                i.id for i in state.supervisor.live().of(name) if i.fingerprint == progress.canary
+            ]
+            figures = measure(last[1], stats, ids, spec)
+            if figures is None:
+                continue
+            state.measurements[name] = figures
+            if not figures.ok:
+                self._analysis_failed(state, name, progress, figures, spec.failure_limit, now)
+
+    def _analysis_failed(
+        self,
+        state: EnvState,
+        name: str,
+        progress: Progress,
+        figures: Measurement,
+        limit: int,
+        now: float,
+    ) -> None:
+        progress = replace(progress, failures=progress.failures + 1)
+        log.warning(
+            "[%s] %s analysis failed (%d/%d): %s",
+            state.name,
+            name,
+            progress.failures,
+            limit + 1,
+            figures.reason,
+        )
+        if progress.failures > limit:
+            progress = rollout.abort(progress, f"analysis: {figures.reason}", now)
+            self.store.events_add(state.name, name, "abort", progress.reason or "", now)
+            log.error("[%s] %s release aborted: %s", state.name, name, progress.reason)
+        state.releases[name] = progress
+        self._save_releases(state)
+
+    def rollout_action(self, env: str | None, service: str, action: str) -> Progress:
+        """`ondeck rollout promote|abort SERVICE`: a person steps in."""
+        state = (
+            self._env(env)
+            if env
+            else next((s for s in self.envs.values() if service in s.releases), None)
+        )
+        progress = state.releases.get(service) if state else None
+        if state is None or progress is None:
+            raise UserError(f"no release of {service!r} is in progress; see `ondeck status`")
+        now = time.time()
+        if action == "promote":
+            progress = rollout.promote(progress, now)
+        else:
+            progress = rollout.abort(progress, "aborted by a person (ondeck rollout abort)", now)
+        state.releases[service] = progress
+        self._save_releases(state)
+        self.store.events_add(state.name, service, action, f"{service}: {action} by a person", now)
+        log.info("[%s] %s: %s", state.name, service, action)
+        self.wake()
+        return progress
 
     def _open_heal_op(self, state: EnvState, steps: Plan, trigger: str) -> None:
         assert state.desired is not None and state.commit is not None
@@ -397,7 +544,16 @@ class Controller:
         """Close the open sync once live matches, or fail it when it cannot get there."""
         assert state.op is not None and state.supervisor is not None and state.desired is not None
         if steps.done:
-            self._finish(state, "Succeeded")
+            current = {s.name: s.fingerprint for s in state.desired.services}
+            aborted = [
+                p
+                for p in state.releases.values()
+                if p.stage is Stage.ABORTED and current.get(p.service) == p.canary
+            ]
+            if aborted:
+                self._finish(state, "Aborted", f"{aborted[0].service}: {aborted[0].reason}")
+            else:
+                self._finish(state, "Succeeded")
             return
         current = {s.name: s.fingerprint for s in state.desired.services}
         looping = [
@@ -452,9 +608,11 @@ class Controller:
     # -- instances ----------------------------------------------------------------------
 
     def _supervisor(self, app: str, env: str) -> Supervisor:
-        return Supervisor(
+        sup = Supervisor(
             app, env, self.opts.state_dir, self.store, self.runtime, self.metrics, self.wake
         )
+        sup.before_stop = self._drain
+        return sup
 
     def _on_exit(self, event: ExitEvent) -> None:
         for state in self.envs.values():
@@ -560,6 +718,10 @@ class Controller:
                 "error": self.fetch.error,
                 "last_fetch": self.fetch.last_ok,
             },
+            "router": {
+                "listen": self.opts.listen,
+                "error": self.router.error if self.router is not None else None,
+            },
             "controller": {
                 "started_at": self.started,
                 "auto_sync": self.opts.auto_sync,
@@ -624,6 +786,10 @@ class Controller:
             verdict = service_health(svc.replicas if svc else 0, instances)
             if svc is None:
                 verdict = Verdict(Health.PROGRESSING, "pruning")
+            release = state.releases.get(name)
+            if release is not None and svc is not None and release.canary == svc.fingerprint:
+                verdict = _release_health(release, verdict)
+            figures = state.measurements.get(name)
             d = reasons.get(name)
             out.append(
                 {
@@ -639,6 +805,9 @@ class Controller:
                         "ready": sum(1 for i in instances if i.ready),
                     },
                     "instances": [self._instance_status(state, i.id) for i in instances],
+                    "release": release.to_json() if release is not None else None,
+                    "traffic": _traffic_json(state.traffic.get(name)),
+                    "analysis": figures.__dict__ if figures is not None else None,
                 }
             )
         return out
@@ -681,4 +850,23 @@ def _describe(action: Action) -> str:
     return f"{type(action).__name__.lower()} {action.instance}"
 
 
-Callback = Callable[[], None]
+def _release_health(release: Progress, verdict: Verdict) -> Verdict:
+    """A stopped release is Degraded and a paused one Suspended, whatever the instances say."""
+    if release.stage is Stage.ABORTED:
+        return Verdict(Health.DEGRADED, f"release {release.canary} aborted: {release.reason}")
+    if release.stage is Stage.PAUSED and verdict.health is not Health.DEGRADED:
+        return Verdict(
+            Health.SUSPENDED,
+            f"paused at {release.weight}%: run `ondeck rollout promote {release.service}`",
+        )
+    return verdict
+
+
+def _traffic_json(traffic: Traffic | None) -> dict[str, Any] | None:
+    if traffic is None or traffic.canary is None:
+        return None
+    return {"stable": traffic.stable, "canary": traffic.canary, "weight": traffic.weight}
+
+
+def _earliest(*times: float | None) -> float | None:
+    return min((t for t in times if t is not None), default=None)

@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -99,6 +99,7 @@ class Supervisor:
         self.state_dir, self.store, self.runtime = state_dir, store, runtime
         self.metrics, self.wake = metrics, wake
         self.instances: dict[str, Instance] = {}
+        self.before_stop: Callable[[InstanceRecord], Awaitable[None]] | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -160,6 +161,8 @@ class Supervisor:
 
     async def _stop(self, inst: Instance) -> None:
         try:
+            if self.before_stop is not None and inst.handle is not None:
+                await self.before_stop(inst.rec)  # leave the router's pool, let requests finish
             if inst.handle is not None:
                 signal = str(inst.rec.extra.get("stop_signal", "TERM"))
                 grace = float(inst.rec.extra.get("stop_grace", 30.0))
@@ -387,6 +390,7 @@ def _policy_extra(svc: DesiredService) -> dict[str, Any]:
         "stop_signal": svc.spec.stop.signal,
         "stop_grace": svc.spec.stop.grace,
         "reset_after": svc.spec.restart.reset_after,
+        "drain": svc.spec.rollout.drain,
         "health": health.model_dump(mode="json") if health else None,
     }
 

@@ -118,6 +118,7 @@ class Ondeck:
                 "127.0.0.1:0",
                 "--poll",
                 "1s",
+                *([] if "--listen" in self.flags else ["--listen", "none"]),
                 *self.flags,
             ],
             env=self.env,
@@ -194,7 +195,11 @@ class Ondeck:
 
 
 def kill_instances(state_dir: Path) -> None:
-    """SIGKILL every instance a controller with this state dir started."""
+    """SIGKILL every instance a controller with this state dir started, and its router."""
+    pid_file = state_dir / "router.pid"
+    if pid_file.exists():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
     runtime = ProcessRuntime(state_dir, lambda _: None)
     for handle in runtime.scan().values():
         with contextlib.suppress(ProcessLookupError):

@@ -57,8 +57,10 @@ def create_app(controller: Controller, token: str, webhook_secret: str | None = 
         return {"status": "ok"}
 
     @app.get("/metrics", include_in_schema=False)
-    def metrics() -> Response:
+    async def metrics() -> Response:
         body, content_type = controller.metrics.render()
+        if controller.router is not None:  # the router's per-backend figures, one scrape
+            body += (await controller.router.metrics()).encode()
         return Response(body, media_type=content_type)
 
     @api.get("/status")
@@ -79,6 +81,16 @@ def create_app(controller: Controller, token: str, webhook_secret: str | None = 
             raise HTTPException(
                 504, f"sync not finished after {body.timeout:.0f}s; see `ondeck status`"
             ) from err
+
+    @api.post("/rollout/{service}/{action}")
+    def rollout_action(service: str, action: str, env: str | None = None) -> dict[str, Any]:
+        if action not in ("promote", "abort"):
+            raise HTTPException(404, f"unknown rollout action {action!r}: use promote or abort")
+        try:
+            progress = controller.rollout_action(env, service, action)
+        except UserError as err:
+            raise HTTPException(409, str(err)) from err
+        return {"release": progress.to_json()}
 
     @api.get("/diff")
     def diff(env: str | None = None) -> dict[str, Any]:

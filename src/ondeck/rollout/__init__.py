@@ -1,0 +1,1 @@
+"""Progressive delivery glue: router configuration from plans, analysis from router stats."""

@@ -1,0 +1,139 @@
+"""The controller's side of the router: start it, feed it, drain through it.
+
+`ondeck up` owns no sockets users hit: the router is its own process, so it
+keeps serving while the controller restarts. This module starts it when none
+answers, pushes a new `RouterConfig` whenever who-serves-what changes, and
+waits for in-flight requests to finish before an instance is stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from ondeck.rollout.strategies import EnvTraffic, router_config, same_routing
+from ondeck.router.control import RouterControl, RouterRefused, RouterUnavailable
+from ondeck.router.table import RouterConfig
+from ondeck.runtime.logs import tail
+from ondeck.store import InstanceRecord
+
+log = logging.getLogger("ondeck")
+
+START_TIMEOUT = 10.0
+DRAIN_POLL = 0.05
+
+
+class RouterLink:
+    """One router, reached over its control socket in the state dir."""
+
+    def __init__(self, state_dir: Path, listen: str) -> None:
+        self.state_dir, self.listen = state_dir, listen
+        self.control = RouterControl(state_dir / "router.sock")
+        self.config: RouterConfig | None = None
+        self.generation = 0
+        self.error: str | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+
+    async def ensure(self) -> bool:
+        """A router answers on the socket: the running one, or one started now."""
+        if await self.control.ping():
+            await self._adopt_generation()
+            return True
+        if self._process is not None and self._process.poll() is None:
+            return False  # started, not answering yet
+        self._spawn()
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if await self.control.ping():
+                log.info("router listening on %s", self.listen)
+                await self._adopt_generation()
+                self.error = None
+                return True
+            if self._process is not None and self._process.poll() is not None:
+                break
+            await asyncio.sleep(DRAIN_POLL)
+        log_path = self.state_dir / "logs" / "router.log"
+        last = tail(log_path, 1).strip()
+        self.error = f"the router did not start ({last or 'no output'}); see {log_path}"
+        log.error("%s", self.error)
+        return False
+
+    def _spawn(self) -> None:
+        logs = self.state_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        with (logs / "router.log").open("ab") as out:
+            self._process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "ondeck.router",
+                    "--state-dir",
+                    str(self.state_dir),
+                    "--listen",
+                    self.listen,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # the data plane outlives the control plane
+                env=dict(os.environ),
+            )
+        (self.state_dir / "router.pid").write_text(f"{self._process.pid}\n")
+
+    async def _adopt_generation(self) -> None:
+        try:
+            current = await self.control.get()
+        except (RouterUnavailable, RouterRefused):
+            return
+        self.generation = max(self.generation, current.generation)
+        if self.config is None:
+            self.config = current
+
+    async def push(self, envs: Iterable[EnvTraffic]) -> None:
+        """Send the routing of `envs` if it changed; a router down is reported, not fatal."""
+        config = router_config(envs, self.generation + 1)
+        if self.config is not None and same_routing(config, self.config):
+            return
+        try:
+            self.generation = await self.control.apply(config)
+        except RouterUnavailable as err:
+            if self.error is None:
+                log.warning("router unreachable, routing not updated: %s", err)
+            self.error = str(err)
+            return
+        self.config, self.error = config, None
+
+    async def drain(self, rec: InstanceRecord, envs: Iterable[EnvTraffic]) -> None:
+        """Take `rec` out of the pools, then wait (up to its `drain`) for its requests."""
+        await self.push(envs)
+        deadline = time.monotonic() + float(rec.extra.get("drain", 30.0))
+        while time.monotonic() < deadline:
+            try:
+                stats = await self.control.stats()
+            except (RouterUnavailable, RouterRefused):
+                return
+            backend = stats.get("backends", {}).get(rec.id)
+            if backend is None or int(backend.get("active", 0)) == 0:
+                return
+            await asyncio.sleep(DRAIN_POLL)
+        log.warning("%s still had requests in flight after its drain time", rec.id)
+
+    async def stats(self) -> dict[str, Any]:
+        try:
+            backends: dict[str, Any] = (await self.control.stats()).get("backends", {})
+        except (RouterUnavailable, RouterRefused):
+            return {}
+        return backends
+
+    async def metrics(self) -> str:
+        try:
+            return await self.control.metrics()
+        except (RouterUnavailable, RouterRefused):
+            return ""
