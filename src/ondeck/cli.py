@@ -498,6 +498,8 @@ def history(
             f"{_styled(row['result'] or 'Running', RESULT_STYLE)} in {took}  ({row['trigger']})  "
             f"{escape(row['message'])} — {escape(_who(row['author']))}"
         )
+        for change in row.get("changes", []):
+            out.print(f"    [cyan]{escape(change)}[/cyan]")
         for action in row["actions"]:
             out.print(f"    [dim]{escape(action)}[/dim]")
         for line in (row["error"] or "").splitlines()[:12]:
@@ -624,7 +626,7 @@ def _assignments(pairs: list[str], what: str) -> list[tuple[str, str]]:
     return out
 
 
-def _report(result: Any) -> None:
+def _report(result: Any, trigger: str = "cli") -> None:
     if result.sha is None:
         err.print(f"[yellow]{escape(result.message)}[/yellow]")
         return
@@ -633,7 +635,20 @@ def _report(result: Any) -> None:
     )
     for line in result.message.splitlines()[2:]:
         out.print(f"  {escape(line)}")
-    err.print("pushed" if result.pushed else "not pushed: add --push, or `git push` it yourself")
+    if not result.pushed:
+        err.print("not pushed: add --push, or `git push` it yourself")
+        return
+    err.print("pushed")
+    _nudge(trigger)
+
+
+def _nudge(trigger: str) -> None:
+    """Tell a controller on this host to fetch now, so the push deploys at once."""
+    try:
+        _client(None, None, None).post("/api/v1/sync", {"trigger": trigger}, timeout=10)
+    except OndeckError:
+        return  # no controller here: it will see the commit on its next poll or webhook
+    err.print("the local ondeck is syncing it: `ondeck status`")
 
 
 @app.command("set-version")
@@ -710,7 +725,7 @@ def rollback(
     """Undo the last deploy with a revert commit (git stays the truth; auto-sync deploys it)."""
     from ondeck.gitops import rollback as do_rollback
 
-    _report(do_rollback(repo, env, to, push, author, branch, path))
+    _report(do_rollback(repo, env, to, push, author, branch, path), trigger="rollback")
 
 
 @app.command()

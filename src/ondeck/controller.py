@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import time
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -29,11 +30,12 @@ from ondeck.runtime.base import ExitEvent
 from ondeck.runtime.logs import rotate
 from ondeck.runtime.process import ProcessRuntime
 from ondeck.source.git import CommitInfo, GitSource
+from ondeck.source.write import add_note, push_notes
 from ondeck.spec.load import parse, render_spec
 from ondeck.spec.template import instance_env
 from ondeck.state import rollout
 from ondeck.state.desired import DEFAULT_ENV, Desired, render
-from ondeck.state.diff import ServiceDiff, Sync, diff, overall
+from ondeck.state.diff import ServiceDiff, Sync, diff, overall, summarize
 from ondeck.state.health import Health, Verdict, instance_health, service_health, worst
 from ondeck.state.plan import Action, Forget, Plan, Restart, Start, Stop, plan
 from ondeck.state.rollout import Progress, Stage, Traffic
@@ -54,6 +56,7 @@ class Trigger(StrEnum):
     STARTUP = "startup"
     POLL = "poll"
     CLI = "cli"
+    ROLLBACK = "rollback"
     WEBHOOK = "webhook"
     SELF_HEAL = "self-heal"
 
@@ -291,6 +294,7 @@ class Controller:
             return
         if state.op is not None:
             self._finish(state, "Aborted", f"superseded by {rev[:12]}")
+        changes = summarize(state.desired, desired)
         state.desired, state.commit, state.candidate = desired, commit, None
         state.error = state.error_commit = None
         record = self.store.get_env(state.name)
@@ -298,7 +302,7 @@ class Controller:
             self._save_env(state)  # a restart on the same revision: only drift opens a sync
             return
         op_id = self.store.begin_sync(
-            state.name, rev, commit.author, commit.message, trigger, time.time()
+            state.name, rev, commit.author, commit.message, trigger, time.time(), changes
         )
         state.op = Operation(op_id, rev, trigger, time.time())
         self._save_env(state)
@@ -583,6 +587,9 @@ class Controller:
         state.op, state.last_result = None, result
         if result == "Succeeded":
             self._save_env(state, live=op.revision)
+            asyncio.get_running_loop().run_in_executor(
+                None, self._note, state.name, op.revision, now
+            )
         log_fn = log.info if result == "Succeeded" else log.warning
         log_fn(
             "[%s] sync %s %s in %.2fs%s",
@@ -592,6 +599,18 @@ class Controller:
             now - op.started,
             f": {error}" if error else "",
         )
+
+    def _note(self, env: str, revision: str, at: float) -> None:
+        """The deploy ledger in git itself: `git log --notes=ondeck` shows what ran where."""
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+        text = f"ondeck: live in {env} on {socket.gethostname()} since {when}"
+        try:
+            add_note(self.source.mirror_dir, revision, text)
+        except (SourceError, UserError) as err:
+            log.warning("[%s] could not record the git note: %s", env, err)
+            return
+        if not push_notes(self.source.mirror_dir, remote=self.source.url):
+            log.debug("[%s] notes not pushed: no write access to %s", env, self.source.url)
 
     def _answer_requests(self) -> None:
         """Answer each fetched request whose environments have settled."""

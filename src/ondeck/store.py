@@ -104,6 +104,7 @@ class SyncRecord:
     result: str | None  # Succeeded | Failed | Aborted
     actions: list[str]
     error: str | None
+    changes: list[str] = field(default_factory=list)  # what the revision changed, for people
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,14 @@ class Store:
     # -- syncs -------------------------------------------------------------
 
     def begin_sync(
-        self, env: str, revision: str, author: str, message: str, trigger: str, started_at: float
+        self,
+        env: str,
+        revision: str,
+        author: str,
+        message: str,
+        trigger: str,
+        started_at: float,
+        changes: list[str] | None = None,
     ) -> int:
         """Record a running sync and return its id (increasing, never reused)."""
         data: dict[str, Any] = {
@@ -202,6 +210,7 @@ class Store:
             "trigger": trigger,
             "actions": [],
             "error": None,
+            "changes": changes or [],
         }
         with self._write() as db:
             cur = db.execute(

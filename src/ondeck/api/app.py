@@ -11,7 +11,7 @@ import asyncio
 import hmac
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
@@ -30,6 +30,7 @@ class SyncBody(BaseModel):
     env: str | None = None
     wait: bool = False
     timeout: float = 300.0
+    trigger: Literal["cli", "rollback"] = "cli"  # what history records as the cause
 
 
 def create_app(controller: Controller, token: str, webhook_secret: str | None = None) -> FastAPI:
@@ -70,7 +71,7 @@ def create_app(controller: Controller, token: str, webhook_secret: str | None = 
     @api.post("/sync")
     async def sync(body: SyncBody) -> dict[str, Any]:
         try:
-            future = controller.request_sync(body.env, Trigger.CLI)
+            future = controller.request_sync(body.env, body.trigger)
         except UserError as err:
             raise HTTPException(404, str(err)) from err
         if not body.wait:
@@ -129,6 +130,7 @@ def create_app(controller: Controller, token: str, webhook_secret: str | None = 
                     "finished_at": r.finished_at,
                     "duration": (r.finished_at - r.started_at) if r.finished_at else None,
                     "actions": r.actions,
+                    "changes": r.changes,
                     "error": r.error,
                 }
                 for r in rows

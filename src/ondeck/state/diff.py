@@ -63,3 +63,37 @@ def _finished(want: DesiredService, inst: LiveInstance) -> bool:
     """An exit the restart policy says to leave alone is not drift."""
     policy = want.spec.restart.policy
     return policy == "never" or (policy == "on-failure" and inst.exit_code == 0)
+
+
+def summarize(old: Desired | None, new: Desired) -> list[str]:
+    """What a new revision changes, one line per service, for history and people."""
+    before = {s.name: s for s in old.services} if old else {}
+    lines = [
+        f"{s.name}: added ({s.replicas} replicas)" for s in new.services if s.name not in before
+    ]
+    lines += [f"{name}: removed" for name in sorted(set(before) - new.names)]
+    for svc in new.services:
+        prev = before.get(svc.name)
+        if prev is not None:
+            lines += _service_changes(prev, svc)
+    return lines
+
+
+def _service_changes(old: DesiredService, new: DesiredService) -> list[str]:
+    a, b = old.spec, new.spec
+    parts = [
+        f"{field} {getattr(a, field) or 'unset'} -> {getattr(b, field) or 'unset'}"
+        for field in ("version", "image", "replicas")
+        if getattr(a, field) != getattr(b, field)
+    ]
+    changed_env = sorted(k for k in set(a.env) | set(b.env) if a.env.get(k) != b.env.get(k))
+    if changed_env:
+        parts.append("env " + ", ".join(changed_env))
+    parts += [
+        field
+        for field in ("command", "build", "health", "rollout", "routes", "port")
+        if getattr(a, field) != getattr(b, field)
+    ]
+    if not parts and old.fingerprint != new.fingerprint:
+        parts.append("code")
+    return [f"{new.name}: " + "; ".join(parts)] if parts else []
