@@ -146,6 +146,9 @@ def up(
         str, typer.Option(help="Where the router serves users (host:port; 'none': no router).")
     ] = "127.0.0.1:8080",
     poll: Annotated[str, typer.Option(help="How often to fetch the repo.")] = "10s",
+    drift_check: Annotated[
+        str, typer.Option(help="How often to look for changes by hand (files, env, processes).")
+    ] = "30s",
     no_auto_sync: Annotated[
         bool, typer.Option("--no-auto-sync", help="Apply new commits only on `ondeck sync`.")
     ] = False,
@@ -175,6 +178,7 @@ def up(
         auto_sync=not no_auto_sync,
         self_heal=not no_self_heal,
         listen=None if listen.lower() in ("", "none", "off") else listen,
+        drift_check=parse_duration(drift_check),
     )
     with _lock(directory):
         asyncio.run(_serve(opts, api, listen, webhook_secret))

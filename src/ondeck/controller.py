@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import socket
 import time
 from dataclasses import dataclass, field, replace
@@ -23,7 +24,7 @@ from typing import Any
 
 from ondeck.errors import BuildError, SourceError, SpecError, UserError
 from ondeck.metrics import Metrics
-from ondeck.releases import prepare, prune, release_dir
+from ondeck.releases import drift, is_complete, prepare, prune, release_dir, taint
 from ondeck.rollout.analysis import Measurement, measure
 from ondeck.rollout.strategies import EnvTraffic
 from ondeck.runtime.base import ExitEvent
@@ -40,7 +41,7 @@ from ondeck.state.health import Health, Verdict, instance_health, service_health
 from ondeck.state.plan import Action, Forget, Plan, Restart, Start, Stop, plan
 from ondeck.state.rollout import Progress, Stage, Traffic
 from ondeck.store import EnvRecord, InstanceRecord, Store
-from ondeck.supervisor import Supervisor
+from ondeck.supervisor import Stray, Supervisor, find_strays
 from ondeck.traffic import RouterLink
 
 log = logging.getLogger("ondeck")
@@ -74,6 +75,7 @@ class Options:
     log_max_bytes: int = 10 * 1024 * 1024
     log_keep: int = 3
     listen: str | None = None  # where the router serves users; None: no router
+    drift_check: float = HOUSEKEEPING_EVERY  # how often release files, envs and strays are checked
 
 
 @dataclass
@@ -151,6 +153,7 @@ class Controller:
         self._stopping = False
         self._next_housekeeping = 0.0
         self._requests: list[SyncRequest] = []
+        self.strays: dict[str, dict[str, list[str]]] = {}  # env -> service -> reasons
 
     # -- the loop ---------------------------------------------------------------
 
@@ -202,10 +205,11 @@ class Controller:
             await self._reconcile(state)
         self._answer_requests()
         if now >= self._next_housekeeping:
-            self._next_housekeeping = now + HOUSEKEEPING_EVERY
+            self._next_housekeeping = now + self.opts.drift_check
             if self.router is not None:
                 await self.router.ensure()
             await asyncio.to_thread(self._housekeeping)
+            self._apply_drift(*await asyncio.to_thread(self._find_drift))
 
     async def _sleep(self) -> None:
         assert self._wake_event is not None  # set in run(); a bug otherwise
@@ -531,10 +535,14 @@ class Controller:
                 dest = release_dir(
                     self.opts.state_dir, desired.app, state.name, svc.name, svc.fingerprint
                 )
+                if not is_complete(dest):  # moved aside after drift, or removed by hand
+                    await asyncio.to_thread(self._prepare_releases, state, desired)
                 inst_id = await sup.start(desired, svc, dest)
                 done.append(f"start {inst_id}")
                 continue
             if isinstance(action, Restart) and svc is not None:
+                if not is_complete(Path(sup.instances[action.instance].rec.release_dir)):
+                    await asyncio.to_thread(self._prepare_releases, state, desired)
                 await sup.restart(desired, svc, action.instance)
             elif isinstance(action, Stop):
                 sup.stop(action.instance, action.reason)
@@ -752,7 +760,71 @@ class Controller:
     def diffs(self, state: EnvState) -> list[ServiceDiff]:
         if state.desired is None or state.supervisor is None:
             return []
-        return diff(state.desired, state.supervisor.live())
+        found = diff(state.desired, state.supervisor.live())
+        strays = self.strays.get(state.name, {})
+        return [
+            replace(d, sync=Sync.OUT_OF_SYNC, reasons=(*d.reasons, *strays[d.name]))
+            if strays.get(d.name)
+            else d
+            for d in found
+        ]
+
+    # -- drift ----------------------------------------------------------------------------
+
+    def _find_drift(self) -> tuple[list[tuple[str, str, str]], list[Stray]]:
+        """Edits by hand since ondeck started things: release files, environments, strays.
+
+        Runs in a worker thread: it only reads (files, /proc); `_apply_drift`
+        acts on what it found, in the loop.
+        """
+        findings: list[tuple[str, str, str]] = []
+        checked: dict[str, list[str]] = {}
+        for state in self.envs.values():
+            for inst in list(state.supervisor.instances.values()) if state.supervisor else []:
+                if inst.rec.state != "running" or inst.rec.extra.get("drift"):
+                    continue
+                where = inst.rec.release_dir
+                if where not in checked:
+                    checked[where] = drift(Path(where))
+                    if checked[where]:
+                        taint(Path(where))  # a clean copy is prepared before the next start
+                if checked[where]:
+                    shown = ", ".join(checked[where][:3]) + (
+                        " …" if len(checked[where]) > 3 else ""
+                    )
+                    findings.append(
+                        (state.name, inst.rec.id, f"release files changed by hand: {shown}")
+                    )
+                elif (reason := state.supervisor.env_drift(inst)) is not None:  # type: ignore[union-attr]
+                    findings.append((state.name, inst.rec.id, reason))
+        return findings, find_strays(self.opts.state_dir, self._known_pids())
+
+    def _known_pids(self) -> set[int]:
+        return {
+            inst.rec.pid
+            for state in self.envs.values()
+            if state.supervisor
+            for inst in state.supervisor.instances.values()
+            if inst.rec.pid
+        }
+
+    def _apply_drift(self, findings: list[tuple[str, str, str]], strays: list[Stray]) -> None:
+        for env, inst_id, reason in findings:
+            sup = self.envs[env].supervisor
+            if sup is not None:
+                sup.mark_drift(inst_id, reason)
+        self.strays = {}
+        for stray in strays:
+            reason = f"process {stray.pid} ({stray.command}) started by hand in the release"
+            if self.opts.self_heal:
+                log.warning("[%s] stopping %s", stray.env, reason)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(stray.pid, signal.SIGTERM)
+                self.store.events_add(
+                    stray.env, stray.service, "drift", f"stopped {reason}", time.time()
+                )
+            else:
+                self.strays.setdefault(stray.env, {}).setdefault(stray.service, []).append(reason)
 
     def _env_status(self, state: EnvState) -> dict[str, Any]:
         record = self.store.get_env(state.name)

@@ -7,6 +7,7 @@ leaves something `prepare` recognises as incomplete and redoes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from ondeck.errors import BuildError
 from ondeck.runtime.logs import tail
@@ -95,9 +96,84 @@ def _build(dest: Path, argv: Sequence[str], environ: Mapping[str, str], timeout:
 def _write_marker(dest: Path, revision: str, build: Sequence[str] | None) -> None:
     tmp = dest / (MARKER + ".tmp")
     tmp.write_text(
-        json.dumps({"revision": revision, "build": list(build or []), "at": time.time()})
+        json.dumps(
+            {
+                "revision": revision,
+                "build": list(build or []),
+                "at": time.time(),
+                "manifest": manifest(dest),
+            }
+        )
     )
     os.replace(tmp, dest / MARKER)
+
+
+# Written by the running app itself, not drift: Python's bytecode caches.
+IGNORED_DIRS = frozenset({"__pycache__"})
+IGNORED_SUFFIXES = (".pyc",)
+
+
+def _files(dest: Path) -> dict[str, os.stat_result]:
+    found: dict[str, os.stat_result] = {}
+    for root, dirs, names in os.walk(dest):
+        dirs[:] = [d for d in dirs if d not in IGNORED_DIRS]
+        for name in names:
+            path = Path(root) / name
+            rel = str(path.relative_to(dest))
+            if rel in (MARKER, MARKER + ".tmp", BUILD_LOG) or name.endswith(IGNORED_SUFFIXES):
+                continue
+            found[rel] = path.lstat()
+    return found
+
+
+def _digest(path: Path) -> str:
+    if path.is_symlink():
+        return "link:" + os.readlink(path)
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def manifest(dest: Path) -> dict[str, list[Any]]:
+    """Every file of a release: mode, size, mtime and content hash (for drift checks)."""
+    return {
+        rel: [st.st_mode, st.st_size, st.st_mtime_ns, _digest(dest / rel)]
+        for rel, st in sorted(_files(dest).items())
+    }
+
+
+def drift(dest: Path) -> list[str]:
+    """How a release directory differs from what was built: edits by hand, in short.
+
+    Only files whose mode, size or mtime moved are hashed again, so the check
+    stays cheap for large trees; a touch that changes no byte is not drift.
+    """
+    try:
+        recorded: dict[str, list[Any]] = json.loads((dest / MARKER).read_text())["manifest"]
+    except (OSError, ValueError, KeyError):
+        return []  # a release from before manifests, or gone: nothing to compare
+    now = _files(dest)
+    changes = [f"{rel} removed" for rel in sorted(set(recorded) - set(now))]
+    changes += [f"{rel} added" for rel in sorted(set(now) - set(recorded))]
+    for rel in sorted(set(now) & set(recorded)):
+        mode, size, mtime, digest = recorded[rel]
+        st = now[rel]
+        if (st.st_mode, st.st_size, st.st_mtime_ns) == (mode, size, mtime):
+            continue
+        if st.st_mode != mode:
+            changes.append(f"{rel} mode changed")
+        elif _digest(dest / rel) != digest:
+            changes.append(f"{rel} modified")
+    return changes
+
+
+def taint(dest: Path) -> Path:
+    """Move a drifted release aside (running processes keep their cwd) for a fresh one."""
+    aside = dest.with_name(f"{dest.name}.drifted-{int(time.time())}")
+    dest.rename(aside)
+    return aside
 
 
 def prune(root: Path, keep: set[Path]) -> list[Path]:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from ondeck.runtime.logs import tail
 from ondeck.runtime.probes import ProbeResult, probe_exec, probe_http, probe_tcp
 from ondeck.runtime.process import ProcessRuntime, allocate_port
 from ondeck.spec.model import HealthCheck
-from ondeck.spec.template import PASSTHROUGH, expand, instance_env
+from ondeck.spec.template import BUILTIN, PASSTHROUGH, expand, instance_env
 from ondeck.state.desired import Desired, DesiredService
 from ondeck.state.health import exit_text, next_failures
 from ondeck.state.live import Live, LiveInstance, Phase
@@ -74,6 +75,7 @@ class Instance:
             started_at=self.rec.started_at,
             exited_at=self.rec.exited_at,
             last_error=self.rec.extra.get("last_error"),
+            drift=self.rec.extra.get("drift"),
         )
 
     def cancel_tasks(self) -> None:
@@ -195,6 +197,7 @@ class Supervisor:
             extra={**inst.rec.extra, "last_error": None},
         )
         self.store.put_instance(inst.rec)
+        self._remember_env(inst, {k: v for k, v in spec.environ.items() if k in _owned(svc)})
         log.info(
             "[%s] started %s (pid %d%s)",
             self.env,
@@ -242,6 +245,40 @@ class Supervisor:
             stop_grace=svc.spec.stop.grace,
             labels={"fingerprint": svc.fingerprint, "revision": desired.revision},
         )
+
+    # -- drift ------------------------------------------------------------------
+
+    def _remember_env(self, inst: Instance, environ: Mapping[str, str]) -> None:
+        """A fingerprint of each variable ondeck sets (not its value), to notice edits later.
+
+        Only the spec's own variables and the builtins count: a wrapper such as a
+        pyenv shim may add or adjust host variables before the app starts.
+        """
+        inst.rec = replace(inst.rec, extra={**inst.rec.extra, "env": _env_signature(environ)})
+        self.store.put_instance(inst.rec)
+
+    def env_drift(self, inst: Instance) -> str | None:
+        """Does the running process have the environment ondeck gave it?"""
+        expected = inst.rec.extra.get("env")
+        if not expected or inst.rec.pid is None or inst.rec.state != "running":
+            return None
+        actual = read_environ(inst.rec.pid)
+        if actual is None:
+            return None
+        changed = sorted(k for k in expected if expected[k] != _sig(actual.get(k)))
+        return f"environment differs from the spec: {', '.join(changed)}" if changed else None
+
+    def mark_drift(self, inst_id: str, reason: str) -> None:
+        inst = self.instances.get(inst_id)
+        if inst is None or inst.rec.extra.get("drift"):
+            return
+        inst.rec = replace(inst.rec, extra={**inst.rec.extra, "drift": reason})
+        self.store.put_instance(inst.rec)
+        self.store.events_add(
+            self.env, inst.rec.service, "drift", f"{inst_id}: {reason}", time.time()
+        )
+        log.warning("[%s] drift: %s %s", self.env, inst_id, reason)
+        self.wake()
 
     # -- exits --------------------------------------------------------------
 
@@ -398,6 +435,65 @@ def _policy_extra(svc: DesiredService) -> dict[str, Any]:
 def _health_of(rec: InstanceRecord) -> HealthCheck | None:
     raw = rec.extra.get("health")
     return HealthCheck.model_validate(raw) if raw else None
+
+
+@dataclass(frozen=True)
+class Stray:
+    """A process running from a release directory that ondeck did not start."""
+
+    env: str
+    service: str
+    pid: int
+    command: str
+
+
+def find_strays(state_dir: Path, known: set[int]) -> list[Stray]:
+    """Processes whose cwd is inside a release, outside the sessions of our instances.
+
+    Builds and exec probes are the controller's own children and are skipped.
+    """
+    root = (state_dir / "releases").resolve()
+    me = os.getpid()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            cwd = Path(os.readlink(entry / "cwd"))
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError):
+            continue
+        ppid, session = int(fields[1]), int(fields[3])
+        if not cwd.is_relative_to(root) or pid in known or session in known or ppid == me:
+            continue
+        parts = cwd.relative_to(root).parts
+        if len(parts) >= 3:
+            found.append(Stray(parts[1], parts[2], pid, command.strip()[:80]))
+    return found
+
+
+def _owned(svc: DesiredService) -> set[str]:
+    return set(svc.spec.env) | set(BUILTIN)
+
+
+def _sig(value: str | None) -> str | None:
+    return None if value is None else hashlib.sha256(value.encode()).hexdigest()[:12]
+
+
+def _env_signature(environ: Mapping[str, str]) -> dict[str, str | None]:
+    return {k: _sig(v) for k, v in environ.items()}
+
+
+def read_environ(pid: int) -> dict[str, str] | None:
+    """A live process's environment from /proc; None when it cannot be read."""
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    pairs = (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
+    return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in pairs}
 
 
 def _port_free(port: int) -> bool:

@@ -119,6 +119,8 @@ class Ondeck:
                 "--poll",
                 "1s",
                 *([] if "--listen" in self.flags else ["--listen", "none"]),
+                "--drift-check",
+                "1s",
                 *self.flags,
             ],
             env=self.env,

@@ -46,7 +46,8 @@ def _one(name: str, want: DesiredService | None, have: list[LiveInstance]) -> Se
 def _reasons(want: DesiredService | None, have: list[LiveInstance]) -> list[str]:
     if want is None:
         return [f"not in the spec: {len(have)} instance(s) to prune"] if have else []
-    reasons: list[str] = []
+    reasons = [f"{i.id} drifted: {i.drift}" for i in have if i.drift]
+    have = [i for i in have if not i.drift]
     stale = [i for i in have if i.fingerprint != want.fingerprint]
     if stale:
         reasons.append(f"{len(stale)} instance(s) run an older release (want {want.fingerprint})")

@@ -35,6 +35,7 @@ class LiveInstance:
     started_at: float | None = None
     exited_at: float | None = None
     last_error: str | None = None
+    drift: str | None = None  # changed by hand since it started: replaced (or reported)
 
 
 @dataclass(frozen=True)

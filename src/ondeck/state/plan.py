@@ -9,7 +9,7 @@ named result with a reason and, when known, a time to look again.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ondeck.state import rollout
 from ondeck.state.desired import Desired, DesiredService
@@ -93,10 +93,17 @@ def plan(
     """
     out = _Builder(releases or {})
     for service in desired.services:
-        _plan_service(service, live.of(service.name), now, out)
+        _plan_service(service, [_as_old(i) for i in live.of(service.name)], now, out)
     for name in sorted(live.services - desired.names):
         _prune(name, live.of(name), out)
     return out.build()
+
+
+def _as_old(inst: LiveInstance) -> LiveInstance:
+    """A drifted instance no longer runs its release: plan it as an older one."""
+    if inst.drift is None:
+        return inst
+    return replace(inst, fingerprint=f"{inst.fingerprint}~drift")
 
 
 def _prune(name: str, instances: list[LiveInstance], out: _Builder) -> None:
