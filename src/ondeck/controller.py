@@ -31,6 +31,7 @@ from ondeck.runtime.base import ExitEvent
 from ondeck.runtime.logs import rotate
 from ondeck.runtime.process import ProcessRuntime
 from ondeck.source.git import CommitInfo, GitSource
+from ondeck.source.verify import verify_commit
 from ondeck.source.write import add_note, push_notes
 from ondeck.spec.load import parse, render_spec
 from ondeck.spec.template import instance_env
@@ -292,6 +293,7 @@ class Controller:
             commit = await asyncio.to_thread(self.source.commit_info, rev)
         try:
             desired = await asyncio.to_thread(self._render, state, rev)
+            await asyncio.to_thread(self._check_signature, state, desired)
             await asyncio.to_thread(self._prepare_releases, state, desired)
         except (SpecError, UserError, SourceError) as err:
             self._refuse(state, commit, trigger, err)
@@ -323,6 +325,22 @@ class Controller:
         spec = render_spec(parse(text, spec_path), state.overlay)
         code_id = self.source.tree_id(rev, self.opts.path.strip("/"), frozenset({SPEC_FILE}))
         return render(spec, state.name, rev, code_id)
+
+    def _check_signature(self, state: EnvState, desired: Desired) -> None:
+        """`protect.signed_by`: the running release's rules and the new one's both apply."""
+        allowed = sorted({*desired.signed_by, *(state.desired.signed_by if state.desired else ())})
+        if not allowed:
+            return
+        home = self.opts.state_dir / "gnupg"
+        verdict = verify_commit(
+            self.source.mirror_dir, desired.revision, allowed, home if home.is_dir() else None
+        )
+        if not verdict.ok:
+            raise UserError(
+                f"{state.name} deploys only commits signed by an allowed key; "
+                f"{desired.revision[:12]}: {verdict.reason}. Sign it (git commit -S) with an allowed key"
+            )
+        log.info("[%s] %s %s", state.name, desired.revision[:12], verdict.reason)
 
     def _prepare_releases(self, state: EnvState, desired: Desired) -> None:
         for svc in desired.services:

@@ -1037,7 +1037,7 @@ def test_graceful_stop_of_a_router_process_finishes_in_flight(tmp_path: Path) ->
     run(scenario())
 
 
-def test_pid_file_free_state_dir_layout(tmp_path: Path) -> None:
+def test_router_writes_only_its_socket_and_config(tmp_path: Path) -> None:
     """The router writes only router.sock and router.json into the state dir."""
 
     async def scenario() -> None:

@@ -106,10 +106,7 @@ def _engine_errors(doing: str) -> Iterator[None]:
     except docker.errors.DockerException as err:
         raise RuntimeFailure(f"{doing}: {_reason(err)}") from err
     except requests.RequestException as err:
-        raise RuntimeFailure(
-            f"{doing}: the container engine does not answer ({err});"
-            " is it running? (`podman system service` or `systemctl start docker`)"
-        ) from err
+        raise RuntimeFailure(f"{doing}: the container engine does not answer ({err})") from err
 
 
 def _reason(err: docker.errors.DockerException) -> str:
@@ -125,25 +122,39 @@ def connect(state_dir: Path, host: str | None) -> docker.DockerClient:
     """A client for `host`, else $DOCKER_HOST, else a Podman service we start (or reuse),
     else Docker's default socket; RuntimeFailure saying what to do when none answers."""
     if host is not None:
-        return _answering(docker.DockerClient(base_url=host, timeout=API_TIMEOUT), host)
+        return _open(host)
     if os.environ.get("DOCKER_HOST"):
-        client = docker.from_env(timeout=API_TIMEOUT)
-        return _answering(client, os.environ["DOCKER_HOST"])
+        return _open(os.environ["DOCKER_HOST"], from_env=True)
     if shutil.which("podman") is not None:
         return podman_service(state_dir)
     if Path("/var/run/docker.sock").exists():
-        url = "unix:///var/run/docker.sock"
-        return _answering(docker.DockerClient(base_url=url, timeout=API_TIMEOUT), url)
+        return _open("unix:///var/run/docker.sock")
     raise RuntimeFailure(
         "no container engine: install Podman (`sudo bash scripts/podman-setup.sh`) or"
         " Docker, or point DOCKER_HOST at a Docker API (unix:///… or tcp://…)"
     )
 
 
-def _answering(client: docker.DockerClient, url: str) -> docker.DockerClient:
-    with _engine_errors(f"cannot reach the container engine at {url}"):
+def _open(url: str, from_env: bool = False) -> docker.DockerClient:
+    """A client of the engine at `url` that answered a ping."""
+    doing = (
+        f"cannot reach the container engine at {url} (is it running? start it, e.g."
+        " `podman system service` or `systemctl start docker`, or fix DOCKER_HOST)"
+    )
+    with _engine_errors(doing):
+        if from_env:  # honours DOCKER_TLS_VERIFY and DOCKER_CERT_PATH too
+            client = docker.from_env(timeout=API_TIMEOUT)
+        else:
+            client = docker.DockerClient(base_url=url, timeout=API_TIMEOUT)
         client.ping()
     return client
+
+
+def _try_open(url: str) -> docker.DockerClient | None:
+    try:
+        return _open(url)
+    except RuntimeFailure:
+        return None
 
 
 def service_socket(state_dir: Path) -> Path:
@@ -159,22 +170,23 @@ def podman_service(state_dir: Path) -> docker.DockerClient:
     """A client of `podman system service` on our socket, started detached if needed."""
     sock = service_socket(state_dir)
     url = f"unix://{sock}"
-    client = docker.DockerClient(base_url=url, timeout=API_TIMEOUT)
-    if _pings(client):
+    client = _try_open(url)
+    if client is not None:
         return client
     state_dir.mkdir(parents=True, exist_ok=True)
     service_log = state_dir / "podman-service.log"
     _spawn_service(url, sock, service_log)
     deadline = time.monotonic() + SERVICE_START_WAIT
-    while time.monotonic() < deadline:
-        if _pings(client):
-            return client
+    while client is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    raise RuntimeFailure(
-        f"started `podman system service` on {url} but it did not answer within"
-        f" {SERVICE_START_WAIT:.0f}s; see {service_log}, or run"
-        " `sudo bash scripts/podman-setup.sh`, or set DOCKER_HOST"
-    )
+        client = _try_open(url)
+    if client is None:
+        raise RuntimeFailure(
+            f"started `podman system service` on {url} but it did not answer within"
+            f" {SERVICE_START_WAIT:.0f}s; see {service_log}, or run"
+            " `sudo bash scripts/podman-setup.sh`, or set DOCKER_HOST"
+        )
+    return client
 
 
 def _spawn_service(url: str, sock: Path, service_log: Path) -> None:
@@ -190,13 +202,6 @@ def _spawn_service(url: str, sock: Path, service_log: Path) -> None:
             check=True,
         )
     log.info("started podman system service on %s (log: %s)", url, service_log)
-
-
-def _pings(client: docker.DockerClient) -> bool:
-    try:
-        return bool(client.ping())
-    except (docker.errors.DockerException, requests.RequestException):
-        return False
 
 
 # -- the runtime --------------------------------------------------------------------------

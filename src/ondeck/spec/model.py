@@ -288,6 +288,17 @@ class Backup(Strict):
         return self
 
 
+class Protect(Strict):
+    """Who may change what an environment runs: usually set in the production overlay."""
+
+    signed_by: list[str] = Field(
+        default_factory=list,
+        description="Deploy only commits signed by one of these keys: SSH public key lines "
+        "('ssh-ed25519 AAAA… admin') or OpenPGP fingerprints (public keys in the host's keyring). "
+        "The rules of the running release apply too, so an unsigned commit cannot lift them.",
+    )
+
+
 class RuntimeKind(StrEnum):
     """Where instances run."""
 
@@ -307,6 +318,7 @@ class Spec(Strict):
     backups: dict[str, Backup] = Field(
         default_factory=dict, description="Databases to back up, by name."
     )
+    protect: Protect | None = Field(None, description="Signed-commit rule for deploys.")
     environments: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Overlays deep-merged onto the base per environment; lists replace.",

@@ -35,6 +35,7 @@ class Desired:
     revision: str
     runtime: str
     services: tuple[DesiredService, ...]
+    signed_by: tuple[str, ...] = ()  # keys allowed to sign what this environment deploys
 
     def service(self, name: str) -> DesiredService | None:
         return next((s for s in self.services if s.name == name), None)
@@ -67,4 +68,5 @@ def render(spec: Spec, env: str, revision: str, code_id: str, secrets_id: str = 
         DesiredService(name, service, fingerprint(service, code_id, secrets_id, spec.app))
         for name, service in sorted(spec.services.items())
     )
-    return Desired(spec.app, env, revision, spec.runtime.value, services)
+    signed_by = tuple(spec.protect.signed_by) if spec.protect else ()
+    return Desired(spec.app, env, revision, spec.runtime.value, services, signed_by)
