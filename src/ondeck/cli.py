@@ -605,6 +605,84 @@ def rollout_abort(
     _rollout("abort", service, env, state_dir, api, token)
 
 
+token_app = typer.Typer(
+    help="Scoped API tokens (read < sync < deploy, per environment).", no_args_is_help=True
+)
+app.add_typer(token_app, name="token")
+
+
+def _tokens(state_dir: Path | None) -> Any:
+    from ondeck.store import Store
+    from ondeck.tokens import Tokens
+
+    directory = (state_dir or default_state_dir()).resolve()
+    if not (directory / "ondeck.db").exists():
+        raise UserError(
+            f"no ondeck state in {directory}: run `ondeck up` there first, or pass --state-dir"
+        )
+    return Tokens(Store(directory / "ondeck.db"))
+
+
+@token_app.command("create")
+def token_create(
+    name: str,
+    scope: Annotated[
+        str, typer.Option(help="read, sync or deploy (each implies the ones before).")
+    ] = "read",
+    env: Annotated[
+        list[str] | None, typer.Option("--env", help="Only this environment; repeatable.")
+    ] = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Create a token; it is printed once, only its hash is kept."""
+    from ondeck.tokens import parse_scope
+
+    value = _tokens(state_dir).create(name, parse_scope(scope), env or [])
+    print(value)
+    where = ", ".join(env) if env else "every environment"
+    err.print(
+        f"[green]token {name!r}[/green]: {scope} on {where}; store it now, it is not shown again"
+    )
+
+
+@token_app.command("list")
+def token_list(json_out: JsonOpt = False, state_dir: StateDir = None) -> None:
+    """The tokens: name, scope, environments, creation and last use (never the token)."""
+    rows = _tokens(state_dir).list()
+    if json_out:
+        print(
+            json.dumps(
+                [
+                    {
+                        "name": t.name,
+                        "scope": t.scope.label,
+                        "envs": list(t.envs),
+                        "prefix": t.prefix,
+                        "created_at": t.created_at,
+                        "last_used": t.last_used,
+                    }
+                    for t in rows
+                ],
+                indent=2,
+            )
+        )
+        return
+    for t in rows:
+        used = (
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(t.last_used)) if t.last_used else "never"
+        )
+        out.print(
+            f"{t.name:20} {t.scope.label:7} {', '.join(t.envs) or 'all':20} {t.prefix}…  used {used}"
+        )
+
+
+@token_app.command("revoke")
+def token_revoke(name: str, state_dir: StateDir = None) -> None:
+    """Revoke a token at once."""
+    _tokens(state_dir).revoke(name)
+    err.print(f"[green]revoked[/green] {name}")
+
+
 # -- the write path: every change to what runs is a commit ------------------------------------
 
 Target = Annotated[
@@ -618,6 +696,10 @@ Author = Annotated[
 ]
 BranchOpt = Annotated[str | None, typer.Option("--branch", help="Branch to commit to.")]
 PathOpt = Annotated[str, typer.Option("--path", help="Directory in the repo holding ondeck.yaml.")]
+Nudge = Annotated[
+    bool,
+    typer.Option("--sync/--no-sync", help="After a push, ask a local `ondeck up` to fetch now."),
+]
 
 
 def _assignments(pairs: list[str], what: str) -> list[tuple[str, str]]:
@@ -630,7 +712,7 @@ def _assignments(pairs: list[str], what: str) -> list[tuple[str, str]]:
     return out
 
 
-def _report(result: Any, trigger: str = "cli") -> None:
+def _report(result: Any, trigger: str = "cli", nudge: bool = True) -> None:
     if result.sha is None:
         err.print(f"[yellow]{escape(result.message)}[/yellow]")
         return
@@ -643,7 +725,8 @@ def _report(result: Any, trigger: str = "cli") -> None:
         err.print("not pushed: add --push, or `git push` it yourself")
         return
     err.print("pushed")
-    _nudge(trigger)
+    if nudge:
+        _nudge(trigger)
 
 
 def _nudge(trigger: str) -> None:
@@ -664,6 +747,7 @@ def set_version(
     repo: Target = ".",
     branch: BranchOpt = None,
     path: PathOpt = "",
+    sync: Nudge = True,
 ) -> None:
     """Commit a new version for services (CI's step after a build): a one-line diff."""
     from ondeck.gitops import set_field
@@ -671,7 +755,8 @@ def set_version(
     _report(
         set_field(
             repo, _assignments(assignments, "VERSION"), "version", env, push, author, branch, path
-        )
+        ),
+        nudge=sync,
     )
 
 
@@ -684,6 +769,7 @@ def set_image(
     repo: Target = ".",
     branch: BranchOpt = None,
     path: PathOpt = "",
+    sync: Nudge = True,
 ) -> None:
     """Commit a new image reference for services: a one-line diff."""
     from ondeck.gitops import set_field
@@ -691,7 +777,8 @@ def set_image(
     _report(
         set_field(
             repo, _assignments(assignments, "IMAGE"), "image", env, push, author, branch, path
-        )
+        ),
+        nudge=sync,
     )
 
 
@@ -707,11 +794,12 @@ def promote_cmd(
     repo: Target = ".",
     branch: BranchOpt = None,
     path: PathOpt = "",
+    sync: Nudge = True,
 ) -> None:
     """Make TO_ENV run the versions and images FROM_ENV runs, as one commit."""
     from ondeck.gitops import promote
 
-    _report(promote(repo, from_env, to_env, service, push, author, branch, path))
+    _report(promote(repo, from_env, to_env, service, push, author, branch, path), nudge=sync)
 
 
 @app.command()
@@ -725,11 +813,12 @@ def rollback(
     repo: Target = ".",
     branch: BranchOpt = None,
     path: PathOpt = "",
+    sync: Nudge = True,
 ) -> None:
     """Undo the last deploy with a revert commit (git stays the truth; auto-sync deploys it)."""
     from ondeck.gitops import rollback as do_rollback
 
-    _report(do_rollback(repo, env, to, push, author, branch, path), trigger="rollback")
+    _report(do_rollback(repo, env, to, push, author, branch, path), "rollback", nudge=sync)
 
 
 @app.command()

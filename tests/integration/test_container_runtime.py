@@ -168,7 +168,8 @@ class World:
         )
 
     def options(self, version: int = 1, **extra: Any) -> ContainerOptions:
-        return ContainerOptions(image=self.images.tag(version), container_port=8080, **extra)
+        extra.setdefault("container_port", 8080)
+        return ContainerOptions(image=self.images.tag(version), **extra)
 
     def volume(self, purpose: str) -> str:
         name = f"ondeck-test-{RUN}-{purpose}"
@@ -217,14 +218,6 @@ def _clean(w: World) -> None:
 
 
 # -- waiting --------------------------------------------------------------------------------
-
-
-def _wait_sync(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 async def wait_until(condition: Callable[[], bool], what: str) -> None:
@@ -298,7 +291,8 @@ def test_start_serves_on_loopback_with_env_labels_and_logs(world: World) -> None
         assert attrs["State"]["Pid"] == handle.pid
         assert handle.start_ticks == read_start_ticks(handle.pid)
         assert runtime.is_alive(handle)
-        assert attrs["Config"]["Labels"] == {
+        labels = attrs["Config"]["Labels"]
+        assert {k: v for k, v in labels.items() if k.startswith("ondeck.")} == {
             "ondeck.supervisor": supervisor_id(world.tmp / "state"),
             "ondeck.app": "shop",
             "ondeck.env": "test",

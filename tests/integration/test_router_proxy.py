@@ -216,6 +216,13 @@ class Upstream:
                 + b"\r\n\r\n5\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\nX-Trailer: t\r\n\r\n"
             )
             return True
+        if path == "/interim":
+            writer.write(
+                b"HTTP/1.1 100 Continue\r\n\r\n"
+                b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal"
+            )
+            return True
         if path == "/nolength":
             writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end")
             return False
@@ -667,6 +674,20 @@ def test_head_204_and_304_have_no_body(tmp_path: Path) -> None:
                 answer = await client.request("GET", f"/status/{status}")
                 assert (answer.status, answer.body) == (status, b"")
             assert (await client.request("GET", "/after")).text == "a GET /after"
+            client.close()
+
+    run(scenario())
+
+
+def test_interim_responses_relay_100_and_drop_others(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with Upstream("a") as up, running_router(tmp_path, single_pool(up.backend())) as r:
+            client = await Client.connect(r.port)
+            await client.send(build("GET", "/interim"))
+            assert await client.raw_head() == b"HTTP/1.1 100 Continue\r\n\r\n"
+            answer = await client.response()
+            assert (answer.status, answer.body) == (200, b"final")
+            assert (await client.request("GET", "/next")).text == "a GET /next"
             client.close()
 
     run(scenario())

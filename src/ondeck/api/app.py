@@ -5,10 +5,9 @@ loopback by default; every /api/v1 call needs the bearer token from the
 state dir, since status and logs can reveal as much as a mutating call can.
 """
 
-from __future__ import annotations
-
 import asyncio
 import hmac
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -21,9 +20,19 @@ from ondeck import __version__
 from ondeck.api.webhooks import PushEvent, webhook_router
 from ondeck.controller import Controller, Trigger
 from ondeck.errors import UserError
+from ondeck.gitops import set_field
 from ondeck.runtime.logs import tail
+from ondeck.store import SyncRecord
+from ondeck.tokens import ADMIN, Scope, TokenInfo, Tokens, allows, visible_envs
 
 FOLLOW_INTERVAL = 0.2
+
+
+class DeployBody(BaseModel):
+    service: str
+    env: str | None = None
+    version: str | None = None
+    image: str | None = None
 
 
 class SyncBody(BaseModel):
@@ -43,13 +52,39 @@ def create_app(controller: Controller, token: str, webhook_secret: str | None = 
     opts = controller.opts
     app.include_router(webhook_router(webhook_secret, opts.repo, opts.branch, on_push))
 
-    def authorized(request: Request) -> None:
+    tokens = Tokens(controller.store)
+
+    def authorized(request: Request) -> TokenInfo:
         header = request.headers.get("authorization", "")
         given = header.removeprefix("Bearer ").strip()
-        if not given or not hmac.compare_digest(given.encode(), token.encode()):
+        if given and hmac.compare_digest(given.encode(), token.encode()):
+            return ADMIN
+        info = tokens.check(given) if given else None
+        if info is None:
             raise HTTPException(
-                401, "missing or wrong bearer token: see the `token` file in the state dir"
+                401,
+                "missing or wrong bearer token: see the `token` file in the state dir, "
+                "or `ondeck token create`",
             )
+        return info
+
+    Caller = Annotated[TokenInfo, Depends(authorized)]
+
+    def require(info: TokenInfo, scope: Scope, env: str | None) -> None:
+        if not allows(info, scope, env):
+            where = f"environment {env!r}" if env else "every environment"
+            raise HTTPException(
+                403, f"token {info.name!r} ({info.scope.label}) may not {scope.label} {where}"
+            )
+
+    def shown(info: TokenInfo, env: str | None) -> list[str]:
+        """The environments a read may show: one asked for, or all the token sees."""
+        if env is not None:
+            if env not in controller.envs:
+                raise HTTPException(404, f"unknown environment {env!r}")
+            require(info, Scope.READ, env)
+            return [env]
+        return visible_envs(info, controller.envs)
 
     api = APIRouter(prefix="/api/v1", dependencies=[Depends(authorized)])
 
@@ -65,11 +100,15 @@ def create_app(controller: Controller, token: str, webhook_secret: str | None = 
         return Response(body, media_type=content_type)
 
     @api.get("/status")
-    def status() -> dict[str, Any]:
-        return controller.status()
+    def status(info: Caller) -> dict[str, Any]:
+        doc = controller.status()
+        names = set(shown(info, None))
+        doc["environments"] = [e for e in doc["environments"] if e["name"] in names]
+        return doc
 
     @api.post("/sync")
-    async def sync(body: SyncBody) -> dict[str, Any]:
+    async def sync(body: SyncBody, info: Caller) -> dict[str, Any]:
+        require(info, Scope.SYNC, body.env)
         try:
             future = controller.request_sync(body.env, body.trigger)
         except UserError as err:
@@ -83,10 +122,39 @@ def create_app(controller: Controller, token: str, webhook_secret: str | None = 
                 504, f"sync not finished after {body.timeout:.0f}s; see `ondeck status`"
             ) from err
 
+    @api.post("/deploy")
+    async def deploy(body: DeployBody, info: Caller) -> dict[str, Any]:
+        """CI without git credentials: a scoped token commits a new version or image."""
+        require(info, Scope.DEPLOY, body.env)
+        field: Literal["image", "version"] = "image" if body.image else "version"
+        value = body.image or body.version
+        if not value:
+            raise HTTPException(422, "give a version or an image")
+        author = f"{info.name} (ondeck token) <ondeck@{socket.gethostname()}>"
+        try:
+            result = await asyncio.to_thread(
+                set_field,
+                controller.opts.repo,
+                [(body.service, value)],
+                field,
+                body.env,
+                True,
+                author,
+                controller.opts.branch,
+                controller.opts.path,
+            )
+        except UserError as err:
+            raise HTTPException(409, str(err)) from err
+        controller.refresh(Trigger.CLI)
+        return {"commit": result.sha, "message": result.message, "pushed": result.pushed}
+
     @api.post("/rollout/{service}/{action}")
-    def rollout_action(service: str, action: str, env: str | None = None) -> dict[str, Any]:
+    def rollout_action(
+        service: str, action: str, info: Caller, env: str | None = None
+    ) -> dict[str, Any]:
         if action not in ("promote", "abort"):
             raise HTTPException(404, f"unknown rollout action {action!r}: use promote or abort")
+        require(info, Scope.DEPLOY, env)
         try:
             progress = controller.rollout_action(env, service, action)
         except UserError as err:
@@ -94,61 +162,40 @@ def create_app(controller: Controller, token: str, webhook_secret: str | None = 
         return {"release": progress.to_json()}
 
     @api.get("/diff")
-    def diff(env: str | None = None) -> dict[str, Any]:
-        states = (
-            [controller.envs[env]] if env in controller.envs else list(controller.envs.values())
-        )
-        if env and env not in controller.envs:
-            raise HTTPException(404, f"unknown environment {env!r}")
+    def diff(info: Caller, env: str | None = None) -> dict[str, Any]:
         return {
             "environments": [
                 {
-                    "name": s.name,
+                    "name": name,
                     "services": [
                         {"name": d.name, "sync": d.sync.value, "reasons": list(d.reasons)}
-                        for d in controller.diffs(s)
+                        for d in controller.diffs(controller.envs[name])
                     ],
                 }
-                for s in states
+                for name in shown(info, env)
             ]
         }
 
     @api.get("/history")
-    def history(env: str | None = None, limit: int = 50) -> dict[str, Any]:
-        rows = controller.store.history(env, limit)
-        return {
-            "syncs": [
-                {
-                    "id": r.id,
-                    "env": r.env,
-                    "revision": r.revision,
-                    "author": r.author,
-                    "message": r.message,
-                    "trigger": r.trigger,
-                    "result": r.result,
-                    "started_at": r.started_at,
-                    "finished_at": r.finished_at,
-                    "duration": (r.finished_at - r.started_at) if r.finished_at else None,
-                    "actions": r.actions,
-                    "changes": r.changes,
-                    "error": r.error,
-                }
-                for r in rows
-            ]
-        }
+    def history(info: Caller, env: str | None = None, limit: int = 50) -> dict[str, Any]:
+        names = set(shown(info, env))
+        rows = [r for r in controller.store.history(env, limit) if r.env in names]
+        return {"syncs": [_sync_json(r) for r in rows]}
 
     @api.get("/events")
-    def events(env: str | None = None, limit: int = 100) -> dict[str, Any]:
-        return {"events": controller.store.events(env, limit)}
+    def events(info: Caller, env: str | None = None, limit: int = 100) -> dict[str, Any]:
+        names = set(shown(info, env))
+        return {"events": [e for e in controller.store.events(env, limit) if e["env"] in names]}
 
     @api.get("/logs/{service}", response_class=PlainTextResponse)
     def logs(
         service: str,
+        info: Caller,
         env: str | None = None,
         lines: Annotated[int, Query(ge=1, le=10000)] = 100,
         follow: bool = False,
     ) -> Response:
-        paths = _log_paths(controller, service, env)
+        paths = _log_paths(controller, service, shown(info, env))
         if not paths:
             raise HTTPException(404, f"no instance of service {service!r}; see `ondeck status`")
         if not follow:
@@ -159,10 +206,28 @@ def create_app(controller: Controller, token: str, webhook_secret: str | None = 
     return app
 
 
-def _log_paths(controller: Controller, service: str, env: str | None) -> list[tuple[str, Path]]:
+def _sync_json(r: SyncRecord) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "env": r.env,
+        "revision": r.revision,
+        "author": r.author,
+        "message": r.message,
+        "trigger": r.trigger,
+        "result": r.result,
+        "started_at": r.started_at,
+        "finished_at": r.finished_at,
+        "duration": (r.finished_at - r.started_at) if r.finished_at else None,
+        "actions": r.actions,
+        "changes": r.changes,
+        "error": r.error,
+    }
+
+
+def _log_paths(controller: Controller, service: str, envs: list[str]) -> list[tuple[str, Path]]:
     found = []
     for state in controller.envs.values():
-        if (env and state.name != env) or state.supervisor is None:
+        if state.name not in envs or state.supervisor is None:
             continue
         for inst in state.supervisor.instances.values():
             if inst.rec.service == service:

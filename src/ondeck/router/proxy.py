@@ -181,7 +181,19 @@ _REQUEST_SPELLED = _by_spelling(_REQUEST_SPECIAL)
 _RESPONSE_SPELLED = _by_spelling(_RESPONSE_SPECIAL)
 _CONNECTION_TOKENS_KNOWN = frozenset((b"close", b"keep-alive", b"upgrade", b""))
 _HOST_RE = re.compile(rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=%]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
-_STATUS_LINES = {code: b"HTTP/1.1 %d " % code for code in range(100, 1000)}
+
+
+def _status_line(code: int) -> bytes:
+    try:
+        phrase = HTTPStatus(code).phrase
+    except ValueError:
+        phrase = "Status"
+    return f"HTTP/1.1 {code} {phrase}\r\n".encode()
+
+
+# The reason phrase is ours, not the upstream's: it carries no meaning (RFC 9112
+# 4) and not parsing it saves a parser callback per response.
+_STATUS_LINES = {code: _status_line(code) for code in range(100, 1000)}
 _CHUNK_END = b"0\r\n\r\n"
 _CRLF = b"\r\n"
 _SEP = b": "
@@ -1056,7 +1068,6 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _reset_response(self) -> None:
         self._lines: list[bytes] = []
-        self._reason = b""
         self._cl: bytes | None = None
         self._te = False
         self._upgrade = b""
@@ -1140,6 +1151,7 @@ class UpstreamConnection(asyncio.Protocol):
         """Send `ex`'s request (and any body bytes held meanwhile) on this socket."""
         self.ex, self.client = ex, client
         ex.upstream = self
+        self._reset_response()  # instead of an on_message_begin callback per response
         self.deadline = _now() + self.router.options.upstream_timeout
         pending = ex.pending
         if pending:
@@ -1195,12 +1207,6 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks: the response parser -------------------------------
 
-    def on_message_begin(self) -> None:
-        self._reset_response()
-
-    def on_status(self, reason: bytes) -> None:
-        self._reason += reason
-
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._headers_done:
             return  # trailers are dropped
@@ -1234,7 +1240,7 @@ class UpstreamConnection(asyncio.Protocol):
         ex.status = status
         self._keep_alive = self.parser.should_keep_alive()
         self.deadline = _now() + self.router.options.upstream_timeout
-        head = [_STATUS_LINES[status], self._reason, _CRLF]
+        head = [_STATUS_LINES[status]]
         head += self._lines
         if status == 101:
             if not ex.upgrade:
@@ -1281,7 +1287,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         if self._interim:
-            self._interim = False
+            self._reset_response()  # the final response follows
             return
         if self.ex is None or self.ex.status == 101:
             return  # an HTTP-level end of a 101: the upgrade exception follows
