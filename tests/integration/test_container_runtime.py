@@ -53,7 +53,10 @@ IGNORE_TERM = ("/bin/sh", "-c", 'trap "" TERM; echo ignoring TERM; sleep 600')
 
 
 def _podman_ready() -> bool:
-    return shutil.which("podman") is not None and CONF.exists() and "runc" in CONF.read_text()
+    if shutil.which("podman") is None or not CONF.exists():
+        return False
+    conf = CONF.read_text()
+    return '"runc"' in conf and "nofile=1024:1024" in conf
 
 
 @pytest.fixture(scope="session")
@@ -428,9 +431,10 @@ def test_a_new_runtime_scans_adopts_and_sees_the_exit(world: World) -> None:
         old = world.runtime(old_exits)
         spec = world.spec("web-1", port=allocate_port())
         handle = await old.start(spec, world.options(1))
-        old.close()  # the controller goes away; the container keeps serving
+        old.close()  # the controller goes away; the container keeps serving and logging
         assert spec.port is not None
         assert await http_get(spec.port) == (200, "version 1\n")
+        await wait_until(lambda: "response:200" in logged(spec), "the request to be logged")
         new = world.runtime(new_exits)
         assert new.scan() == {"web-1": handle}
         stale = Handle(id="web-1", pid=handle.pid, start_ticks=handle.start_ticks + 1)

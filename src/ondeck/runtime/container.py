@@ -33,6 +33,7 @@ import requests
 from ondeck.errors import RuntimeFailure
 from ondeck.runtime.base import ExitCallback, ExitEvent, Handle, InstanceSpec
 from ondeck.runtime.process import read_start_ticks, supervisor_id
+from ondeck.spec.template import PASSTHROUGH
 
 log = logging.getLogger("ondeck")
 
@@ -45,9 +46,6 @@ EXIT_STATE_WAIT = 10.0  # the engine records an exit a few ms after the pidfd re
 SERVICE_START_WAIT = 20.0
 API_TIMEOUT = 60
 _SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes
-# Host variables `instance_env` passes through for local processes; a host PATH or
-# HOME would break the image's own, so their host values never enter a container.
-_HOST_ONLY = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "USER", "LOGNAME", "TMPDIR")
 _NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9_.-]")
 _CRI_LINE = re.compile(rb"^\S+ (?:stdout|stderr) ([FP]) ?(.*)$", re.DOTALL)
 
@@ -204,6 +202,13 @@ def _spawn_service(url: str, sock: Path, service_log: Path) -> None:
     log.info("started podman system service on %s (log: %s)", url, service_log)
 
 
+def _is_podman(client: docker.DockerClient) -> bool:
+    """Podman's `k8s-file` log driver writes to a path of our choice; Docker has none."""
+    with _engine_errors("cannot read the container engine's version"):
+        components = client.version().get("Components") or []
+    return any(str(c.get("Name", "")).startswith("Podman") for c in components)
+
+
 # -- the runtime --------------------------------------------------------------------------
 
 
@@ -226,6 +231,7 @@ class ContainerRuntime:
         self._supervisor = supervisor_id(state_dir)
         self._on_exit = on_exit
         self._client = connect(state_dir, host)
+        self._logs_to_file = _is_podman(self._client)
         self._watches: dict[str, _Watch] = {}
 
     def name_of(self, instance_id: str) -> str:
@@ -307,13 +313,14 @@ class ContainerRuntime:
             "detach": True,
             "stop_signal": _signal_name(spec.stop_signal),
             "restart_policy": {"Name": "no"},  # restarts are ondeck's decision
-            "log_config": docker.types.LogConfig(
-                type="k8s-file", config={"path": str(spec.log_path.resolve())}
-            ),
             "volumes": {
                 vol: {"bind": path, "mode": "rw"} for vol, path in container.volumes.items()
             },
         }
+        if self._logs_to_file:
+            # conmon appends to the file itself, with or without the controller.
+            path = str(spec.log_path.resolve())
+            config["log_config"] = docker.types.LogConfig(type="k8s-file", config={"path": path})
         if container.container_port is not None:
             if spec.port is None:
                 raise RuntimeFailure(
@@ -573,11 +580,12 @@ class ContainerRuntime:
 
 
 def container_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """The instance's environment minus what came from the host (PATH, HOME, …)."""
+    """The instance's environment minus what `instance_env` passed through from the host:
+    a host PATH or HOME would replace the image's own."""
     return {
         key: value
         for key, value in environ.items()
-        if not (key in _HOST_ONLY and os.environ.get(key) == value)
+        if not (key in PASSTHROUGH and os.environ.get(key) == value)
     }
 
 
