@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install system-deps lint test unit demo demo-stop bench docs clean
+.PHONY: install system-deps podman-setup lint test unit demo demo-stop bench docs clean
 
 $(STAMP): pyproject.toml
 	@command -v python3 >/dev/null || { echo "python3 is required"; exit 1; }
@@ -16,6 +16,9 @@ install: $(STAMP)
 
 system-deps:
 	@bash scripts/system-deps.sh
+
+podman-setup:
+	@bash scripts/podman-setup.sh
 
 lint: install
 	$(VENV)/bin/ruff check
@@ -37,6 +40,10 @@ demo-stop:
 bench: install system-deps
 	$(PY) bench/reconcile.py
 	$(PY) bench/restart.py
+	$(PY) bench/webhook_latency.py
+	$(PY) bench/router.py
+	$(PY) bench/zero_downtime.py
+	$(PY) bench/container_start.py
 
 docs: install
 	$(PY) -m ondeck.spec.docs > docs/spec.md

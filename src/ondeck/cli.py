@@ -155,6 +155,12 @@ def up(
     no_self_heal: Annotated[
         bool, typer.Option("--no-self-heal", help="Report drift (OutOfSync) instead of fixing it.")
     ] = False,
+    container_host: Annotated[
+        str | None,
+        typer.Option(
+            envvar="DOCKER_HOST", help="Docker API of the container runtime (default: Podman)."
+        ),
+    ] = None,
     webhook_secret: Annotated[
         str | None,
         typer.Option(
@@ -179,6 +185,7 @@ def up(
         self_heal=not no_self_heal,
         listen=None if listen.lower() in ("", "none", "off") else listen,
         drift_check=parse_duration(drift_check),
+        container_host=container_host,
     )
     with _lock(directory):
         asyncio.run(_serve(opts, api, listen, webhook_secret))

@@ -22,12 +22,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from ondeck.errors import BuildError, SourceError, SpecError, UserError
+from ondeck.errors import BuildError, RuntimeFailure, SourceError, SpecError, UserError
 from ondeck.metrics import Metrics
 from ondeck.releases import drift, is_complete, prepare, prune, release_dir, taint
 from ondeck.rollout.analysis import Measurement, measure
 from ondeck.rollout.strategies import EnvTraffic
-from ondeck.runtime.base import ExitEvent
+from ondeck.runtime.base import ExitEvent, Handle, Runtime
+from ondeck.runtime.container import ContainerRuntime
 from ondeck.runtime.logs import rotate
 from ondeck.runtime.process import ProcessRuntime
 from ondeck.source.git import CommitInfo, GitSource
@@ -76,7 +77,10 @@ class Options:
     log_max_bytes: int = 10 * 1024 * 1024
     log_keep: int = 3
     listen: str | None = None  # where the router serves users; None: no router
-    drift_check: float = HOUSEKEEPING_EVERY  # how often release files, envs and strays are checked
+    drift_check: float = HOUSEKEEPING_EVERY
+    container_host: str | None = (
+        None  # Docker API URL; default $DOCKER_HOST, else Podman  # how often release files, envs and strays are checked
+    )
 
 
 @dataclass
@@ -140,6 +144,7 @@ class Controller:
         self.source = GitSource(opts.repo, mirror, opts.branch)
         self.metrics = Metrics()
         self.runtime = ProcessRuntime(opts.state_dir, self._on_exit)
+        self.runtimes: dict[str, Runtime] = {"process": self.runtime}  # + "container" when used
         names = opts.envs or (DEFAULT_ENV,)
         self.router = RouterLink(opts.state_dir, opts.listen) if opts.listen else None
         self.envs = {
@@ -294,8 +299,9 @@ class Controller:
         try:
             desired = await asyncio.to_thread(self._render, state, rev)
             await asyncio.to_thread(self._check_signature, state, desired)
+            await self._pull_images(desired)
             await asyncio.to_thread(self._prepare_releases, state, desired)
-        except (SpecError, UserError, SourceError) as err:
+        except (SpecError, UserError, SourceError, RuntimeFailure) as err:
             self._refuse(state, commit, trigger, err)
             return
         if state.op is not None:
@@ -326,6 +332,17 @@ class Controller:
         code_id = self.source.tree_id(rev, self.opts.path.strip("/"), frozenset({SPEC_FILE}))
         return render(spec, state.name, rev, code_id)
 
+    async def _pull_images(self, desired: Desired) -> None:
+        """Every image of a container release is here before anything is touched."""
+        if desired.runtime != "container":
+            return
+        engine = await asyncio.to_thread(self._containers)
+        for svc in desired.services:
+            assert svc.spec.image is not None  # validated
+            await engine.ensure_image(
+                svc.spec.image, svc.spec.pull, progress=lambda line: log.info("pull %s", line)
+            )
+
     def _check_signature(self, state: EnvState, desired: Desired) -> None:
         """`protect.signed_by`: the running release's rules and the new one's both apply."""
         allowed = sorted({*desired.signed_by, *(state.desired.signed_by if state.desired else ())})
@@ -343,6 +360,8 @@ class Controller:
         log.info("[%s] %s %s", state.name, desired.revision[:12], verdict.reason)
 
     def _prepare_releases(self, state: EnvState, desired: Desired) -> None:
+        if desired.runtime != "process":
+            return  # an image is the release: nothing to export or build
         for svc in desired.services:
             dest = release_dir(
                 self.opts.state_dir, desired.app, state.name, svc.name, svc.fingerprint
@@ -553,13 +572,14 @@ class Controller:
                 dest = release_dir(
                     self.opts.state_dir, desired.app, state.name, svc.name, svc.fingerprint
                 )
-                if not is_complete(dest):  # moved aside after drift, or removed by hand
+                if desired.runtime == "process" and not is_complete(dest):  # drifted, or removed
                     await asyncio.to_thread(self._prepare_releases, state, desired)
                 inst_id = await sup.start(desired, svc, dest)
                 done.append(f"start {inst_id}")
                 continue
             if isinstance(action, Restart) and svc is not None:
-                if not is_complete(Path(sup.instances[action.instance].rec.release_dir)):
+                where = Path(sup.instances[action.instance].rec.release_dir)
+                if desired.runtime == "process" and not is_complete(where):
                     await asyncio.to_thread(self._prepare_releases, state, desired)
                 await sup.restart(desired, svc, action.instance)
             elif isinstance(action, Stop):
@@ -654,7 +674,7 @@ class Controller:
 
     def _supervisor(self, app: str, env: str) -> Supervisor:
         sup = Supervisor(
-            app, env, self.opts.state_dir, self.store, self.runtime, self.metrics, self.wake
+            app, env, self.opts.state_dir, self.store, self.runtimes, self.metrics, self.wake
         )
         sup.before_stop = self._drain
         return sup
@@ -664,9 +684,28 @@ class Controller:
             if state.supervisor is not None and state.supervisor.on_exit(event):
                 return
 
+    def _containers(self) -> ContainerRuntime:
+        """The container engine, connected (or a Podman service started) on first use."""
+        if "container" not in self.runtimes:
+            self.runtimes["container"] = ContainerRuntime(
+                self.opts.state_dir, self._on_exit, self.opts.container_host
+            )
+        runtime = self.runtimes["container"]
+        assert isinstance(runtime, ContainerRuntime)
+        return runtime
+
     def _adopt(self) -> None:
         """Re-attach to instances left by an earlier controller; stop strays."""
-        handles = self.runtime.scan()
+        scanned: dict[str, tuple[Handle, Runtime]] = {}
+        if any(r.extra.get("runtime") == "container" for r in self.store.instances()):
+            try:
+                engine = self._containers()
+                scanned.update({i: (h, engine) for i, h in engine.scan().items()})
+            except RuntimeFailure as err:
+                log.error("cannot reach the container engine to re-adopt containers: %s", err)
+        scanned.update({i: (h, self.runtime) for i, h in self.runtime.scan().items()})
+        owners = {i: owner for i, (_, owner) in scanned.items()}
+        handles = {i: handle for i, (handle, _) in scanned.items()}
         for record_env in self.envs.values():
             saved = self.store.get_env(record_env.name)
             records = [r for r in self.store.instances(env=record_env.name)]
@@ -686,8 +725,9 @@ class Controller:
                 log.warning(
                     "stopping stray instance %s (pid %d): no record of it", inst_id, handle.pid
                 )
-                if self.runtime.adopt(handle):
-                    asyncio.get_running_loop().create_task(self.runtime.stop(handle, "TERM", 10.0))
+                owner = owners[inst_id]
+                if owner.adopt(handle):
+                    asyncio.get_running_loop().create_task(owner.stop(handle, "TERM", 10.0))
 
     def _housekeeping(self) -> None:
         for state in self.envs.values():
@@ -709,7 +749,8 @@ class Controller:
         for state in self.envs.values():
             if state.supervisor is not None:
                 state.supervisor.close()
-        self.runtime.close()
+        for runtime in self.runtimes.values():
+            runtime.close()  # type: ignore[attr-defined]
         self.store.close()
 
     # -- reporting ----------------------------------------------------------------------

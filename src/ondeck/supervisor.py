@@ -22,10 +22,10 @@ from typing import Any
 
 from ondeck.errors import RuntimeFailure, UserError
 from ondeck.metrics import Metrics
-from ondeck.runtime.base import ExitEvent, Handle, InstanceSpec
+from ondeck.runtime.base import ContainerOptions, ExitEvent, Handle, InstanceSpec, Runtime
 from ondeck.runtime.logs import tail
 from ondeck.runtime.probes import ProbeResult, probe_exec, probe_http, probe_tcp
-from ondeck.runtime.process import ProcessRuntime, allocate_port
+from ondeck.runtime.process import allocate_port
 from ondeck.spec.model import HealthCheck
 from ondeck.spec.template import BUILTIN, PASSTHROUGH, expand, instance_env
 from ondeck.state.desired import Desired, DesiredService
@@ -41,6 +41,7 @@ log = logging.getLogger("ondeck")
 FAST_PROBE = 0.05
 DEFAULT_TCP = HealthCheck(tcp=True, interval=2.0, timeout=1.0, failure_threshold=3)
 LOG_TAIL_LINES = 15
+CONTAINER_DATA = "/data"  # where a container finds its persistent data volume
 
 
 @dataclass
@@ -93,12 +94,12 @@ class Supervisor:
         env: str,
         state_dir: Path,
         store: Store,
-        runtime: ProcessRuntime,
+        runtimes: Mapping[str, Runtime],
         metrics: Metrics,
         wake: Callable[[], None],
     ) -> None:
         self.app, self.env = app, env
-        self.state_dir, self.store, self.runtime = state_dir, store, runtime
+        self.state_dir, self.store, self.runtimes = state_dir, store, runtimes
         self.metrics, self.wake = metrics, wake
         self.instances: dict[str, Instance] = {}
         self.before_stop: Callable[[InstanceRecord], Awaitable[None]] | None = None
@@ -168,7 +169,7 @@ class Supervisor:
             if inst.handle is not None:
                 signal = str(inst.rec.extra.get("stop_signal", "TERM"))
                 grace = float(inst.rec.extra.get("stop_grace", 30.0))
-                await self.runtime.stop(inst.handle, signal, grace)
+                await self._runtime(inst).stop(inst.handle, signal, grace)
         finally:
             self.instances.pop(inst.rec.id, None)
             self.store.delete_instance(inst.rec.id)
@@ -178,7 +179,9 @@ class Supervisor:
         port = self._port(inst, svc)
         try:
             spec = self._instance_spec(inst, desired, svc, port)
-            inst.handle = await self.runtime.start(spec)
+            kind = "container" if spec.container else "process"
+            inst.rec = replace(inst.rec, extra={**inst.rec.extra, "runtime": kind})
+            inst.handle = await self.runtimes[kind].start(spec)
         except (RuntimeFailure, UserError) as err:
             self._mark_exited(inst, 127, str(err))
             return
@@ -218,18 +221,22 @@ class Supervisor:
     def _instance_spec(
         self, inst: Instance, desired: Desired, svc: DesiredService, port: int | None
     ) -> InstanceSpec:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        container = self._container(svc) if desired.runtime == "container" else None
+        data_dir = CONTAINER_DATA if container else str(self.data_dir)
+        if container is None:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
         builtins = {
-            "PORT": str(port or ""),
+            # in a container the app listens on its own port; ondeck publishes it on `port`
+            "PORT": str(container.container_port or "") if container else str(port or ""),
             "ONDECK_APP": self.app,
             "ONDECK_SERVICE": svc.name,
             "ONDECK_ENV": self.env,
             "ONDECK_REVISION": inst.rec.revision,
             "ONDECK_VERSION": svc.spec.version or "",
             "ONDECK_INSTANCE": inst.rec.id,
-            "ONDECK_DATA_DIR": str(self.data_dir),
+            "ONDECK_DATA_DIR": data_dir,
         }
-        environ = instance_env(svc.spec.env, builtins, os.environ)
+        environ = instance_env(svc.spec.env, builtins, {} if container else os.environ)
         argv = tuple(expand(arg, environ) for arg in svc.spec.command or ())
         return InstanceSpec(
             id=inst.rec.id,
@@ -244,7 +251,30 @@ class Supervisor:
             stop_signal=svc.spec.stop.signal,
             stop_grace=svc.spec.stop.grace,
             labels={"fingerprint": svc.fingerprint, "revision": desired.revision},
+            container=container,
         )
+
+    def _container(self, svc: DesiredService) -> ContainerOptions:
+        """The image and its surroundings; volumes are per app and environment."""
+        assert svc.spec.image is not None  # the spec's validation requires it
+        volumes = {f"ondeck-{self.app}-{self.env}-data": CONTAINER_DATA}
+        volumes.update(
+            {f"ondeck-{self.app}-{self.env}-{n}": p for n, p in svc.spec.volumes.items()}
+        )
+        port = (
+            svc.spec.port if isinstance(svc.spec.port, int) and svc.spec.port is not True else None
+        )
+        return ContainerOptions(
+            image=svc.spec.image,
+            container_port=port,
+            volumes=volumes,
+            memory=svc.spec.memory,
+            cpus=svc.spec.cpus,
+            pull=svc.spec.pull,
+        )
+
+    def _runtime(self, inst: Instance) -> Runtime:
+        return self.runtimes[str(inst.rec.extra.get("runtime", "process"))]
 
     # -- drift ------------------------------------------------------------------
 
@@ -387,7 +417,7 @@ class Supervisor:
             alive = (
                 handle is not None
                 and (rec.pid in (None, handle.pid))
-                and self.runtime.adopt(handle)
+                and self.runtimes[str(rec.extra.get("runtime", "process"))].adopt(handle)
             )
             if rec.state == "exited":
                 continue

@@ -29,9 +29,8 @@ import httpx
 import pytest
 
 from ondeck.errors import RuntimeFailure
-from ondeck.runtime.base import ExitEvent, Handle, InstanceSpec
+from ondeck.runtime.base import ContainerOptions, ExitEvent, Handle, InstanceSpec
 from ondeck.runtime.container import (
-    ContainerOptions,
     ContainerRuntime,
     decode_cri_log,
     service_socket,

@@ -9,6 +9,7 @@ import asyncio
 import hmac
 import socket
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -21,6 +22,7 @@ from ondeck.api.webhooks import PushEvent, webhook_router
 from ondeck.controller import Controller, Trigger
 from ondeck.errors import UserError
 from ondeck.gitops import set_field
+from ondeck.runtime.container import decode_cri_log
 from ondeck.runtime.logs import tail
 from ondeck.store import SyncRecord
 from ondeck.tokens import ADMIN, Scope, TokenInfo, Tokens, allows, visible_envs
@@ -199,7 +201,9 @@ def create_app(controller: Controller, token: str, webhook_secret: str | None = 
         if not paths:
             raise HTTPException(404, f"no instance of service {service!r}; see `ondeck status`")
         if not follow:
-            return PlainTextResponse("".join(_prefixed(i, tail(p, lines)) for i, p in paths))
+            return PlainTextResponse(
+                "".join(_prefixed(p.inst_id, p.text(tail(p.path, lines).encode())) for p in paths)
+            )
         return StreamingResponse(_follow(paths, lines), media_type="text/plain")
 
     app.include_router(api)
@@ -224,14 +228,25 @@ def _sync_json(r: SyncRecord) -> dict[str, Any]:
     }
 
 
-def _log_paths(controller: Controller, service: str, envs: list[str]) -> list[tuple[str, Path]]:
+@dataclass(frozen=True)
+class LogSource:
+    inst_id: str
+    path: Path
+    cri: bool  # written by a container engine (`TIME STREAM F|P text` lines)
+
+    def text(self, raw: bytes) -> str:
+        return (decode_cri_log(raw) if self.cri else raw).decode(errors="replace")
+
+
+def _log_paths(controller: Controller, service: str, envs: list[str]) -> list[LogSource]:
     found = []
     for state in controller.envs.values():
         if state.name not in envs or state.supervisor is None:
             continue
         for inst in state.supervisor.instances.values():
             if inst.rec.service == service:
-                found.append((inst.rec.id, Path(inst.rec.log_path)))
+                cri = inst.rec.extra.get("runtime") == "container"
+                found.append(LogSource(inst.rec.id, Path(inst.rec.log_path), cri))
     return found
 
 
@@ -239,21 +254,21 @@ def _prefixed(inst_id: str, text: str) -> str:
     return "".join(f"[{inst_id}] {line}\n" for line in text.splitlines())
 
 
-async def _follow(paths: list[tuple[str, Path]], lines: int) -> AsyncIterator[bytes]:
+async def _follow(sources: list[LogSource], lines: int) -> AsyncIterator[bytes]:
     """Like `tail -f` over every instance's log; survives copytruncate rotation."""
     offsets: dict[str, int] = {}
-    for inst_id, path in paths:
-        yield _prefixed(inst_id, tail(path, lines)).encode()
-        offsets[inst_id] = path.stat().st_size if path.exists() else 0
+    for src in sources:
+        yield _prefixed(src.inst_id, src.text(tail(src.path, lines).encode())).encode()
+        offsets[src.inst_id] = src.path.stat().st_size if src.path.exists() else 0
     while True:
-        for inst_id, path in paths:
-            size = path.stat().st_size if path.exists() else 0
-            if size < offsets[inst_id]:
-                offsets[inst_id] = 0  # rotated (truncated): read from the start
-            if size > offsets[inst_id]:
-                with path.open("rb") as f:
-                    f.seek(offsets[inst_id])
-                    chunk = f.read(size - offsets[inst_id])
-                offsets[inst_id] = size
-                yield _prefixed(inst_id, chunk.decode(errors="replace")).encode()
+        for src in sources:
+            size = src.path.stat().st_size if src.path.exists() else 0
+            if size < offsets[src.inst_id]:
+                offsets[src.inst_id] = 0  # rotated (truncated): read from the start
+            if size > offsets[src.inst_id]:
+                with src.path.open("rb") as f:
+                    f.seek(offsets[src.inst_id])
+                    chunk = f.read(size - offsets[src.inst_id])
+                offsets[src.inst_id] = size
+                yield _prefixed(src.inst_id, src.text(chunk)).encode()
         await asyncio.sleep(FOLLOW_INTERVAL)

@@ -7,6 +7,7 @@ proxy's timeouts and limits (tests use short ones).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -31,22 +32,34 @@ def _parser() -> argparse.ArgumentParser:
         flag = "--" + name.replace("_", "-")
         parser.add_argument(flag, type=float, default=getattr(defaults, name), metavar="SECONDS")
     parser.add_argument("--max-body", type=int, default=defaults.max_body, metavar="BYTES")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)"
+    )
+    # Internal: how the first worker starts the others.
+    parser.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--options-json", help=argparse.SUPPRESS)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    options = ProxyOptions(
-        header_timeout=args.header_timeout,
-        keepalive_timeout=args.keepalive_timeout,
-        body_timeout=args.body_timeout,
-        connect_timeout=args.connect_timeout,
-        upstream_timeout=args.upstream_timeout,
-        max_body=args.max_body,
-    )
+    if args.options_json:
+        options = ProxyOptions(**json.loads(args.options_json))
+    else:
+        options = ProxyOptions(
+            header_timeout=args.header_timeout,
+            keepalive_timeout=args.keepalive_timeout,
+            body_timeout=args.body_timeout,
+            connect_timeout=args.connect_timeout,
+            upstream_timeout=args.upstream_timeout,
+            max_body=args.max_body,
+        )
+    if args.workers < 1:
+        print("ondeck router: --workers must be at least 1", file=sys.stderr)
+        return 1
     try:
-        run(args.state_dir, args.listen, options)
+        run(args.state_dir, args.listen, options, args.workers, args.worker_index)
     except (OndeckError, ValueError, OSError) as exc:
         print(f"ondeck router: {exc}", file=sys.stderr)
         return 1

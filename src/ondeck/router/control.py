@@ -3,6 +3,8 @@
 The router serves it (`ControlServer`); the controller talks to it through
 `RouterControl`. Each applied config is written to STATE_DIR/router.json
 (temp file + rename) before it is served, so a restarted router serves at once.
+With several worker processes, the first one answers for all: it forwards
+applies to the others' private sockets and sums their stats.
 """
 
 from __future__ import annotations
@@ -12,16 +14,18 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ondeck.errors import TemporaryError
+from ondeck.router.metrics import BackendStats, merge_snapshots, render_prometheus
 from ondeck.router.proxy import Router
 from ondeck.router.table import EMPTY_CONFIG, RouterConfig, RouterConfigError
 
 SOCKET_NAME = "router.sock"
 CONFIG_NAME = "router.json"
+PEER_TIMEOUT = 2.0  # seconds a worker's private socket may take to answer the first one
 _LINE_LIMIT = 64 * 1024 * 1024  # one request line (a config of thousands of routes fits)
 
 
@@ -76,15 +80,29 @@ def load_config(path: Path) -> RouterConfig:
 
 
 class ControlServer:
-    """Answers control requests for one `Router`; applies are serialized."""
+    """Answers control requests for one `Router`; applies are serialized.
 
-    def __init__(self, router: Router, state_dir: Path, listen: Callable[[], str]) -> None:
+    `peers` lists the private sockets of the other worker processes (the
+    first worker's view); a worker's own server has none and does not persist.
+    """
+
+    def __init__(
+        self,
+        router: Router,
+        state_dir: Path,
+        listen: Callable[[], str],
+        socket_name: str = SOCKET_NAME,
+        peers: Callable[[], Sequence[Path]] = tuple,
+    ) -> None:
         self.router = router
         self.config_path = state_dir / CONFIG_NAME
-        self.socket_path = state_dir / SOCKET_NAME
+        self.socket_path = state_dir / socket_name
+        self.persist = socket_name == SOCKET_NAME
         self._listen = listen
+        self._peers = peers
         self._apply_lock = asyncio.Lock()
         self._server: asyncio.Server | None = None
+        self._clients: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> None:
         """Bind the socket with mode 0600 (no window where others could connect)."""
@@ -101,12 +119,15 @@ class ControlServer:
         os.chmod(self.socket_path, 0o600)
 
     async def close(self) -> None:
+        for writer in list(self._clients):
+            writer.close()  # their handlers see EOF and end (not cancelled at shutdown)
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._clients.add(writer)
         try:
             while line := await reader.readline():
                 answer = await self.handle_line(line)
@@ -115,6 +136,7 @@ class ControlServer:
         except (ConnectionError, asyncio.LimitOverrunError, ValueError):
             pass  # a client that hung up or sent an over-long line: drop it
         finally:
+            self._clients.discard(writer)
             writer.close()
 
     async def handle_line(self, line: bytes) -> dict[str, Any]:
@@ -139,26 +161,75 @@ class ControlServer:
                 "pid": os.getpid(),
                 "listen": self._listen(),
                 "generation": router.config.generation,
+                "workers": 1 + len(self._peers()),
             }
         if op == "apply":
             return {"ok": True, "generation": await self._apply(request.get("config"))}
         if op == "get":
             return {"ok": True, "config": router.config.to_json()}
         if op == "stats":
-            return {"ok": True, **router.stats()}
+            return {"ok": True, **await self._stats()}
         if op == "metrics":
-            return {"ok": True, "text": router.metrics()}
+            return {"ok": True, "text": _render(await self._stats())}
         return {"ok": False, "error": f"unknown op {op!r}: use apply, get, stats, metrics or ping"}
 
     async def _apply(self, raw: object) -> int:
         config = RouterConfig.from_json(raw)
         async with self._apply_lock:
-            try:
-                await asyncio.to_thread(save_config, self.config_path, config)
-            except OSError as exc:
-                raise RouterConfigError(f"cannot persist {self.config_path}: {exc}") from exc
+            if self.persist:
+                try:
+                    await asyncio.to_thread(save_config, self.config_path, config)
+                except OSError as exc:
+                    raise RouterConfigError(f"cannot persist {self.config_path}: {exc}") from exc
             self.router.apply(config)
+            await asyncio.gather(*(_forward(peer, config) for peer in self._peers()))
         return config.generation
+
+    async def _stats(self) -> dict[str, Any]:
+        """This process's counters plus every other worker's, summed per backend."""
+        own = self.router.stats()
+        peers = self._peers()
+        if not peers:
+            return own
+        answers = await asyncio.gather(*(_peer_stats(peer) for peer in peers))
+        every = [own, *(a for a in answers if a is not None)]
+        by_backend: dict[str, list[dict[str, Any]]] = {}
+        local: dict[str, int] = {}
+        for stats in every:
+            for backend_id, snapshot in stats["backends"].items():
+                by_backend.setdefault(backend_id, []).append(snapshot)
+            for status, n in stats["local"].items():
+                local[status] = local.get(status, 0) + int(n)
+        own["backends"] = {k: merge_snapshots(v) for k, v in by_backend.items()}
+        own["local"] = local
+        own["connections"] = sum(int(s["connections"]) for s in every)
+        own["workers"] = len(every)
+        return own
+
+
+async def _forward(peer: Path, config: RouterConfig) -> None:
+    """Best effort: a worker that misses it is re-synced by its supervisor."""
+    with contextlib.suppress(RouterUnavailable, RouterRefused):
+        await RouterControl(peer, PEER_TIMEOUT).apply(config)
+
+
+async def _peer_stats(peer: Path) -> dict[str, Any] | None:
+    try:
+        return await RouterControl(peer, PEER_TIMEOUT).stats()
+    except (RouterUnavailable, RouterRefused):
+        return None  # a worker being restarted: its counters are gone with it
+
+
+def _render(stats: dict[str, Any]) -> str:
+    backends = {
+        backend_id: (
+            {"pool": s["pool"], "backend": backend_id, "set": s["set"]},
+            BackendStats.from_snapshot(s),
+        )
+        for backend_id, s in stats["backends"].items()
+    }
+    local = {int(k): int(v) for k, v in stats["local"].items()}
+    return render_prometheus(backends, local, int(stats["generation"]))
 
 
 async def _refuse_if_live(path: Path) -> None:

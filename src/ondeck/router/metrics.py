@@ -8,7 +8,7 @@ analysis (cumulative counters: diff two snapshots), `metrics` for Prometheus.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 # Seconds; from a loopback hop to a slow report page.
@@ -55,6 +55,34 @@ class BackendStats:
         self.buckets[bisect_left(BUCKETS, seconds)] += 1
         self.latency_sum += seconds
 
+    @classmethod
+    def from_snapshot(cls, snapshot: Mapping[str, Any]) -> BackendStats:
+        """Counters back from their JSON form (to merge the workers' stats)."""
+        stats = cls()
+        stats.requests = int(snapshot["requests"])
+        stats.active = int(snapshot["active"])
+        for i, name in enumerate(CLASSES):
+            stats.classes[i + 1] = int(snapshot["status"][name])
+        stats.errors = {k: int(snapshot["errors"].get(k, 0)) for k in ERROR_KINDS}
+        latency = snapshot["latency"]
+        stats.latency_sum = float(latency["sum"])
+        previous = 0
+        for i, (_, cumulative) in enumerate(latency["buckets"]):
+            stats.buckets[i] = int(cumulative) - previous
+            previous = int(cumulative)
+        return stats
+
+    def add(self, other: BackendStats) -> None:
+        self.requests += other.requests
+        self.active += other.active
+        self.latency_sum += other.latency_sum
+        for i, n in enumerate(other.classes):
+            self.classes[i] += n
+        for i, n in enumerate(other.buckets):
+            self.buckets[i] += n
+        for kind, n in other.errors.items():
+            self.errors[kind] += n
+
     def snapshot(self) -> dict[str, Any]:
         """The JSON form of these counters (see `stats` in control.py)."""
         count = sum(self.buckets)
@@ -75,6 +103,17 @@ class BackendStats:
                 ],
             },
         }
+
+
+def merge_snapshots(snapshots: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One backend's snapshots from several workers, as one (labels from the first)."""
+    total = BackendStats()
+    for snapshot in snapshots:
+        total.add(BackendStats.from_snapshot(snapshot))
+    merged = dict(snapshots[0])
+    merged.update(total.snapshot())
+    merged["removed"] = all(s.get("removed", False) for s in snapshots)
+    return merged
 
 
 def _cumulative(counts: Iterable[int]) -> list[int]:

@@ -23,11 +23,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from html import escape
 from http import HTTPStatus
-from typing import cast
+from typing import Any, cast
 
 import httptools
 
-from ondeck.router.metrics import BackendStats, render_prometheus
+from ondeck.router.metrics import BackendStats
 from ondeck.router.table import (
     Backend,
     Pool,
@@ -105,7 +105,6 @@ PAGES: dict[str, Page] = {
     "no_backend": _page(503, "The application has no instance available. Try again soon."),
     "gateway_timeout": _page(504, "The application did not answer in time."),
 }
-_PAGE_BY_STATUS = {p.status: p for key, p in PAGES.items() if key != "no_route"}
 
 
 class _Reject(Exception):
@@ -393,7 +392,7 @@ class Router:
         ]:
             del self.slots[backend_id]
 
-    def stats(self) -> dict[str, object]:
+    def stats(self) -> dict[str, Any]:
         """The `stats` answer of the control socket (cumulative since `since`)."""
         backends = {}
         for backend_id, slot in self.slots.items():
@@ -414,10 +413,6 @@ class Router:
             "local": {str(k): v for k, v in sorted(self.local.items())},
             "backends": backends,
         }
-
-    def metrics(self) -> str:
-        backends = {k: (s.labels, s.stats) for k, s in self.slots.items()}
-        return render_prometheus(backends, self.local, self.config.generation)
 
     def close_all(self) -> None:
         for slot in self.slots.values():
@@ -696,18 +691,7 @@ class ClientConnection(asyncio.Protocol):
             lines = self._drop_connection_named(lines)
         ex.header_lines = lines
         ex.cookie = self._cookie
-        xff = self._xff + b", " + self.peer_bytes if self._xff else self.peer_bytes
-        parts = [method, b" ", target, b" HTTP/1.1\r\n"]
-        if host:
-            parts += (b"Host: ", host, _CRLF)
-        parts += lines
-        parts += (b"X-Forwarded-For: ", xff, _CRLF, _PROTO_LINE, b"X-Forwarded-Host: ", host, _CRLF)
-        if framing:
-            parts.append(framing)
-        if ex.upgrade:
-            parts += (b"Connection: Upgrade\r\nUpgrade: ", self._upgrade, _CRLF)
-        parts.append(_CRLF)
-        ex.head = b"".join(parts)
+        ex.head = self._upstream_head(ex, method + b" " + target, host, framing)
         now = _now()
         ex.started = now
         self._reset_message()
@@ -719,6 +703,21 @@ class ClientConnection(asyncio.Protocol):
             self.deadline = INF  # not read until its turn: no client deadline meanwhile
             self.queue.append(ex)
             self.set_pause(_PAUSE_QUEUE, True)
+
+    def _upstream_head(self, ex: Exchange, line: bytes, host: bytes, framing: bytes) -> bytes:
+        """The request head sent upstream: kept headers, X-Forwarded-*, our framing."""
+        xff = self._xff + b", " + self.peer_bytes if self._xff else self.peer_bytes
+        parts = [line, b" HTTP/1.1\r\n"]
+        if host:
+            parts += (b"Host: ", host, _CRLF, b"X-Forwarded-Host: ", host, _CRLF)
+        parts += ex.header_lines
+        parts += (b"X-Forwarded-For: ", xff, _CRLF, _PROTO_LINE)
+        if framing:
+            parts.append(framing)
+        if ex.upgrade:
+            parts += (b"Connection: Upgrade\r\nUpgrade: ", self._upgrade, _CRLF)
+        parts.append(_CRLF)
+        return b"".join(parts)
 
     def on_body(self, body: bytes) -> None:
         ex = cast(Exchange, self.parsing)

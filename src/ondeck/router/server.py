@@ -1,7 +1,9 @@
 """The router process: a listener, the control socket and a deadline sweeper.
 
 `ondeck router` and `python -m ondeck.router` call `run`; tests start a
-`RouterServer` in their own event loop. On SIGTERM/SIGINT it stops accepting,
+`RouterServer` in their own event loop. With `workers` > 1 the first process
+starts the others (same port, SO_REUSEPORT; each its own private control
+socket), keeps them alive and in sync. On SIGTERM/SIGINT it stops accepting,
 lets in-flight requests finish (up to a grace period) and exits.
 """
 
@@ -9,17 +11,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
+import os
 import signal
-import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from ondeck.router.control import CONFIG_NAME, ControlServer, load_config
+from ondeck.router.control import (
+    CONFIG_NAME,
+    PEER_TIMEOUT,
+    SOCKET_NAME,
+    ControlServer,
+    RouterControl,
+    RouterRefused,
+    RouterUnavailable,
+    load_config,
+)
 from ondeck.router.proxy import ClientConnection, ProxyOptions, Router
 
 log = logging.getLogger("ondeck.router")
 SWEEP_INTERVAL = 0.25  # seconds between deadline checks
+SUPERVISE_INTERVAL = 1.0  # seconds between checks of the other workers
 STOP_GRACE = 10.0
 
 
@@ -32,14 +48,35 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host, int(port)
 
 
-class RouterServer:
-    """One router: owns the proxy listener, the control socket and the sweeper."""
+def worker_socket(state_dir: Path, index: int) -> Path:
+    """The private control socket of worker `index` (0 is the public router.sock)."""
+    return state_dir / (SOCKET_NAME if index == 0 else f"router-worker-{index}.sock")
 
-    def __init__(self, state_dir: Path, listen: str, options: ProxyOptions | None = None) -> None:
+
+class RouterServer:
+    """One router process: owns its proxy listener, control socket and sweeper."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        listen: str,
+        options: ProxyOptions | None = None,
+        *,
+        worker: int = 0,
+        reuse_port: bool = False,
+    ) -> None:
         self.state_dir = state_dir
         self.host, self.port = parse_listen(listen)
+        self.reuse_port = reuse_port
         self.router = Router(load_config(state_dir / CONFIG_NAME), options)
-        self.control = ControlServer(self.router, state_dir, self.address)
+        self.peers: list[Path] = []
+        self.control = ControlServer(
+            self.router,
+            state_dir,
+            self.address,
+            worker_socket(state_dir, worker).name,
+            lambda: self.peers,
+        )
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
 
@@ -52,11 +89,14 @@ class RouterServer:
         loop = asyncio.get_running_loop()
         router = self.router
         self._server = await loop.create_server(
-            lambda: ClientConnection(router), self.host, self.port, backlog=2048, reuse_address=True
+            lambda: ClientConnection(router),
+            self.host,
+            self.port,
+            backlog=2048,
+            reuse_address=True,
+            reuse_port=self.reuse_port or None,
         )
-        sock = self._server.sockets[0]
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.port = int(sock.getsockname()[1])
+        self.port = int(self._server.sockets[0].getsockname()[1])
         await self.control.start()
         self._schedule_sweep()
 
@@ -81,31 +121,122 @@ class RouterServer:
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
 
 
-async def serve(state_dir: Path, listen: str, options: ProxyOptions | None = None) -> None:
-    """Run a router until SIGTERM or SIGINT."""
-    server = RouterServer(state_dir, listen, options)
+class Workers:
+    """The first worker's view of the others: start, restart, resync, stop."""
+
+    def __init__(self, server: RouterServer, count: int, options: ProxyOptions) -> None:
+        self.server = server
+        self.count = count
+        self.options = options
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    def start(self) -> None:
+        for index in range(1, self.count):
+            self._spawn(index)
+
+    def _spawn(self, index: int) -> None:
+        state_dir = self.server.state_dir
+        argv = [sys.executable, "-m", "ondeck.router", "--state-dir", str(state_dir)]
+        argv += ["--listen", self.server.address(), "--worker-index", str(index)]
+        argv += ["--options-json", json.dumps(dataclasses.asdict(self.options))]
+        self.procs[index] = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+
+    async def supervise(self) -> None:
+        """Restart a worker that died; push the served config to one that lags."""
+        while True:
+            await asyncio.sleep(SUPERVISE_INTERVAL)
+            for index, proc in list(self.procs.items()):
+                if proc.poll() is not None:
+                    log.warning(
+                        "router worker %d exited (%s): restarting it", index, proc.returncode
+                    )
+                    self._spawn(index)
+                    continue
+                await self._resync(index)
+
+    async def _resync(self, index: int) -> None:
+        control = RouterControl(worker_socket(self.server.state_dir, index), PEER_TIMEOUT)
+        config = self.server.router.config
+        with contextlib.suppress(RouterUnavailable, RouterRefused):
+            if (await control.get()) != config:
+                await control.apply(config)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=STOP_GRACE + 5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+async def serve(
+    state_dir: Path,
+    listen: str,
+    options: ProxyOptions | None = None,
+    workers: int = 1,
+    worker_index: int = 0,
+) -> None:
+    """Run one router process until SIGTERM or SIGINT (or, for a worker, its parent's end)."""
+    options = options or ProxyOptions()
+    reuse_port = workers > 1 or worker_index > 0
+    server = RouterServer(state_dir, listen, options, worker=worker_index, reuse_port=reuse_port)
+    if worker_index == 0:
+        server.peers = [worker_socket(state_dir, i) for i in range(1, workers)]
     await server.start()
-    log.info(
-        "router serving http://%s (config generation %d, control %s)",
-        server.address(),
-        server.router.config.generation,
-        server.control.socket_path,
-    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    tasks: list[asyncio.Task[None]] = []
+    pool = Workers(server, workers, options) if worker_index == 0 and workers > 1 else None
+    if pool is not None:
+        pool.start()
+        tasks.append(asyncio.create_task(pool.supervise()))
+    if worker_index > 0:
+        tasks.append(asyncio.create_task(_exit_with_parent(stop)))
+    else:
+        log.info(
+            "router serving http://%s with %d worker(s) (config generation %d, control %s)",
+            server.address(),
+            workers,
+            server.router.config.generation,
+            server.control.socket_path,
+        )
     await stop.wait()
-    log.info("router stopping: finishing in-flight requests")
-    await server.stop()
+    for task in tasks:
+        task.cancel()
+    if pool is not None:
+        log.info("router stopping: finishing in-flight requests")
+        await asyncio.gather(asyncio.to_thread(pool.stop), server.stop())
+    else:
+        await server.stop()
 
 
-def run(state_dir: Path, listen: str, options: ProxyOptions | None = None) -> None:
+async def _exit_with_parent(stop: asyncio.Event) -> None:
+    """A worker must not outlive the first worker (it would hold the port)."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await asyncio.sleep(SUPERVISE_INTERVAL / 2)
+    stop.set()
+
+
+def run(
+    state_dir: Path,
+    listen: str,
+    options: ProxyOptions | None = None,
+    workers: int = 1,
+    worker_index: int = 0,
+) -> None:
     """Entry point of `ondeck router`: serve until a signal; uvloop when installed."""
     state_dir.mkdir(parents=True, exist_ok=True)
+    main = serve(state_dir, listen, options, workers, worker_index)
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(state_dir, listen, options))
+        asyncio.run(main)
         return
-    uvloop.run(serve(state_dir, listen, options))
+    uvloop.run(main)

@@ -92,11 +92,6 @@ class Pool:
         object.__setattr__(self, "match_cookies", dict(self.match_cookies))
         object.__setattr__(self, "cookie_name", _cookie_name(self.name))
 
-    @property
-    def needs_request_details(self) -> bool:
-        """Whether `pick` reads headers and cookies for this pool (it has a canary)."""
-        return bool(self.canary)
-
 
 @dataclass(frozen=True)
 class Route:

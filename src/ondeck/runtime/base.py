@@ -14,6 +14,18 @@ from typing import Protocol
 
 
 @dataclass(frozen=True)
+class ContainerOptions:
+    """How one service runs as a container, beyond what `InstanceSpec` says."""
+
+    image: str
+    container_port: int | None  # published on 127.0.0.1:InstanceSpec.port
+    volumes: Mapping[str, str] = field(default_factory=dict)  # named volume -> mount path
+    memory: int | None = None  # bytes
+    cpus: float | None = None
+    pull: str = "missing"  # always | missing | never
+
+
+@dataclass(frozen=True)
 class InstanceSpec:
     """Everything needed to start one instance, already fully resolved."""
 
@@ -29,6 +41,7 @@ class InstanceSpec:
     stop_signal: str = "TERM"
     stop_grace: float = 30.0
     labels: Mapping[str, str] = field(default_factory=dict)
+    container: ContainerOptions | None = None  # set for the container runtime
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import signal as signals
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ import docker.errors
 import requests
 
 from ondeck.errors import RuntimeFailure
-from ondeck.runtime.base import ExitCallback, ExitEvent, Handle, InstanceSpec
+from ondeck.runtime.base import ContainerOptions, ExitCallback, ExitEvent, Handle, InstanceSpec
 from ondeck.runtime.process import read_start_ticks, supervisor_id
 from ondeck.spec.template import PASSTHROUGH
 
@@ -48,18 +48,6 @@ API_TIMEOUT = 60
 _SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes
 _NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9_.-]")
 _CRI_LINE = re.compile(rb"^\S+ (?:stdout|stderr) ([FP]) ?(.*)$", re.DOTALL)
-
-
-@dataclass(frozen=True)
-class ContainerOptions:
-    """How one service runs as a container, beyond what `InstanceSpec` says."""
-
-    image: str
-    container_port: int | None  # published on 127.0.0.1:spec.port
-    volumes: Mapping[str, str] = field(default_factory=dict)  # named volume -> mount path
-    memory: int | None = None  # bytes
-    cpus: float | None = None
-    pull: str = "missing"  # always | missing | never
 
 
 def container_name(supervisor: str, instance_id: str) -> str:
@@ -278,8 +266,13 @@ class ContainerRuntime:
 
     # -- start --------------------------------------------------------------------------
 
-    async def start(self, spec: InstanceSpec, container: ContainerOptions) -> Handle:
+    async def start(self, spec: InstanceSpec, container: ContainerOptions | None = None) -> Handle:
         """Create and start the instance's container (logging to `spec.log_path`), watch it."""
+        container = container or spec.container
+        if container is None:
+            raise RuntimeFailure(
+                f"instance {spec.id} has no image: the container runtime needs one"
+            )
         await self.ensure_image(container.image, container.pull)
         name = self.name_of(spec.id)
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)

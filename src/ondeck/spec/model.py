@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from ondeck.errors import UserError
-from ondeck.units import parse_duration
+from ondeck.units import parse_duration, parse_size
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -57,6 +57,27 @@ def _env_value(value: Any) -> str:
     if isinstance(value, int | float | str):
         return str(value)
     raise ValueError("an env value is a string, number or boolean")
+
+
+def _size(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("a size is a number with a unit, e.g. 256MiB")
+    try:
+        return parse_size(value)
+    except UserError as err:
+        raise ValueError(str(err)) from err
+
+
+Size = Annotated[
+    int,
+    BeforeValidator(_size),
+    WithJsonSchema(
+        {
+            "type": ["string", "integer"],
+            "description": "A size: bytes, or a number with a unit (KiB, MiB, GiB, KB, MB, GB).",
+        }
+    ),
+]
 
 
 EnvValue = Annotated[
@@ -239,6 +260,16 @@ class Service(Strict):
     routes: list[Route] = Field(
         default_factory=list, description="Where the router sends users to this service."
     )
+    pull: Literal["always", "missing", "never"] = Field(
+        "missing", description="Container runtime: when to pull the image."
+    )
+    volumes: dict[str, str] = Field(
+        default_factory=dict,
+        description="Container runtime: named volume -> mount path, kept across releases "
+        "(the data volume is always mounted at /data as ONDECK_DATA_DIR).",
+    )
+    memory: Size | None = Field(None, description="Container runtime: memory limit, e.g. 256MiB.")
+    cpus: float | None = Field(None, gt=0, description="Container runtime: CPU limit, e.g. 0.5.")
 
     @field_validator("env")
     @classmethod
@@ -246,6 +277,14 @@ class Service(Strict):
         for name in value:
             if not ENV_NAME.match(name):
                 raise ValueError(f"{name!r} is not a valid environment variable name")
+        return value
+
+    @field_validator("volumes")
+    @classmethod
+    def _volumes(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, path in value.items():
+            if not DNS_LABEL.match(name) or not path.startswith("/"):
+                raise ValueError(f"volume {name!r}: a DNS-label name and an absolute mount path")
         return value
 
     @field_validator("port")
@@ -349,5 +388,10 @@ class Spec(Strict):
             if self.runtime is not RuntimeKind.PROCESS and service.image is None:
                 raise ValueError(
                     f"service {name!r} needs an image for the {self.runtime.value} runtime"
+                )
+            if self.runtime is RuntimeKind.CONTAINER and service.port is True:
+                raise ValueError(
+                    f"service {name!r} runs as a container: give the port it listens on "
+                    "inside the container, e.g. port: 8080 (ondeck publishes it on loopback)"
                 )
         return self

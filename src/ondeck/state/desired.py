@@ -45,10 +45,13 @@ class Desired:
         return frozenset(s.name for s in self.services)
 
 
-def fingerprint(service: Service, code_id: str, secrets_id: str = "", app: str = "") -> str:
+def fingerprint(
+    service: Service, code_id: str, secrets_id: str = "", app: str = "", runtime: str = "process"
+) -> str:
     """A short id of everything that shapes a running instance of `service`."""
     payload = {
         "app": app,
+        "runtime": runtime,
         "code": code_id,
         "secrets": secrets_id,
         "command": service.command,
@@ -57,6 +60,7 @@ def fingerprint(service: Service, code_id: str, secrets_id: str = "", app: str =
         "version": service.version,
         "env": dict(sorted(service.env.items())),
         "port": service.port,
+        "container": [service.pull, service.volumes, service.memory, service.cpus],
     }
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
@@ -64,8 +68,12 @@ def fingerprint(service: Service, code_id: str, secrets_id: str = "", app: str =
 
 def render(spec: Spec, env: str, revision: str, code_id: str, secrets_id: str = "") -> Desired:
     """The desired state of one environment at one revision."""
+    # An image is the whole artifact of a container: the repo's files do not shape it.
+    code = code_id if spec.runtime.value == "process" else ""
     services = tuple(
-        DesiredService(name, service, fingerprint(service, code_id, secrets_id, spec.app))
+        DesiredService(
+            name, service, fingerprint(service, code, secrets_id, spec.app, spec.runtime.value)
+        )
         for name, service in sorted(spec.services.items())
     )
     signed_by = tuple(spec.protect.signed_by) if spec.protect else ()

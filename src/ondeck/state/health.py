@@ -68,6 +68,8 @@ def exit_text(code: int | None) -> str:
         return "exited (code unknown: adopted process)"
     if code < 0:
         return f"killed by signal {-code}"
+    if code > 128 and code - 128 in (9, 15):  # a container engine's way to say "signal"
+        return f"exited with code {code} (signal {code - 128})"
     return f"exited with code {code}"
 
 
