@@ -7,6 +7,7 @@ uvloop), so both loops are exercised; restarts use real router processes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -30,6 +31,7 @@ from test_router_proxy import (
 )
 
 from ondeck.router.control import RouterControl, RouterRefused, RouterUnavailable
+from ondeck.router.server import worker_socket
 from ondeck.router.table import Backend, Pool, Route, RouterConfig
 
 pytestmark = pytest.mark.timeout(120)
@@ -261,3 +263,65 @@ def test_bad_listen_address_is_a_clear_error(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "expected HOST:PORT" in result.stderr
+
+
+# ---------------------------------------------------------------------------
+# Several worker processes behind one control socket
+
+
+async def _fresh_answers(port: int, count: int) -> set[str]:
+    return {(await get(port, "/")).header("x-upstream") or "?" for _ in range(count)}
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_workers_share_the_port_and_answer_as_one(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with Upstream("a") as a, Upstream("b") as b:
+            router = await RouterProcess(tmp_path, "--workers", "2").ready()
+            try:
+                control = RouterControl(tmp_path / "router.sock")
+                assert (await control_call(tmp_path / "router.sock", {"op": "ping"}))[
+                    "workers"
+                ] == 2
+                worker_sock = worker_socket(tmp_path, 1)
+                await control.apply(single_pool(a.backend(), generation=1))
+                async with asyncio.timeout(20):  # the second worker starts, then is synced
+                    while True:
+                        with contextlib.suppress(OSError, ValueError):
+                            answer = await control_call(worker_sock, {"op": "ping"})
+                            if answer["generation"] == 1:
+                                break
+                        await asyncio.sleep(0.05)
+                assert await _fresh_answers(router.port, 20) == {"a"}
+                await control.apply(single_pool(b.backend(), generation=2))
+                assert await _fresh_answers(router.port, 40) == {"b"}  # applied everywhere at once
+                stats = await control.stats()
+                assert stats["workers"] == 2
+                assert stats["backends"]["b"]["requests"] == 40
+                assert stats["backends"]["b"]["latency"]["count"] == 40
+                own = await control_call(worker_sock, {"op": "stats"})
+                assert 0 < own["backends"]["b"]["requests"] < 40  # both processes took some
+                helper = (await control_call(worker_sock, {"op": "ping"}))["pid"]
+                os.kill(helper, signal.SIGKILL)
+                async with asyncio.timeout(20):
+                    while True:
+                        with contextlib.suppress(OSError, ValueError):
+                            answer = await control_call(worker_sock, {"op": "ping"})
+                            if answer["pid"] != helper and answer["generation"] == 2:
+                                break
+                        await asyncio.sleep(0.05)
+                helper = answer["pid"]
+            finally:
+                assert router.stop() == 0
+            async with asyncio.timeout(20):
+                while not _gone(helper):
+                    await asyncio.sleep(0.05)
+
+    asyncio.run(scenario())

@@ -35,7 +35,7 @@ def measure(
         now, then = after.get(backend), before.get(backend)
         if now is None:
             continue
-        requests += _delta(now, then, "requests") + _errors(now) - (_errors(then) if then else 0)
+        requests += _delta(now, then, "requests")
         errors += _server_errors(now) - (_server_errors(then) if then else 0)
         buckets = _add(buckets, _bucket_delta(now, then))
     if requests <= 0:
@@ -62,13 +62,9 @@ def _delta(now: Mapping[str, Any], then: Mapping[str, Any] | None, key: str) -> 
     return int(now.get(key, 0)) - (int(then.get(key, 0)) if then else 0)
 
 
-def _errors(snapshot: Mapping[str, Any]) -> int:
-    """Failures the proxy answered itself (502/504): the upstream never did."""
-    return sum(int(v) for k, v in snapshot.get("errors", {}).items() if k != "client")
-
-
 def _server_errors(snapshot: Mapping[str, Any]) -> int:
-    return int(snapshot.get("status", {}).get("5xx", 0)) + _errors(snapshot)
+    """5xx answers, the router's own 502/504 included (it counts them in the class too)."""
+    return int(snapshot.get("status", {}).get("5xx", 0))
 
 
 def _bucket_delta(
