@@ -32,8 +32,8 @@ import docker
 import docker.errors
 
 from common import bounded, describe, free_port, http_ok, save_results, summarize, wait_for
-from ondeck.runtime.base import ExitEvent, Handle, InstanceSpec
-from ondeck.runtime.container import ContainerOptions, ContainerRuntime
+from ondeck.runtime.base import ContainerOptions, ExitEvent, Handle, InstanceSpec
+from ondeck.runtime.container import ContainerRuntime
 from ondeck.runtime.process import ProcessRuntime, supervisor_id
 
 ROOT = Path(__file__).resolve().parent.parent
