@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -285,8 +284,13 @@ def resolve(config: RouterConfig, host: str, path: str) -> Pool | None:
 
 
 def client_fraction(pool: Pool, client_key: str) -> float:
-    """A stable number in [0, 1) for this client and pool (sticky without cookie)."""
-    return zlib.crc32(f"{pool.name}|{client_key}".encode()) / 4294967296.0
+    """A stable number in [0, 1) for this client and pool (sticky without cookie).
+
+    A real hash, not a checksum: neighbouring addresses must land anywhere
+    (crc32's top bits barely move between 127.0.1.1 and 127.0.2.1).
+    """
+    digest = hashlib.blake2b(f"{pool.name}|{client_key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
 
 
 def _matches(pool: Pool, headers: Mapping[str, str], cookies: Mapping[str, str]) -> bool:
