@@ -340,7 +340,7 @@ class Controller:
         with self.log_path.open("ab") as log:
             argv = [sys.executable, "-m", "ondeck", "up", str(self.repo)]
             self.proc = subprocess.Popen(
-                [*argv, "--api", "127.0.0.1:0", *self.flags],
+                [*argv, "--api", "127.0.0.1:0", *self._router_flags(), *self.flags],
                 env=self.env,
                 stdout=log,
                 stderr=log,
@@ -352,6 +352,10 @@ class Controller:
         headers = {"Authorization": f"Bearer {token}"}
         self._http = httpx.Client(base_url=url, headers=headers, timeout=60.0)
         return self
+
+    def _router_flags(self) -> list[str]:
+        """No router unless a benchmark asks for one: never a stray on port 8080."""
+        return [] if "--listen" in self.flags else ["--listen", "none"]
 
     def _died(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:

@@ -326,7 +326,7 @@ def _setup_logging() -> None:
     else:
         handler = logging.StreamHandler()
         handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S")
+            logging.Formatter("%(asctime)s.%(msecs)03d %(levelname)-7s %(message)s", "%H:%M:%S")
         )
     root = logging.getLogger("ondeck")
     root.handlers[:] = [handler]

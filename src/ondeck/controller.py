@@ -426,8 +426,8 @@ class Controller:
         elif state.op is not None:
             self._settle(state, steps, now)
         await self._push_routes()
-        self.metrics.reconcile_duration.labels(state.name).observe(time.perf_counter() - started)
         self._export_metrics(state)
+        self.metrics.reconcile_duration.labels(state.name).observe(time.perf_counter() - started)
 
     # -- traffic and progressive releases ---------------------------------------------------
 

@@ -38,7 +38,7 @@ log = logging.getLogger("ondeck")
 # While an instance has never been ready we probe it often, so a rollout moves
 # as soon as the app answers, and judge it failing only after the time its
 # spec allows (start_period + failure_threshold * interval).
-FAST_PROBE = 0.05
+FAST_PROBES = (0.005, 0.01, 0.02, 0.05)  # then every 50 ms until ready
 DEFAULT_TCP = HealthCheck(tcp=True, interval=2.0, timeout=1.0, failure_threshold=3)
 LOG_TAIL_LINES = 15
 CONTAINER_DATA = "/data"  # where a container finds its persistent data volume
@@ -353,6 +353,7 @@ class Supervisor:
         inst.tasks.append(asyncio.create_task(self._probe_loop(inst, check)))
 
     async def _probe_loop(self, inst: Instance, check: HealthCheck) -> None:
+        attempt = 0
         while True:
             result = await self._probe(inst, check)
             now = time.time()
@@ -369,7 +370,11 @@ class Supervisor:
                 inst.probe_failures += 1
                 if inst.probe_failures >= check.failure_threshold:
                     self._set_failing(inst, result.detail)
-            await asyncio.sleep(check.interval if inst.ready or inst.failing else FAST_PROBE)
+            if inst.ready or inst.failing:
+                await asyncio.sleep(check.interval)
+            else:
+                await asyncio.sleep(FAST_PROBES[min(attempt, len(FAST_PROBES) - 1)])
+                attempt += 1
 
     async def _probe(self, inst: Instance, check: HealthCheck) -> ProbeResult:
         port = inst.rec.port
