@@ -485,6 +485,17 @@ def diff(
             out.print(f"{mark} {environment['name']}/{svc['name']}: {svc['sync']}")
             for reason in svc["reasons"]:
                 out.print(f"    [yellow]{escape(reason)}[/yellow]")
+            for line in svc.get("diff", "").splitlines():
+                out.print(f"    {_diff_line(line)}")
+
+
+def _diff_line(line: str) -> str:
+    style = (
+        "bold"
+        if line.startswith(("---", "+++"))
+        else {"+": "green", "-": "red", "@": "cyan"}.get(line[:1], "dim")
+    )
+    return f"[{style}]{escape(line)}[/{style}]"
 
 
 @app.command()

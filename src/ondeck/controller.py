@@ -37,9 +37,18 @@ from ondeck.source.write import add_note, push_notes
 from ondeck.spec.load import parse, render_spec
 from ondeck.spec.template import instance_env
 from ondeck.state import rollout
-from ondeck.state.desired import DEFAULT_ENV, Desired, render
-from ondeck.state.diff import ServiceDiff, Sync, diff, overall, summarize
+from ondeck.state.desired import DEFAULT_ENV, Desired, DesiredService, render
+from ondeck.state.diff import (
+    ServiceDiff,
+    Sync,
+    diff,
+    overall,
+    service_view,
+    summarize,
+    unified,
+)
 from ondeck.state.health import Health, Verdict, instance_health, service_health, worst
+from ondeck.state.live import LiveInstance, Phase
 from ondeck.state.plan import Action, Forget, Plan, Restart, Start, Stop, plan
 from ondeck.state.rollout import Progress, Stage, Traffic
 from ondeck.store import EnvRecord, InstanceRecord, Store
@@ -160,6 +169,7 @@ class Controller:
         self._next_housekeeping = 0.0
         self._requests: list[SyncRequest] = []
         self.strays: dict[str, dict[str, list[str]]] = {}  # env -> service -> reasons
+        self._rendered: dict[tuple[str, str], Desired] = {}  # (env, revision), for `ondeck diff`
 
     # -- the loop ---------------------------------------------------------------
 
@@ -819,7 +829,7 @@ class Controller:
     def diffs(self, state: EnvState) -> list[ServiceDiff]:
         if state.desired is None or state.supervisor is None:
             return []
-        found = diff(state.desired, state.supervisor.live())
+        found = diff(self._target(state), state.supervisor.live())
         strays = self.strays.get(state.name, {})
         return [
             replace(d, sync=Sync.OUT_OF_SYNC, reasons=(*d.reasons, *strays[d.name]))
@@ -827,6 +837,57 @@ class Controller:
             else d
             for d in found
         ]
+
+    def unified_diffs(self, state: EnvState) -> dict[str, list[str]]:
+        """Per service, a unified diff of what runs (live) against what git says (desired)."""
+        if state.desired is None or state.supervisor is None:
+            return {}
+        target = self._target(state)
+        live = state.supervisor.live()
+        out: dict[str, list[str]] = {}
+        for name in sorted(target.names | live.services):
+            running = [i for i in live.of(name) if i.phase is Phase.RUNNING]
+            revisions = sorted({i.revision for i in running})
+            runs = self._live_service(state, name, running)
+            want = target.service(name)
+            out[name] = unified(
+                name,
+                service_view(runs, len(running), revisions),
+                service_view(want, want.replicas if want else 0, [target.revision]),
+            )
+        return out
+
+    def _target(self, state: EnvState) -> Desired:
+        """What git says now: the pending commit when auto-sync is off, else the applied one."""
+        assert state.desired is not None
+        if state.candidate is None:
+            return state.desired
+        return self._rendered_at(state, state.candidate.sha) or state.desired
+
+    def _rendered_at(self, state: EnvState, revision: str) -> Desired | None:
+        key = (state.name, revision)
+        if key not in self._rendered:
+            try:
+                self._rendered[key] = self._render(state, revision)
+            except (SpecError, UserError, SourceError):
+                return None
+        return self._rendered[key]
+
+    def _live_service(
+        self, state: EnvState, name: str, running: list[LiveInstance]
+    ) -> DesiredService | None:
+        """The spec the running instances were started from (their most common release)."""
+        if not running:
+            return None
+        counts: dict[tuple[str, str], int] = {}
+        for inst in running:
+            counts[(inst.revision, inst.fingerprint)] = (
+                counts.get((inst.revision, inst.fingerprint), 0) + 1
+            )
+        revision, fingerprint = max(counts, key=lambda k: counts[k])
+        rendered = self._rendered_at(state, revision)
+        svc = rendered.service(name) if rendered else None
+        return replace(svc, fingerprint=fingerprint) if svc else None
 
     # -- drift ----------------------------------------------------------------------------
 

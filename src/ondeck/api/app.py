@@ -165,18 +165,22 @@ def create_app(controller: Controller, token: str, webhook_secret: str | None = 
 
     @api.get("/diff")
     def diff(info: Caller, env: str | None = None) -> dict[str, Any]:
-        return {
-            "environments": [
+        """Per service: sync, the reasons, and a unified diff live -> desired (secrets masked)."""
+        out = []
+        for name in shown(info, env):
+            state = controller.envs[name]
+            texts = controller.unified_diffs(state)
+            services = [
                 {
-                    "name": name,
-                    "services": [
-                        {"name": d.name, "sync": d.sync.value, "reasons": list(d.reasons)}
-                        for d in controller.diffs(controller.envs[name])
-                    ],
+                    "name": d.name,
+                    "sync": d.sync.value,
+                    "reasons": list(d.reasons),
+                    "diff": "\n".join(texts.get(d.name, [])),
                 }
-                for name in shown(info, env)
+                for d in controller.diffs(state)
             ]
-        }
+            out.append({"name": name, "services": services})
+        return {"environments": out}
 
     @api.get("/history")
     def history(info: Caller, env: str | None = None, limit: int = 50) -> dict[str, Any]:

@@ -7,6 +7,7 @@ by `ondeck status` and `ondeck diff`.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -98,3 +99,35 @@ def _service_changes(old: DesiredService, new: DesiredService) -> list[str]:
     if not parts and old.fingerprint != new.fingerprint:
         parts.append("code")
     return [f"{new.name}: " + "; ".join(parts)] if parts else []
+
+
+SECRET_HINTS = ("PASSWORD", "PASSWD", "SECRET", "TOKEN", "KEY", "CREDENTIAL", "PRIVATE", "DSN")
+
+
+def masked(env: dict[str, str]) -> dict[str, str]:
+    """Env values whose names look secret, masked wherever they could be shown."""
+    return {
+        k: ("********" if any(h in k.upper() for h in SECRET_HINTS) else v) for k, v in env.items()
+    }
+
+
+def service_view(svc: DesiredService | None, replicas: int, revisions: list[str]) -> list[str]:
+    """What one side runs, as stable YAML-like lines that `unified` compares."""
+    if svc is None:
+        return []
+    spec = svc.spec
+    lines = [
+        f"revisions: {', '.join(r[:12] for r in revisions) or 'none'}",
+        f"replicas: {replicas}",
+        f"version: {spec.version or ''}",
+    ]
+    lines += [f"image: {spec.image}"] if spec.image else []
+    lines += [f"command: {' '.join(spec.command or [])}", f"port: {spec.port}"]
+    lines += [f"env.{k}: {v}" for k, v in sorted(masked(dict(spec.env)).items())]
+    lines += [f"release: {svc.fingerprint}"]
+    return lines
+
+
+def unified(name: str, live: list[str], desired: list[str]) -> list[str]:
+    """A unified diff, live -> desired, of one service's views."""
+    return list(difflib.unified_diff(live, desired, f"live/{name}", f"desired/{name}", lineterm=""))
