@@ -1,0 +1,43 @@
+"""`ondeck diff`: a unified diff of what runs against what git says, secrets masked."""
+
+from __future__ import annotations
+
+from ondeck.spec.model import Service
+from ondeck.state.desired import DesiredService
+from ondeck.state.diff import masked, service_view, unified
+
+
+def _svc(version: str, **env: str) -> DesiredService:
+    spec = Service.model_validate(
+        {"command": ["python3", "app.py"], "version": version, "env": env}
+    )
+    return DesiredService("web", spec, f"fp-{version}")
+
+
+def test_secret_looking_values_are_masked_and_others_shown() -> None:
+    shown = masked({"API_TOKEN": "abc", "DB_PASSWORD": "x", "SECRET_KEY": "y", "GREETING": "hi"})
+    assert shown == {
+        "API_TOKEN": "********",
+        "DB_PASSWORD": "********",
+        "SECRET_KEY": "********",
+        "GREETING": "hi",
+    }
+
+
+def test_unified_diff_names_each_changed_line_and_never_a_secret() -> None:
+    live = service_view(_svc("1.0.0", GREETING="hello", API_TOKEN="old-secret"), 2, ["a" * 40])
+    want = service_view(_svc("1.1.0", GREETING="hi", API_TOKEN="new-secret"), 3, ["b" * 40])
+    lines = unified("web", live, want)
+    assert lines[:2] == ["--- live/web", "+++ desired/web"]
+    assert "-version: 1.0.0" in lines and "+version: 1.1.0" in lines
+    assert "-replicas: 2" in lines and "+replicas: 3" in lines
+    assert "+env.GREETING: hi" in lines
+    assert not any("secret" in line for line in lines)  # masked on both sides: no change shown
+
+
+def test_no_difference_gives_no_lines_and_a_missing_side_is_all_added() -> None:
+    view = service_view(_svc("1.0.0"), 1, ["a" * 40])
+    assert unified("web", view, view) == []
+    added = unified("web", [], view)
+    assert all(line.startswith(("+", "-", "@")) for line in added)
+    assert "+version: 1.0.0" in added
