@@ -32,7 +32,9 @@ def test_unified_diff_names_each_changed_line_and_never_a_secret() -> None:
     assert "-version: 1.0.0" in lines and "+version: 1.1.0" in lines
     assert "-replicas: 2" in lines and "+replicas: 3" in lines
     assert "+env.GREETING: hi" in lines
-    assert not any("secret" in line for line in lines)  # masked on both sides: no change shown
+    assert not any("secret" in line for line in lines)  # masked on both sides
+    changed = [line for line in lines if line.startswith(("-env.API_TOKEN", "+env.API_TOKEN"))]
+    assert len(changed) == 2  # ...yet a changed secret shows as a changed line
 
 
 def test_no_difference_gives_no_lines_and_a_missing_side_is_all_added() -> None:

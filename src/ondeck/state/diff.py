@@ -8,6 +8,7 @@ by `ondeck status` and `ondeck diff`.
 from __future__ import annotations
 
 import difflib
+import hashlib
 from dataclasses import dataclass
 from enum import StrEnum
 
