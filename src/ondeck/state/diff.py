@@ -106,10 +106,18 @@ SECRET_HINTS = ("PASSWORD", "PASSWD", "SECRET", "TOKEN", "KEY", "CREDENTIAL", "P
 
 
 def masked(env: dict[str, str]) -> dict[str, str]:
-    """Env values whose names look secret, masked wherever they could be shown."""
+    """Env values whose names look secret, masked wherever they could be shown.
+
+    A 16-bit tag of the value is kept, so a changed secret still shows as a
+    changed line, while telling nothing of the secret itself.
+    """
     return {
-        k: ("********" if any(h in k.upper() for h in SECRET_HINTS) else v) for k, v in env.items()
+        k: (_mask(v) if any(h in k.upper() for h in SECRET_HINTS) else v) for k, v in env.items()
     }
+
+
+def _mask(value: str) -> str:
+    return f"******** ({hashlib.sha256(value.encode()).hexdigest()[:4]})"
 
 
 def service_view(svc: DesiredService | None, replicas: int, revisions: list[str]) -> list[str]:
