@@ -433,6 +433,9 @@ class Supervisor:
                     self._mark_exited(inst, None, "exited while the controller was down")
                 continue
             inst.handle = handle
+            # It served before the restart: it keeps serving until a probe says otherwise,
+            # so a slow health check never empties the router's pool.
+            inst.ready = rec.state == "running" and rec.healthy_since is not None
             if rec.state == "launching":  # spawned, but the controller died before recording it
                 inst.rec = replace(
                     rec,
