@@ -39,7 +39,9 @@ from common import (
 from ondeck.store import InstanceRecord
 
 GOAL_S = 0.1  # kill -> healthy, minus the app's own start-up, before any backoff
-PROBE_EVERY = 0.05  # the supervisor probes a not-yet-ready instance this often (the last of FAST_PROBES)
+PROBE_EVERY = (
+    0.05  # the supervisor probes a not-yet-ready instance this often (the last of FAST_PROBES)
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
