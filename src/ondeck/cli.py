@@ -562,8 +562,9 @@ def install(
         "/etc/systemd/system"
     ),
     api: Annotated[str, typer.Option(help="Where the API listens.")] = "127.0.0.1:7070",
+    listen: Annotated[str, typer.Option(help="Where the router serves users.")] = "127.0.0.1:8080",
 ) -> None:
-    """Write a systemd unit so `ondeck up` itself is kept running (Restart=always)."""
+    """Write systemd units so the router and `ondeck up` are kept running (Restart=always)."""
     from ondeck.install import write_units
 
     for path in write_units(
@@ -572,9 +573,13 @@ def install(
         envs=env or [],
         state_dir=(state_dir or default_state_dir()).resolve(),
         api=api,
+        listen=listen,
     ):
         err.print(f"[green]wrote[/green] {path}")
-    err.print("next: [bold]systemctl daemon-reload && systemctl enable --now ondeck.service[/bold]")
+    err.print(
+        "next: [bold]systemctl daemon-reload && "
+        "systemctl enable --now ondeck-router.service ondeck.service[/bold]"
+    )
 
 
 rollout_app = typer.Typer(help="Step into a blue/green or canary release.", no_args_is_help=True)

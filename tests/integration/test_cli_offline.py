@@ -98,7 +98,8 @@ def test_status_without_a_controller_explains_how_to_start_one(tmp_path: Path) -
     assert "ondeck up" in result.stderr
 
 
-def test_install_writes_a_unit_that_systemd_accepts(tmp_path: Path) -> None:
+def test_install_writes_units_that_systemd_accepts(tmp_path: Path) -> None:
+    units = tmp_path / "units"
     result = ondeck(
         "install",
         "--repo",
@@ -108,25 +109,32 @@ def test_install_writes_a_unit_that_systemd_accepts(tmp_path: Path) -> None:
         "--state-dir",
         str(tmp_path / "state"),
         "--unit-dir",
-        str(tmp_path / "units"),
+        str(units),
+        "--listen",
+        "127.0.0.1:9090",
     )
     assert result.returncode == 0, result.stderr
-    unit = (tmp_path / "units" / "ondeck.service").read_text()
+    unit = (units / "ondeck.service").read_text()
     assert "Restart=always" in unit
     assert "KillMode=process" in unit  # instances must outlive a controller restart
     assert "--env production" in unit and f"--state-dir {tmp_path / 'state'}" in unit
+    assert "Wants=network-online.target ondeck-router.service" in unit
+    router = (units / "ondeck-router.service").read_text()
+    assert (
+        "Restart=always" in router and "router --state-dir" in router and "127.0.0.1:9090" in router
+    )
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         assert not CI, "CI must have systemd-analyze (make test installs systemd)"
         pytest.skip("systemd-analyze is not installed")
     verify = subprocess.run(
-        [analyze, "verify", str(tmp_path / "units" / "ondeck.service")],
+        [analyze, "verify", str(units / "ondeck-router.service"), str(units / "ondeck.service")],
         capture_output=True,
         text=True,
         check=False,
     )
     assert verify.returncode == 0, verify.stderr
-    assert "ondeck.service" not in verify.stderr  # no warning about our unit
+    assert "ondeck" not in verify.stderr  # no warning about our units
 
 
 def test_version_prints_the_package_version() -> None:
