@@ -5,6 +5,9 @@ need=()
 command -v git >/dev/null || need+=(git)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v curl >/dev/null || need+=(curl)
+command -v ssh-keygen >/dev/null || need+=(openssh-client)
+command -v gpg >/dev/null || need+=(gpg)
+command -v setsid >/dev/null || need+=(util-linux)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" -ne 0 ]; then
   echo "missing: ${need[*]}; install them with: sudo apt-get install -y ${need[*]}" >&2
