@@ -16,7 +16,7 @@ instances() { # pids of the demo's app instances, from the controller's own stat
 for e in json.load(sys.stdin)["environments"]:
     for s in e["services"]:
         for i in s["instances"]:
-            print(i["pid"]) if i["pid"] else None' || true
+            print(i["pid"]) if i["pid"] else None' 2>/dev/null || true
 }
 
 stop_all() {
