@@ -239,6 +239,7 @@ class Controller:
     # -- git -> desired -----------------------------------------------------------
 
     async def _pull(self, trigger: str) -> None:
+        self.metrics.fetches.inc()
         try:
             await asyncio.to_thread(self.source.fetch)
             head = await asyncio.to_thread(self.source.resolve)

@@ -79,6 +79,9 @@ class Metrics:
             ["env", "service"],
             registry=r,
         )
+        self.fetches = Counter(
+            "ondeck_fetches", "Fetches of the git source (a burst of webhooks is one).", registry=r
+        )
         self.fetch_errors = Counter(
             "ondeck_fetch_errors", "Failed fetches of the git source.", ["env"], registry=r
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,7 +45,7 @@ def _api(od: Ondeck) -> tuple[str, dict[str, str]]:
     return url, {"Authorization": f"Bearer {(od.state_dir / 'token').read_text().strip()}"}
 
 
-def _github_push(od: Ondeck, bare: Path, sha: str) -> httpx.Response:
+def _github_push(od: Ondeck, bare: Path, sha: str, delivery: str | None = None) -> httpx.Response:
     body = json.dumps(
         {
             "ref": "refs/heads/main",
@@ -57,7 +58,7 @@ def _github_push(od: Ondeck, bare: Path, sha: str) -> httpx.Response:
     url, _ = _api(od)
     headers = {
         "X-GitHub-Event": "push",
-        "X-GitHub-Delivery": sha,
+        "X-GitHub-Delivery": delivery or sha,
         "X-Hub-Signature-256": signature,
         "Content-Type": "application/json",
     }
@@ -168,3 +169,44 @@ def test_scoped_token_deploys_staging_but_not_production(
     assert call("GET", "/api/v1/status", token).status_code == 401
     listing = od.cli("token", "list", "--json").stdout
     assert token not in listing and "dashboard" in listing
+
+
+def _fetches(od: Ondeck) -> float:
+    url, _ = _api(od)
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    line = next(x for x in text.splitlines() if x.startswith("ondeck_fetches_total "))
+    return float(line.split()[1])
+
+
+def test_a_burst_of_webhooks_is_one_fetch_and_the_last_commit_wins(
+    remote: tuple[Path, Path], ondeck: Callable[..., Ondeck]
+) -> None:
+    bare, clone = remote
+    od = ondeck(bare, "--env", "staging", "--poll", "1h", "--webhook-secret", SECRET)
+    od.wait_synced(git(clone, "rev-parse", "HEAD"), env="staging")
+    before = _fetches(od)
+    shas = []
+    for n in range(3):  # three pushes in a row, each announced, faster than a sync
+        od.cli(
+            "set-version",
+            f"web=2.{n}.0",
+            "--env",
+            "staging",
+            "--push",
+            "--no-sync",
+            "--repo",
+            str(clone),
+        )
+        shas.append(git(clone, "rev-parse", "HEAD"))
+    threads = [
+        threading.Thread(target=_github_push, args=(od, bare, sha, f"{sha}-{n}"))
+        for n, sha in enumerate(shas * 5)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    od.wait_synced(shas[-1], env="staging")
+    assert _version(od, "staging") == "2.2.0"  # the last commit is what runs
+    # 15 distinct deliveries (no replay): coalesced into fewer fetches than deliveries
+    assert _fetches(od) - before < len(threads)
