@@ -98,3 +98,22 @@ def test_process_started_by_hand_in_a_release_is_stopped(
     wait_for(lambda: proc.poll() is not None, "the stray to be stopped", timeout=90)
     assert proc.returncode == -signal.SIGTERM
     assert os.path.isdir(release)
+
+
+def test_environment_changed_by_hand_is_drift(repo: Repo, ondeck: Callable[..., Ondeck]) -> None:
+    sha = repo.commit(
+        "one web", ONE.replace("port: true", "port: true\n    env: {GREETING: hello}")
+    )
+    od = ondeck(repo.path, "--no-self-heal")
+    od.wait_synced(sha)
+    first = _instance(od)
+    os.kill(int(str(first["pid"])), signal.SIGUSR1)  # same pid, new environment
+
+    def reported() -> list[str] | None:
+        web = od.service("web")
+        assert web is not None
+        found = [r for r in web["reasons"] if "environment differs from the spec: GREETING" in r]
+        return found or None
+
+    wait_for(reported, "the environment drift to be reported", timeout=60)
+    assert _instance(od)["pid"] == first["pid"]
