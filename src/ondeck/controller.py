@@ -25,6 +25,7 @@ from typing import Any
 from ondeck.errors import BuildError, RuntimeFailure, SourceError, SpecError, UserError
 from ondeck.metrics import Metrics
 from ondeck.releases import drift, is_complete, prepare, prune, release_dir, taint
+from ondeck.report import Reporter, commit_json
 from ondeck.rollout.analysis import Measurement, measure
 from ondeck.rollout.strategies import EnvTraffic
 from ondeck.runtime.base import ExitEvent, Handle, Runtime
@@ -37,18 +38,11 @@ from ondeck.source.write import add_note, push_notes
 from ondeck.spec.load import parse, render_spec
 from ondeck.spec.template import instance_env
 from ondeck.state import rollout
-from ondeck.state.desired import DEFAULT_ENV, Desired, DesiredService, render
+from ondeck.state.desired import DEFAULT_ENV, Desired, render
 from ondeck.state.diff import (
     ServiceDiff,
-    Sync,
-    diff,
-    overall,
-    service_view,
     summarize,
-    unified,
 )
-from ondeck.state.health import Health, Verdict, instance_health, service_health, worst
-from ondeck.state.live import LiveInstance, Phase
 from ondeck.state.plan import Action, Forget, Plan, Restart, Start, Stop, plan
 from ondeck.state.rollout import Progress, Stage, Traffic
 from ondeck.store import EnvRecord, InstanceRecord, Store
@@ -169,7 +163,7 @@ class Controller:
         self._next_housekeeping = 0.0
         self._requests: list[SyncRequest] = []
         self.strays: dict[str, dict[str, list[str]]] = {}  # env -> service -> reasons
-        self._rendered: dict[tuple[str, str], Desired] = {}  # (env, revision), for `ondeck diff`
+        self.report = Reporter(self)
 
     # -- the loop ---------------------------------------------------------------
 
@@ -293,7 +287,7 @@ class Controller:
                 continue
             rev = record.desired_revision
             try:
-                desired = await asyncio.to_thread(self._render, state, rev)
+                desired = await asyncio.to_thread(self.render_revision, state, rev)
                 await asyncio.to_thread(self._prepare_releases, state, desired)
                 commit = await asyncio.to_thread(self.source.commit_info, rev)
             except (SpecError, UserError, SourceError) as err:
@@ -308,7 +302,7 @@ class Controller:
         if commit is None:
             commit = await asyncio.to_thread(self.source.commit_info, rev)
         try:
-            desired = await asyncio.to_thread(self._render, state, rev)
+            desired = await asyncio.to_thread(self.render_revision, state, rev)
             await asyncio.to_thread(self._check_signature, state, desired)
             await self._pull_images(desired)
             await asyncio.to_thread(self._prepare_releases, state, desired)
@@ -332,7 +326,8 @@ class Controller:
         log.info("[%s] syncing %s %s (%s)", state.name, rev[:12], commit.message, commit.author)
         self.wake()
 
-    def _render(self, state: EnvState, rev: str) -> Desired:
+    def render_revision(self, state: EnvState, rev: str) -> Desired:
+        """The desired state of `state`'s environment at `rev`, read from the local mirror."""
         spec_path = f"{self.opts.path.strip('/')}/{SPEC_FILE}".lstrip("/")
         text = self.source.read_file(rev, spec_path)
         if text is None:
@@ -777,7 +772,7 @@ class Controller:
         old = self.store.get_env(state.name)
         extra = dict(old.extra) if old else {}
         if live is not None and state.commit is not None:
-            extra["live_commit"] = _commit_json(state.commit)
+            extra["live_commit"] = commit_json(state.commit)
         self.store.put_env(
             EnvRecord(
                 env=state.name,
@@ -800,95 +795,18 @@ class Controller:
                 1 for i in live.of(svc.name) if i.ready and i.fingerprint == svc.fingerprint
             )
             self.metrics.ready.labels(state.name, svc.name).set(ready)
-        env = self._env_status(state)
+        env = self.report.env_status(state)
         self.metrics.set_env_info(state.name, env["revision"] or "", env["sync"], env["health"])
 
     def status(self) -> dict[str, Any]:
-        """The `ondeck status --json` document (its shape is a contract; see DESIGN.md)."""
-        return {
-            "environments": [self._env_status(s) for s in self.envs.values()],
-            "source": {
-                "repo": self.opts.repo,
-                "branch": self.opts.branch,
-                "path": self.opts.path,
-                "head": self.fetch.head,
-                "error": self.fetch.error,
-                "last_fetch": self.fetch.last_ok,
-            },
-            "router": {
-                "listen": self.opts.listen,
-                "error": self.router.error if self.router is not None else None,
-            },
-            "controller": {
-                "started_at": self.started,
-                "auto_sync": self.opts.auto_sync,
-                "self_heal": self.opts.self_heal,
-                "poll": self.opts.poll,
-            },
-        }
+        """The `ondeck status --json` document (see report.py and DESIGN.md)."""
+        return self.report.status()
 
     def diffs(self, state: EnvState) -> list[ServiceDiff]:
-        if state.desired is None or state.supervisor is None:
-            return []
-        found = diff(self._target(state), state.supervisor.live())
-        strays = self.strays.get(state.name, {})
-        return [
-            replace(d, sync=Sync.OUT_OF_SYNC, reasons=(*d.reasons, *strays[d.name]))
-            if strays.get(d.name)
-            else d
-            for d in found
-        ]
+        return self.report.diffs(state)
 
     def unified_diffs(self, state: EnvState) -> dict[str, list[str]]:
-        """Per service, a unified diff of what runs (live) against what git says (desired)."""
-        if state.desired is None or state.supervisor is None:
-            return {}
-        target = self._target(state)
-        live = state.supervisor.live()
-        out: dict[str, list[str]] = {}
-        for name in sorted(target.names | live.services):
-            running = [i for i in live.of(name) if i.phase is Phase.RUNNING]
-            revisions = sorted({i.revision for i in running})
-            runs = self._live_service(state, name, running)
-            want = target.service(name)
-            out[name] = unified(
-                name,
-                service_view(runs, len(running), revisions),
-                service_view(want, want.replicas if want else 0, [target.revision]),
-            )
-        return out
-
-    def _target(self, state: EnvState) -> Desired:
-        """What git says now: the pending commit when auto-sync is off, else the applied one."""
-        assert state.desired is not None
-        if state.candidate is None:
-            return state.desired
-        return self._rendered_at(state, state.candidate.sha) or state.desired
-
-    def _rendered_at(self, state: EnvState, revision: str) -> Desired | None:
-        key = (state.name, revision)
-        if key not in self._rendered:
-            try:
-                self._rendered[key] = self._render(state, revision)
-            except (SpecError, UserError, SourceError):
-                return None
-        return self._rendered[key]
-
-    def _live_service(
-        self, state: EnvState, name: str, running: list[LiveInstance]
-    ) -> DesiredService | None:
-        """The spec the running instances were started from (their most common release)."""
-        if not running:
-            return None
-        counts: dict[tuple[str, str], int] = {}
-        for inst in running:
-            counts[(inst.revision, inst.fingerprint)] = (
-                counts.get((inst.revision, inst.fingerprint), 0) + 1
-            )
-        revision, fingerprint = max(counts, key=lambda k: counts[k])
-        rendered = self._rendered_at(state, revision)
-        svc = rendered.service(name) if rendered else None
-        return replace(svc, fingerprint=fingerprint) if svc else None
+        return self.report.unified_diffs(state)
 
     # -- drift ----------------------------------------------------------------------------
 
@@ -947,112 +865,6 @@ class Controller:
             else:
                 self.strays.setdefault(stray.env, {}).setdefault(stray.service, []).append(reason)
 
-    def _env_status(self, state: EnvState) -> dict[str, Any]:
-        record = self.store.get_env(state.name)
-        services = self._services_status(state)
-        diffs = self.diffs(state)
-        if state.desired is None or state.error is not None:
-            sync = Sync.UNKNOWN if state.error or state.desired is None else overall(diffs)
-        else:
-            sync = overall(diffs)
-        if state.candidate is not None:
-            sync = Sync.OUT_OF_SYNC
-        health = (
-            worst(Health(s["health"]) for s in services)
-            if services
-            else (Health.HEALTHY if state.desired is not None else Health.UNKNOWN)
-        )
-        return {
-            "name": state.name,
-            "revision": state.desired.revision if state.desired else None,
-            "live_revision": record.live_revision if record else None,
-            "sync": sync.value,
-            "health": health.value,
-            "error": state.error
-            or (f"fetch failed: {self.fetch.error}" if self.fetch.error else None),
-            "error_commit": _commit_json(state.error_commit) if state.error_commit else None,
-            "commit": _commit_json(state.commit) if state.commit else None,
-            "live_commit": record.extra.get("live_commit") if record else None,
-            "pending_commit": _commit_json(state.candidate) if state.candidate else None,
-            "operation": {
-                "revision": state.op.revision,
-                "trigger": state.op.trigger,
-                "started_at": state.op.started,
-            }
-            if state.op
-            else None,
-            "last_result": state.last_result,
-            "app": state.desired.app if state.desired else None,
-            "services": services,
-        }
-
-    def _services_status(self, state: EnvState) -> list[dict[str, Any]]:
-        if state.desired is None or state.supervisor is None:
-            return []
-        live = state.supervisor.live()
-        reasons = {d.name: d for d in self.diffs(state)}
-        out = []
-        for name in sorted(state.desired.names | live.services):
-            svc = state.desired.service(name)
-            instances = live.of(name)
-            verdict = service_health(svc.replicas if svc else 0, instances)
-            if svc is None:
-                verdict = Verdict(Health.PROGRESSING, "pruning")
-            release = state.releases.get(name)
-            if release is not None and svc is not None and release.canary == svc.fingerprint:
-                verdict = _release_health(release, verdict)
-            figures = state.measurements.get(name)
-            d = reasons.get(name)
-            out.append(
-                {
-                    "name": name,
-                    "sync": d.sync.value if d else Sync.SYNCED.value,
-                    "health": verdict.health.value,
-                    "health_reason": verdict.reason,
-                    "reasons": list(d.reasons) if d else [],
-                    "version": svc.spec.version if svc else None,
-                    "fingerprint": svc.fingerprint if svc else None,
-                    "replicas": {
-                        "desired": svc.replicas if svc else 0,
-                        "ready": sum(1 for i in instances if i.ready),
-                    },
-                    "instances": [self._instance_status(state, i.id) for i in instances],
-                    "release": release.to_json() if release is not None else None,
-                    "traffic": _traffic_json(state.traffic.get(name)),
-                    "analysis": figures.__dict__ if figures is not None else None,
-                }
-            )
-        return out
-
-    def _instance_status(self, state: EnvState, inst_id: str) -> dict[str, Any]:
-        assert state.supervisor is not None
-        inst = state.supervisor.instances[inst_id]
-        li = inst.live()
-        return {
-            "id": li.id,
-            "pid": li.pid,
-            "port": li.port,
-            "revision": li.revision,
-            "health": instance_health(li).health.value,
-            "restarts": li.restarts,
-            "state": inst.rec.state,
-            "fingerprint": li.fingerprint,
-            "started_at": li.started_at,
-            "exit_code": li.exit_code,
-            "last_error": li.last_error,
-            "log_tail": inst.rec.extra.get("log_tail") if inst.rec.state == "exited" else None,
-            "log_path": inst.rec.log_path,
-        }
-
-
-def _commit_json(commit: CommitInfo) -> dict[str, Any]:
-    return {
-        "sha": commit.sha,
-        "author": commit.author,
-        "message": commit.message,
-        "committed_at": commit.committed_at,
-    }
-
 
 def _describe(action: Action) -> str:
     if isinstance(action, Start):
@@ -1060,24 +872,6 @@ def _describe(action: Action) -> str:
     if isinstance(action, Stop):
         return f"stop {action.instance} ({action.reason})"
     return f"{type(action).__name__.lower()} {action.instance}"
-
-
-def _release_health(release: Progress, verdict: Verdict) -> Verdict:
-    """A stopped release is Degraded and a paused one Suspended, whatever the instances say."""
-    if release.stage is Stage.ABORTED:
-        return Verdict(Health.DEGRADED, f"release {release.canary} aborted: {release.reason}")
-    if release.stage is Stage.PAUSED and verdict.health is not Health.DEGRADED:
-        return Verdict(
-            Health.SUSPENDED,
-            f"paused at {release.weight}%: run `ondeck rollout promote {release.service}`",
-        )
-    return verdict
-
-
-def _traffic_json(traffic: Traffic | None) -> dict[str, Any] | None:
-    if traffic is None or traffic.canary is None:
-        return None
-    return {"stable": traffic.stable, "canary": traffic.canary, "weight": traffic.weight}
 
 
 def _earliest(*times: float | None) -> float | None:

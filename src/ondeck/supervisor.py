@@ -25,7 +25,7 @@ from ondeck.metrics import Metrics
 from ondeck.runtime.base import ContainerOptions, ExitEvent, Handle, InstanceSpec, Runtime
 from ondeck.runtime.logs import tail
 from ondeck.runtime.probes import ProbeResult, probe_exec, probe_http, probe_tcp
-from ondeck.runtime.process import allocate_port
+from ondeck.runtime.process import MARKER, allocate_port
 from ondeck.spec.model import HealthCheck
 from ondeck.spec.template import BUILTIN, PASSTHROUGH, expand, instance_env
 from ondeck.state.desired import Desired, DesiredService
@@ -293,8 +293,8 @@ class Supervisor:
         if not expected or inst.rec.pid is None or inst.rec.state != "running":
             return None
         actual = read_environ(inst.rec.pid)
-        if actual is None:
-            return None
+        if actual is None or MARKER not in actual:
+            return None  # gone, or forked but not yet exec'd: /proc shows our own environment
         changed = sorted(k for k in expected if expected[k] != _sig(actual.get(k)))
         return f"environment differs from the spec: {', '.join(changed)}" if changed else None
 
