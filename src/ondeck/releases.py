@@ -148,15 +148,17 @@ def drift(dest: Path) -> list[str]:
     """How a release directory differs from what was built: edits by hand, in short.
 
     Only files whose mode, size or mtime moved are hashed again, so the check
-    stays cheap for large trees; a touch that changes no byte is not drift.
+    stays cheap for large trees; a touch that changes no byte is not drift,
+    and neither is a file the app adds at run time.
     """
     try:
         recorded: dict[str, list[Any]] = json.loads((dest / MARKER).read_text())["manifest"]
     except (OSError, ValueError, KeyError):
         return []  # a release from before manifests, or gone: nothing to compare
     now = _files(dest)
+    # New files are not drift: apps leave caches and logs beside their code, and
+    # replacing an instance for that would only make it write them again.
     changes = [f"{rel} removed" for rel in sorted(set(recorded) - set(now))]
-    changes += [f"{rel} added" for rel in sorted(set(now) - set(recorded))]
     for rel in sorted(set(now) & set(recorded)):
         mode, size, mtime, digest = recorded[rel]
         st = now[rel]
