@@ -349,6 +349,11 @@ def status(
 
 
 def _print_status(doc: dict[str, Any]) -> None:
+    router = doc.get("router") or {}
+    if router.get("error"):
+        out.print(f"[red]router:[/red] {escape(router['error'])}")
+    elif router.get("listen"):
+        out.print(f"[dim]router: http://{router['listen']}/[/dim]")
     source = doc.get("source") or {}
     if source.get("error"):
         out.print(f"[red]git source error:[/red] {escape(source['error'])} (retrying with backoff)")
