@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -766,6 +766,24 @@ def _nudge(trigger: str) -> None:
     err.print("the local ondeck is syncing it: `ondeck status`")
 
 
+def _set(
+    field: Literal["version", "image"],
+    assignments: list[str],
+    env: str | None,
+    push: bool,
+    author: str | None,
+    repo: str,
+    branch: str | None,
+    path: str,
+    sync: bool,
+) -> None:
+    """`set-version` and `set-image`: the same one-line edit of a different field."""
+    from ondeck.gitops import set_field
+
+    pairs = _assignments(assignments, field.upper())
+    _report(set_field(repo, pairs, field, env, push, author, branch, path), nudge=sync)
+
+
 @app.command("set-version")
 def set_version(
     assignments: Annotated[list[str], typer.Argument(help="SERVICE=VERSION ...")],
@@ -778,14 +796,7 @@ def set_version(
     sync: Nudge = True,
 ) -> None:
     """Commit a new version for services (CI's step after a build): a one-line diff."""
-    from ondeck.gitops import set_field
-
-    _report(
-        set_field(
-            repo, _assignments(assignments, "VERSION"), "version", env, push, author, branch, path
-        ),
-        nudge=sync,
-    )
+    _set("version", assignments, env, push, author, repo, branch, path, sync)
 
 
 @app.command("set-image")
@@ -800,14 +811,7 @@ def set_image(
     sync: Nudge = True,
 ) -> None:
     """Commit a new image reference for services: a one-line diff."""
-    from ondeck.gitops import set_field
-
-    _report(
-        set_field(
-            repo, _assignments(assignments, "IMAGE"), "image", env, push, author, branch, path
-        ),
-        nudge=sync,
-    )
+    _set("image", assignments, env, push, author, repo, branch, path, sync)
 
 
 @app.command("promote")
