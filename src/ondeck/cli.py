@@ -735,7 +735,8 @@ def _assignments(pairs: list[str], what: str) -> list[tuple[str, str]]:
     for pair in pairs:
         service, sep, value = pair.partition("=")
         if not sep or not service or not value:
-            raise UserError(f"{pair!r}: write SERVICE={what}, e.g. web=1.4.3")
+            example = "web=ghcr.io/acme/shop:1.4.3" if what == "IMAGE" else "web=1.4.3"
+            raise UserError(f"{pair!r}: write SERVICE={what}, e.g. {example}")
         out.append((service, value))
     return out
 
