@@ -118,12 +118,9 @@ class Reporter:
 
     def env_status(self, state: EnvState) -> dict[str, Any]:
         record = self.c.store.get_env(state.name)
-        services = self.services_status(state)
         diffs = self.diffs(state)
-        if state.desired is None or state.error is not None:
-            sync = Sync.UNKNOWN if state.error or state.desired is None else overall(diffs)
-        else:
-            sync = overall(diffs)
+        services = self.services_status(state, diffs)
+        sync = Sync.UNKNOWN if state.desired is None or state.error is not None else overall(diffs)
         if state.candidate is not None:
             sync = Sync.OUT_OF_SYNC
         health = (
@@ -155,11 +152,11 @@ class Reporter:
             "services": services,
         }
 
-    def services_status(self, state: EnvState) -> list[dict[str, Any]]:
+    def services_status(self, state: EnvState, diffs: list[ServiceDiff]) -> list[dict[str, Any]]:
         if state.desired is None or state.supervisor is None:
             return []
         live = state.supervisor.live()
-        reasons = {d.name: d for d in self.diffs(state)}
+        reasons = {d.name: d for d in diffs}
         out = []
         for name in sorted(state.desired.names | live.services):
             svc = state.desired.service(name)
