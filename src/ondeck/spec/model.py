@@ -381,6 +381,16 @@ class Spec(Strict):
         return value
 
     @model_validator(mode="after")
+    def _backups_not_yet(self) -> Spec:
+        # Nothing inert: until backups run, verify and restore end to end, the key is refused.
+        for name in self.backups:
+            raise ValueError(
+                f"backup {name!r} is refused: backups are not supported yet "
+                "(ondeck would take none); remove `backups:` until they are"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _runtime_needs(self) -> Spec:
         for name, service in self.services.items():
             if self.runtime is RuntimeKind.PROCESS and service.command is None:
