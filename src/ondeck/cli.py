@@ -28,6 +28,7 @@ from rich.table import Table
 
 from ondeck import __version__
 from ondeck.client import Client, default_state_dir
+from ondeck.commands.secret import secret_app
 from ondeck.errors import OndeckError, UserError
 from ondeck.units import format_duration, parse_duration
 
@@ -632,6 +633,8 @@ def rollout_abort(
     """Send all traffic back to the stable version and stop the new one."""
     _rollout("abort", service, env, state_dir, api, token)
 
+
+app.add_typer(secret_app, name="secret")
 
 token_app = typer.Typer(
     help="Scoped API tokens (read < sync < deploy, per environment).", no_args_is_help=True

@@ -18,6 +18,7 @@ from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
 from ondeck import __version__
+from ondeck.api.secrets import secrets_router
 from ondeck.api.webhooks import PushEvent, webhook_router
 from ondeck.controller import Controller, Trigger
 from ondeck.errors import UserError
@@ -211,6 +212,7 @@ def create_app(controller: Controller, token: str, webhook_secret: str | None = 
         return StreamingResponse(_follow(paths, lines), media_type="text/plain")
 
     app.include_router(api)
+    app.include_router(secrets_router(opts.state_dir, authorized, require))
     return app
 
 
