@@ -8,6 +8,12 @@ command -v curl >/dev/null || need+=(curl)
 command -v ssh-keygen >/dev/null || need+=(openssh-client)
 command -v gpg >/dev/null || need+=(gpg)
 command -v setsid >/dev/null || need+=(util-linux)
+command -v openssl >/dev/null || need+=(openssl)
+# ACME tests: a real ACME server (pebble) and its mock DNS (pebble-challtestsrv)
+{ command -v pebble && command -v pebble-challtestsrv; } >/dev/null || need+=(pebble)
+# bench/tls.py measures the router beside these two TLS terminators
+{ command -v haproxy || test -x /usr/sbin/haproxy; } >/dev/null || need+=(haproxy)
+command -v caddy >/dev/null || need+=(caddy)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" -ne 0 ]; then
   echo "missing: ${need[*]}; install them with: sudo apt-get install -y ${need[*]}" >&2

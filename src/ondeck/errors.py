@@ -60,3 +60,11 @@ class BuildError(UserError):
 
 class RuntimeFailure(OndeckError):
     """An instance could not be started, stopped or inspected."""
+
+
+class AcmeFailure(TemporaryError):
+    """An ACME certificate order failed; `refused` when the CA said no (vs. was unreachable)."""
+
+    def __init__(self, message: str, *, refused: bool) -> None:
+        self.refused = refused
+        super().__init__(message)

@@ -338,6 +338,75 @@ class Protect(Strict):
     )
 
 
+LETS_ENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
+HOST_NAME = re.compile(
+    r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+)
+TLS_NOT_READY = (
+    "not supported yet: HTTPS at the router is being built; until it lands, "
+    "remove `tls:` and terminate TLS in front of ondeck's router"
+)
+
+
+class Acme(Strict):
+    """Certificates obtained and renewed on their own from an ACME CA (HTTP-01)."""
+
+    email: str | None = Field(None, description="Contact address for the CA's expiry notices.")
+    directory: str = Field(
+        LETS_ENCRYPT_DIRECTORY,
+        description="ACME directory URL; the default is Let's Encrypt production.",
+    )
+    ca_bundle: str | None = Field(
+        None, description="PEM file on the host to trust for a private ACME server's HTTPS."
+    )
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", value):
+            raise ValueError(f"{value!r} is not an email address")
+        return value
+
+    @field_validator("directory")
+    @classmethod
+    def _directory(cls, value: str) -> str:
+        if not value.startswith("https://"):
+            raise ValueError("an ACME directory is an https:// URL")
+        return value
+
+
+class OwnCertificate(Strict):
+    """A certificate you bring: PEM files on the host (wildcards allowed)."""
+
+    hosts: list[str] = Field(min_length=1, description="Host names it serves, e.g. *.shop.example.")
+    cert: str = Field(description="Path of the PEM certificate chain on the host.")
+    key: str = Field(description="Path of its PEM private key on the host.")
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        for host in value:
+            if not HOST_NAME.match(host):
+                raise ValueError(f"{host!r} is not a host name (a wildcard is '*.' + a name)")
+        return value
+
+
+class Tls(Strict):
+    """HTTPS at the router (needs `ondeck up --listen-tls`)."""
+
+    acme: Acme | None = Field(
+        None, description="Obtain certificates for every host named in a route of the environment."
+    )
+    certificates: list[OwnCertificate] = Field(
+        default_factory=list,
+        description="Certificates you bring, used before ACME for their hosts.",
+    )
+    redirect: bool = Field(True, description="Redirect HTTP to HTTPS for hosts with a certificate.")
+    hsts: Duration | None = Field(
+        None, description="Strict-Transport-Security max-age; off unless set (e.g. 180d)."
+    )
+
+
 class RuntimeKind(StrEnum):
     """Where instances run."""
 
@@ -358,6 +427,11 @@ class Spec(Strict):
         default_factory=dict, description="Databases to back up, by name."
     )
     protect: Protect | None = Field(None, description="Signed-commit rule for deploys.")
+    tls: Tls | None = Field(
+        None,
+        description="HTTPS at the router: ACME or your own certificates "
+        "(refused as not supported yet until the router serves HTTPS).",
+    )
     environments: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Overlays deep-merged onto the base per environment; lists replace.",
@@ -368,6 +442,13 @@ class Spec(Strict):
     def _app(cls, value: str) -> str:
         if not DNS_LABEL.match(value):
             raise ValueError(f"{value!r} is not a DNS label: use lowercase letters, digits and '-'")
+        return value
+
+    @field_validator("tls")
+    @classmethod
+    def _tls_not_ready(cls, value: Tls | None) -> Tls | None:
+        if value is not None:
+            raise ValueError(TLS_NOT_READY)
         return value
 
     @field_validator("services", "backups", "environments")
