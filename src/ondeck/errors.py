@@ -58,6 +58,15 @@ class BuildError(UserError):
         super().__init__(message)
 
 
+class ReleaseTaskError(UserError):
+    """A service's release task (`release:`) failed; carries its exit code and output tail."""
+
+    def __init__(self, message: str, log_tail: str = "", exit_code: int | None = None) -> None:
+        self.log_tail = log_tail
+        self.exit_code = exit_code
+        super().__init__(message)
+
+
 class RuntimeFailure(OndeckError):
     """An instance could not be started, stopped or inspected."""
 
