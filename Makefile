@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install system-deps podman-setup lint test unit demo demo-stop bench docs clean
+.PHONY: install system-deps bench-deps podman-setup lint test unit demo demo-stop bench docs clean
 
 $(STAMP): pyproject.toml
 	@command -v python3 >/dev/null || { echo "python3 is required"; exit 1; }
@@ -16,6 +16,9 @@ install: $(STAMP)
 
 system-deps:
 	@bash scripts/system-deps.sh
+
+bench-deps:
+	@bash scripts/bench-deps.sh
 
 podman-setup:
 	@bash scripts/podman-setup.sh
@@ -37,7 +40,7 @@ demo: install system-deps
 demo-stop:
 	@bash scripts/demo.sh stop
 
-bench: install system-deps
+bench: install system-deps bench-deps
 	$(PY) bench/reconcile.py
 	$(PY) bench/restart.py
 	$(PY) bench/webhook_latency.py

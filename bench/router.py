@@ -384,7 +384,8 @@ def verdict(tp: dict[str, Any], fr: dict[str, Any]) -> dict[str, Any]:
         "added_p99_ms_at_fixed_rate": added("p99_ms"),
         "added_sched_p99_ms_at_fixed_rate": added("sched_p99_ms"),
         "haproxy_added_p99_ms_at_fixed_rate": added("p99_ms", "haproxy"),
-        "goal_half_of_haproxy": max(ratio["ondeck"], ratio["ondeck-2w"]) >= 0.5,
+        # Judged on one process only: two workers are reported, never the verdict.
+        "goal_half_of_haproxy": ratio["ondeck"] >= 0.5,
         "goal_added_p99_under_1ms": added("p99_ms") < 1.0,
     }
 
@@ -404,9 +405,9 @@ def print_summary(
         )
     ratios = result["ratio_to_haproxy"]
     print(
-        f"\nondeck/haproxy throughput {ratios['ondeck']:.2f} (1 process),"
-        f" {ratios['ondeck-2w']:.2f} (2 workers)"
-        f" (goal >= 0.5: {'met' if result['goal_half_of_haproxy'] else 'NOT met'});"
+        f"\nondeck/haproxy throughput {ratios['ondeck']:.2f} (1 process;"
+        f" goal >= 0.5: {'met' if result['goal_half_of_haproxy'] else 'NOT met'}),"
+        f" {ratios['ondeck-2w']:.2f} (2 workers, not judged);"
         f"\nadded at {rate:g} req/s: p50 {result['added_p50_ms_at_fixed_rate']:+.3f} ms,"
         f" p99 {result['added_p99_ms_at_fixed_rate']:+.3f} ms"
         f" (from schedule: {result['added_sched_p99_ms_at_fixed_rate']:+.3f} ms;"
@@ -418,7 +419,7 @@ def print_summary(
 def check_tools() -> None:
     missing = [tool for tool in ("wrk", "haproxy", "nginx") if shutil.which(tool) is None]
     if missing:
-        sys.exit(f"bench/router.py needs {', '.join(missing)}: apt-get install haproxy nginx wrk")
+        sys.exit(f"bench/router.py needs {', '.join(missing)}: run `make bench-deps`")
 
 
 @contextlib.contextmanager

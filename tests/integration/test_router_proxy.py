@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 import httptools
 import pytest
 
-from ondeck.router.proxy import ProxyOptions
+from ondeck.router.options import ProxyOptions
 from ondeck.router.server import RouterServer
 from ondeck.router.table import Backend, Pool, Route, RouterConfig
 

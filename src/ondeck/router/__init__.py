@@ -7,7 +7,7 @@ handle (`RouterControl`), server.py runs it all (`run`).
 from __future__ import annotations
 
 from ondeck.router.control import RouterControl, RouterRefused, RouterUnavailable
-from ondeck.router.proxy import ProxyOptions
+from ondeck.router.options import ProxyOptions
 from ondeck.router.server import RouterServer, run
 from ondeck.router.table import Backend, Pool, Route, RouterConfig, RouterConfigError, pick, resolve
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from ondeck.errors import OndeckError
-from ondeck.router.proxy import ProxyOptions
+from ondeck.router.options import ProxyOptions
 from ondeck.router.server import run
 
 

@@ -20,7 +20,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from ssl import SSLContext
 
+from ondeck.router.client import ClientConnection
 from ondeck.router.control import (
     CONFIG_NAME,
     PEER_TIMEOUT,
@@ -31,7 +33,8 @@ from ondeck.router.control import (
     RouterUnavailable,
     load_config,
 )
-from ondeck.router.proxy import ClientConnection, ProxyOptions, Router
+from ondeck.router.options import HTTP, Listener, ProxyOptions
+from ondeck.router.proxy import Router
 
 log = logging.getLogger("ondeck.router")
 SWEEP_INTERVAL = 0.25  # seconds between deadline checks
@@ -78,6 +81,7 @@ class RouterServer:
             lambda: self.peers,
         )
         self._server: asyncio.Server | None = None
+        self.servers: list[asyncio.Server] = []  # every listener, the HTTP one first
         self._sweeper: asyncio.TimerHandle | None = None
 
     def address(self) -> str:
@@ -86,19 +90,30 @@ class RouterServer:
 
     async def start(self) -> None:
         """Listen for HTTP, then open the control socket."""
-        loop = asyncio.get_running_loop()
-        router = self.router
-        self._server = await loop.create_server(
-            lambda: ClientConnection(router),
-            self.host,
-            self.port,
-            backlog=2048,
-            reuse_address=True,
-            reuse_port=self.reuse_port or None,
-        )
+        self._server = await self.listen(self.host, self.port, HTTP)
         self.port = int(self._server.sockets[0].getsockname()[1])
         await self.control.start()
         self._schedule_sweep()
+
+    async def listen(
+        self, host: str, port: int, listener: Listener, ssl: SSLContext | None = None
+    ) -> asyncio.Server:
+        """Accept clients on host:port; each exchange learns its scheme from `listener`.
+
+        With `ssl` the transports terminate TLS and the proxy sees plain HTTP.
+        """
+        router = self.router
+        server = await asyncio.get_running_loop().create_server(
+            lambda: ClientConnection(router, listener),
+            host,
+            port,
+            backlog=2048,
+            reuse_address=True,
+            reuse_port=self.reuse_port or None,
+            ssl=ssl,
+        )
+        self.servers.append(server)
+        return server
 
     def _schedule_sweep(self) -> None:
         self.router.sweep()
@@ -107,8 +122,8 @@ class RouterServer:
 
     async def stop(self, grace: float = STOP_GRACE) -> None:
         """Stop accepting; wait for in-flight requests up to `grace`; close the rest."""
-        if self._server is not None:
-            self._server.close()
+        for server in self.servers:
+            server.close()
         await self.control.close()
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and any(c.active for c in self.router.clients):
@@ -116,9 +131,9 @@ class RouterServer:
         if self._sweeper is not None:
             self._sweeper.cancel()
         self.router.close_all()
-        if self._server is not None:
+        for server in self.servers:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+                await asyncio.wait_for(server.wait_closed(), 1.0)
 
 
 class Workers:

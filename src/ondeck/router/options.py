@@ -1,0 +1,44 @@
+"""Limits and timeouts of the proxy, and what a listener tells its connections.
+
+server.py builds both from the command line; every connection reads them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ProxyOptions:
+    """Limits and timeouts of the proxy (seconds and bytes)."""
+
+    header_timeout: float = 10.0  # first byte of a request to the end of its headers
+    keepalive_timeout: float = 60.0  # an idle client connection is closed after this
+    body_timeout: float = 60.0  # longest silence while a request body streams in
+    connect_timeout: float = 5.0  # to open a connection to a backend
+    upstream_timeout: float = 60.0  # longest upstream silence while a request is in flight
+    upstream_idle_timeout: float = 15.0  # a pooled idle upstream connection is kept this long
+    max_url: int = 8192  # request line longer: 414
+    max_header_bytes: int = 32768  # all header names and values: 431
+    max_headers: int = 100  # more header lines: 431
+    max_body: int = 1 << 30  # request body larger: 413
+    max_idle_per_backend: int = 256
+    removed_keep: float = 300.0  # a removed, drained backend's counters stay visible this long
+
+
+@dataclass(frozen=True)
+class Listener:
+    """The socket a client was accepted on, as the exchange needs to know it.
+
+    `scheme` is what the upstream hears in X-Forwarded-Proto: "http" for a
+    plain listener, "https" for one whose transport terminates TLS.
+    """
+
+    scheme: str = "http"
+    proto_line: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "proto_line", b"X-Forwarded-Proto: %b\r\n" % self.scheme.encode())
+
+
+HTTP = Listener("http")
