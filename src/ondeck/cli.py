@@ -28,6 +28,7 @@ from rich.table import Table
 
 from ondeck import __version__
 from ondeck.client import Client, default_state_dir
+from ondeck.commands.render import render_command
 from ondeck.commands.secret import secret_app
 from ondeck.errors import OndeckError, UserError
 from ondeck.units import format_duration, parse_duration
@@ -38,6 +39,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.command("render")(render_command)
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 

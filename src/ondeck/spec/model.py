@@ -451,6 +451,17 @@ class Spec(Strict):
             raise ValueError(TLS_NOT_READY)
         return value
 
+    @field_validator("runtime")
+    @classmethod
+    def _runtime_ready(cls, value: RuntimeKind) -> RuntimeKind:
+        # Nothing inert: the controller cannot run an environment on Kubernetes yet.
+        if value is RuntimeKind.KUBERNETES:
+            raise ValueError(
+                "runtime kubernetes is not supported by `ondeck up` yet; run on process or "
+                "container, and hand `ondeck render --target kubernetes` manifests to kubectl"
+            )
+        return value
+
     @field_validator("services", "backups", "environments")
     @classmethod
     def _names(cls, value: dict[str, Any]) -> dict[str, Any]:
