@@ -200,11 +200,14 @@ def router(
     listen: Annotated[
         str, typer.Option(help="Where users reach the services (host:port).")
     ] = "127.0.0.1:8080",
+    listen_tls: Annotated[
+        str | None, typer.Option(help="Where users reach the services over HTTPS (host:port).")
+    ] = None,
 ) -> None:
     """Run the router (the data plane) in the foreground; `ondeck up` starts one when none runs."""
     from ondeck.router.server import run
 
-    run((state_dir or default_state_dir()).resolve(), listen)
+    run((state_dir or default_state_dir()).resolve(), listen, listen_tls=listen_tls)
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ondeck.router", description=__doc__)
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--listen", default="127.0.0.1:8080")
+    parser.add_argument("--listen-tls", default=None, help="HOST:PORT to serve HTTPS on")
     defaults = ProxyOptions()
     for name in (
         "header_timeout",
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         print("ondeck router: --workers must be at least 1", file=sys.stderr)
         return 1
     try:
-        run(args.state_dir, args.listen, options, args.workers, args.worker_index)
+        run(args.state_dir, args.listen, options, args.workers, args.worker_index, args.listen_tls)
     except (OndeckError, ValueError, OSError) as exc:
         print(f"ondeck router: {exc}", file=sys.stderr)
         return 1

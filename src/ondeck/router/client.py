@@ -49,6 +49,7 @@ from ondeck.router.headers import (
 )
 from ondeck.router.options import HTTP, Listener
 from ondeck.router.pages import PAGES, Reject
+from ondeck.router.tls import CHALLENGE_PREFIX, hsts_line, redirect_answer
 from ondeck.router.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
@@ -248,6 +249,15 @@ class ClientConnection(asyncio.Protocol):
         target, authority = self._target(ex)
         if authority is not None:
             host = authority  # absolute-form: its authority replaces Host (RFC 9112 3.2.2)
+        if self.listener is HTTP:
+            if target.startswith(CHALLENGE_PREFIX):
+                ex.local_answer = self.router.challenges.response(target)
+            elif self.router.tls_port:
+                self._maybe_redirect(ex, target)
+        elif self.router.tls is not None:
+            served = self.router.tls.lookup(ex.host_key)
+            if served is not None and served.hsts:
+                ex.response_extra = hsts_line(served.hsts)
         lines = self._lines
         if self._connection.strip(b", ") and not self._only_known_tokens():
             lines = self._drop_connection_named(lines)
@@ -265,6 +275,14 @@ class ClientConnection(asyncio.Protocol):
             self.deadline = INF  # not read until its turn: no client deadline meanwhile
             self.queue.append(ex)
             self.set_pause(PAUSE_QUEUE, True)
+
+    def _maybe_redirect(self, ex: Exchange, target: bytes) -> None:
+        """Plain HTTP to a host served over HTTPS with `redirect`: answer 308 to https://."""
+        tls = self.router.tls
+        served = tls.lookup(ex.host_key) if tls is not None and ex.host_key else None
+        if served is not None and served.redirect:
+            head = redirect_answer(ex.host_key, target, self.router.tls_port)
+            ex.local_answer = (308, head, b"")
 
     def _upstream_head(self, ex: Exchange, line: bytes, host: bytes, framing: bytes) -> bytes:
         """The request head sent upstream: kept headers, X-Forwarded-*, our framing."""
@@ -392,6 +410,9 @@ class ClientConnection(asyncio.Protocol):
     def _dispatch(self, ex: Exchange) -> None:
         """Make `ex` the active exchange: pick a backend, send it the request."""
         self.active = ex
+        if ex.local_answer is not None:
+            self._answer(ex, *ex.local_answer)
+            return
         chosen = self.balancer.choose(ex, self.peer)
         if not isinstance(chosen, Slot):
             self._local(ex, "no_route" if chosen is None else "no_backend")
@@ -482,6 +503,16 @@ class ClientConnection(asyncio.Protocol):
             ex.keep_alive = False
         ex.response_started = True
         self.response_done(ex, page.status)
+
+    def _answer(self, ex: Exchange, status: int, head: bytes, body: bytes) -> None:
+        """Answer `ex` with a response the router made (ACME challenge, HTTPS redirect)."""
+        close = not ex.keep_alive or (ex.has_body and not ex.request_done)
+        head += b"Connection: close\r\n\r\n" if close else b"\r\n"
+        self.transport.write(head if ex.head_request else head + body)
+        if close:
+            ex.keep_alive = False
+        ex.response_started = True
+        self.response_done(ex, status)
 
     def response_done(self, ex: Exchange, status: int) -> None:
         """The last response byte of `ex` is written (or handed to the transport)."""

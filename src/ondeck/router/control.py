@@ -95,6 +95,7 @@ class ControlServer:
         peers: Callable[[], Sequence[Path]] = tuple,
     ) -> None:
         self.router = router
+        self.state_dir = state_dir
         self.config_path = state_dir / CONFIG_NAME
         self.socket_path = state_dir / socket_name
         self.persist = socket_name == SOCKET_NAME
@@ -171,7 +172,44 @@ class ControlServer:
             return {"ok": True, **await self._stats()}
         if op == "metrics":
             return {"ok": True, "text": _render(await self._stats())}
-        return {"ok": False, "error": f"unknown op {op!r}: use apply, get, stats, metrics or ping"}
+        if isinstance(op, str) and op in _TLS_OPS:
+            answer = await self._tls(op, request)
+            await asyncio.gather(*(_forward_request(peer, request) for peer in self._peers()))
+            return answer
+        return {
+            "ok": False,
+            "error": f"unknown op {op!r}: use apply, get, stats, metrics, ping, "
+            + ", ".join(sorted(_TLS_OPS)),
+        }
+
+    async def _tls(self, op: str, request: dict[str, Any]) -> dict[str, Any]:
+        """Certificates and ACME answers: the router keeps the former in its own state."""
+        tls, answers = self.router.tls_state(self.state_dir), self.router.challenges
+        if op == "tls-list":
+            return {"ok": True, "certificates": tls.listing()}
+        if op == "tls-install":
+            hsts = request.get("hsts")
+            served = await asyncio.to_thread(
+                tls.install,
+                _text(request, "name"),
+                [str(h) for h in request.get("hosts") or []],
+                _text(request, "chain").encode(),
+                _text(request, "key").encode(),
+                redirect=bool(request.get("redirect", True)),
+                hsts=float(hsts) if isinstance(hsts, int | float) else None,
+                persist=self.persist,
+            )
+            return {"ok": True, "certificate": served.to_json()}
+        if op == "tls-remove":
+            removed = await asyncio.to_thread(
+                tls.remove, _text(request, "name"), persist=self.persist
+            )
+            return {"ok": True, "removed": removed}
+        if op == "challenge-publish":
+            answers.publish(_text(request, "token"), _text(request, "key_authorization"))
+            return {"ok": True}
+        answers.withdraw(_text(request, "token"))  # challenge-withdraw
+        return {"ok": True}
 
     async def _apply(self, raw: object) -> int:
         config = RouterConfig.from_json(raw)
@@ -205,6 +243,24 @@ class ControlServer:
         own["connections"] = sum(int(s["connections"]) for s in every)
         own["workers"] = len(every)
         return own
+
+
+_TLS_OPS = {"tls-install", "tls-remove", "tls-list", "challenge-publish", "challenge-withdraw"}
+
+
+def _text(request: dict[str, Any], key: str) -> str:
+    value = request.get(key)
+    if not isinstance(value, str):
+        raise RouterConfigError(f"{request.get('op')}: {key!r} must be a string")
+    return value
+
+
+async def _forward_request(peer: Path, request: dict[str, Any]) -> None:
+    """Best effort: a restarted worker reads certificates from the state dir anyway."""
+    if request.get("op") == "tls-list":
+        return
+    with contextlib.suppress(RouterUnavailable, RouterRefused):
+        await RouterControl(peer, PEER_TIMEOUT)._call(request)
 
 
 async def _forward(peer: Path, config: RouterConfig) -> None:
@@ -273,6 +329,35 @@ class RouterControl:
     async def metrics(self) -> str:
         answer = await self._call({"op": "metrics"})
         return str(answer["text"])
+
+    async def tls_install(
+        self,
+        name: str,
+        hosts: Sequence[str],
+        chain_pem: bytes,
+        key_pem: bytes,
+        redirect: bool,
+        hsts: float | None,
+    ) -> None:
+        """Serve a certificate (kept in the router's state); the key travels over this 0600 socket."""
+        request = {"op": "tls-install", "name": name, "hosts": list(hosts), "chain": chain_pem.decode(),
+                   "key": key_pem.decode(), "redirect": redirect, "hsts": hsts}  # fmt: skip
+        await self._call(request)
+
+    async def tls_remove(self, name: str) -> None:
+        await self._call({"op": "tls-remove", "name": name})
+
+    async def tls_list(self) -> list[dict[str, Any]]:
+        """What the router serves: names, hosts, issuer, not-after, fingerprint (no keys)."""
+        answer = await self._call({"op": "tls-list"})
+        return list(answer["certificates"])
+
+    async def challenge_publish(self, token: str, key_authorization: str) -> None:
+        await self._call({"op": "challenge-publish", "token": token,
+                          "key_authorization": key_authorization})  # fmt: skip
+
+    async def challenge_withdraw(self, token: str) -> None:
+        await self._call({"op": "challenge-withdraw", "token": token})
 
     async def ping(self) -> bool:
         """True when a router answers on the socket; never raises for its absence."""

@@ -34,12 +34,14 @@ class Exchange:
         "host_key",
         "http10",
         "keep_alive",
+        "local_answer",
         "path",
         "pending",
         "pending_size",
         "received",
         "request_done",
         "response_done",
+        "response_extra",
         "response_started",
         "retried",
         "set_cookie",
@@ -62,6 +64,8 @@ class Exchange:
         self.head_request = False
         self.http10 = False
         self.keep_alive = True
+        self.local_answer: tuple[int, bytes, bytes] | None = None  # (status, head, body)
+        self.response_extra = b""  # header lines the router adds to the answer (HSTS)
         self.upgrade = False
         self.pending: list[bytes] | None = None
         self.pending_size = 0

@@ -42,3 +42,4 @@ class Listener:
 
 
 HTTP = Listener("http")
+HTTPS = Listener("https")

@@ -12,12 +12,14 @@ config and reads `stats`.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ondeck.router.balance import Balancer, Slot
 from ondeck.router.headers import HostKeys
 from ondeck.router.options import ProxyOptions
 from ondeck.router.table import RouterConfig
+from ondeck.router.tls import Challenges, TlsState
 
 if TYPE_CHECKING:
     from ondeck.router.client import ClientConnection
@@ -37,6 +39,9 @@ class Router:
         self.clients: set[ClientConnection] = set()
         self.upstreams: set[UpstreamConnection] = set()
         self.started = time.time()
+        self.challenges = Challenges()  # HTTP-01 answers, served on the plain listener
+        self.tls: TlsState | None = None  # certificates, when a TLS listener serves them
+        self.tls_port = 0  # that listener's port (redirects name it unless it is 443)
         self._started_mono = _now()
 
     @property
@@ -50,6 +55,13 @@ class Router:
     def apply(self, config: RouterConfig) -> None:
         """Serve `config` from now on: removed backends take no new request."""
         self.balancer.apply(config)
+
+    def tls_state(self, state_dir: Path) -> TlsState:
+        """The certificates kept in `state_dir` (held even before a TLS listener serves them)."""
+        if self.tls is None:
+            self.tls = TlsState(state_dir)
+            self.tls.load()
+        return self.tls
 
     def count_local(self, status: int) -> None:
         self.local[status] = self.local.get(status, 0) + 1

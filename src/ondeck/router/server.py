@@ -33,8 +33,9 @@ from ondeck.router.control import (
     RouterUnavailable,
     load_config,
 )
-from ondeck.router.options import HTTP, Listener, ProxyOptions
+from ondeck.router.options import HTTP, HTTPS, Listener, ProxyOptions
 from ondeck.router.proxy import Router
+from ondeck.router.tls import TlsState
 
 log = logging.getLogger("ondeck.router")
 SWEEP_INTERVAL = 0.25  # seconds between deadline checks
@@ -67,11 +68,16 @@ class RouterServer:
         *,
         worker: int = 0,
         reuse_port: bool = False,
+        listen_tls: str | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.host, self.port = parse_listen(listen)
+        self.tls_address = parse_listen(listen_tls) if listen_tls else None
         self.reuse_port = reuse_port
         self.router = Router(load_config(state_dir / CONFIG_NAME), options)
+        if self.tls_address is not None:
+            self.router.tls = TlsState(state_dir)
+            self.router.tls.load()  # served before any controller speaks: the data plane alone
         self.peers: list[Path] = []
         self.control = ControlServer(
             self.router,
@@ -88,10 +94,21 @@ class RouterServer:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
 
+    def tls_listen(self) -> str | None:
+        if self.tls_address is None:
+            return None
+        host, port = self.tls_address
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
     async def start(self) -> None:
         """Listen for HTTP, then open the control socket."""
         self._server = await self.listen(self.host, self.port, HTTP)
         self.port = int(self._server.sockets[0].getsockname()[1])
+        tls = self.router.tls
+        if self.tls_address is not None and tls is not None:
+            server = await self.listen(*self.tls_address, HTTPS, ssl=tls.server_context())
+            self.tls_address = (self.tls_address[0], int(server.sockets[0].getsockname()[1]))
+            self.router.tls_port = self.tls_address[1]
         await self.control.start()
         self._schedule_sweep()
 
@@ -111,6 +128,8 @@ class RouterServer:
             reuse_address=True,
             reuse_port=self.reuse_port or None,
             ssl=ssl,
+            # a client stalled mid-handshake holds a socket this long at most
+            ssl_handshake_timeout=self.router.options.header_timeout if ssl else None,
         )
         self.servers.append(server)
         return server
@@ -153,6 +172,8 @@ class Workers:
         state_dir = self.server.state_dir
         argv = [sys.executable, "-m", "ondeck.router", "--state-dir", str(state_dir)]
         argv += ["--listen", self.server.address(), "--worker-index", str(index)]
+        if (tls_listen := self.server.tls_listen()) is not None:
+            argv += ["--listen-tls", tls_listen]
         argv += ["--options-json", json.dumps(dataclasses.asdict(self.options))]
         self.procs[index] = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
 
@@ -194,11 +215,19 @@ async def serve(
     options: ProxyOptions | None = None,
     workers: int = 1,
     worker_index: int = 0,
+    listen_tls: str | None = None,
 ) -> None:
     """Run one router process until SIGTERM or SIGINT (or, for a worker, its parent's end)."""
     options = options or ProxyOptions()
     reuse_port = workers > 1 or worker_index > 0
-    server = RouterServer(state_dir, listen, options, worker=worker_index, reuse_port=reuse_port)
+    server = RouterServer(
+        state_dir,
+        listen,
+        options,
+        worker=worker_index,
+        reuse_port=reuse_port,
+        listen_tls=listen_tls,
+    )
     if worker_index == 0:
         server.peers = [worker_socket(state_dir, i) for i in range(1, workers)]
     await server.start()
@@ -221,6 +250,8 @@ async def serve(
             server.router.config.generation,
             server.control.socket_path,
         )
+        if server.tls_listen():
+            log.info("router serving https://%s", server.tls_listen())
     await stop.wait()
     for task in tasks:
         task.cancel()
@@ -245,10 +276,11 @@ def run(
     options: ProxyOptions | None = None,
     workers: int = 1,
     worker_index: int = 0,
+    listen_tls: str | None = None,
 ) -> None:
     """Entry point of `ondeck router`: serve until a signal; uvloop when installed."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    main = serve(state_dir, listen, options, workers, worker_index)
+    main = serve(state_dir, listen, options, workers, worker_index, listen_tls)
     try:
         import uvloop
     except ImportError:

@@ -81,6 +81,7 @@ class TlsState:
         self.directory = state_dir / TLS_DIR
         self.entries: dict[str, Served] = {}
         self._contexts: dict[str, ssl.SSLContext] = {}
+        self._by_host: dict[str, Served | None] = {}  # lookup cache, cleared on every change
         self._server_context: ssl.SSLContext | None = None
 
     # --- persistence -------------------------------------------------------------------
@@ -132,6 +133,7 @@ class TlsState:
         """Stop serving `name` (open connections keep their session); True if it was served."""
         found = self.entries.pop(name, None) is not None
         self._contexts.pop(name, None)
+        self._by_host = {}
         if found and persist:
             self._save_index()
             for suffix in (".key", ".crt"):
@@ -149,6 +151,7 @@ class TlsState:
         served = Served(name, hosts, redirect, hsts, info)
         self._contexts[name] = ctx  # one assignment: the next handshake sees it
         self.entries[name] = served
+        self._by_host = {}
         return served
 
     def _save_index(self) -> None:
@@ -163,7 +166,17 @@ class TlsState:
 
     def lookup(self, host: str) -> Served | None:
         """The entry serving `host`: an exact name beats a wildcard."""
-        host = host.lower().rstrip(".")
+        try:
+            return self._by_host[host]
+        except KeyError:
+            pass
+        found = self._find(host.lower().rstrip("."))
+        if len(self._by_host) > 4096:
+            self._by_host = {}
+        self._by_host[host] = found
+        return found
+
+    def _find(self, host: str) -> Served | None:
         wildcard = None
         for served in self.entries.values():
             for pattern in served.hosts:
@@ -196,6 +209,20 @@ class TlsState:
         return [s.to_json() for s in sorted(self.entries.values(), key=lambda s: s.name)]
 
 
+def redirect_answer(host: str, target: bytes, tls_port: int) -> bytes:
+    """The head of a 308 to the same URL over HTTPS (no final CRLF: the caller ends it)."""
+    authority = host if tls_port == 443 else f"{host}:{tls_port}"
+    location = b"https://" + authority.encode() + (target if target.startswith(b"/") else b"/")
+    return (
+        b"HTTP/1.1 308 Permanent Redirect\r\nLocation: " + location + b"\r\n"
+        b"Content-Length: 0\r\nCache-Control: no-store\r\n"
+    )
+
+
+def hsts_line(max_age: float) -> bytes:
+    return b"Strict-Transport-Security: max-age=%d\r\n" % int(max_age)
+
+
 class Challenges:
     """HTTP-01 answers by token, served on the plain listener for any host."""
 
@@ -222,3 +249,14 @@ class Challenges:
             del self._answers[token]
             return None
         return key_authorization.encode()
+
+    def response(self, target: bytes) -> tuple[int, bytes, bytes]:
+        """Status, head (no final CRLF) and body answering a challenge path."""
+        body = self.answer(target)
+        if body is None:
+            body = b"no such ACME challenge\n"
+            status, line = 404, b"HTTP/1.1 404 Not Found\r\n"
+        else:
+            status, line = 200, b"HTTP/1.1 200 OK\r\n"
+        head = line + b"Content-Type: text/plain\r\nContent-Length: %d\r\n" % len(body)
+        return status, head + b"Cache-Control: no-store\r\n", body

@@ -237,6 +237,8 @@ class UpstreamConnection(asyncio.Protocol):
             self._framing(ex, status, head)
         if ex.set_cookie:
             head.append(ex.set_cookie)
+        if ex.response_extra:
+            head.append(ex.response_extra)
         head.append(CRLF)
         self._out.append(b"".join(head))
         ex.response_started = True
