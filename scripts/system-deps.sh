@@ -14,6 +14,10 @@ command -v openssl >/dev/null || need+=(openssl)
 # bench/tls.py measures the router beside these two TLS terminators
 { command -v haproxy || test -x /usr/sbin/haproxy; } >/dev/null || need+=(haproxy)
 command -v caddy >/dev/null || need+=(caddy)
+# backups: a PostgreSQL server the tests start themselves (initdb, pgbench, pg_dump/pg_restore) and restic
+ls /usr/lib/postgresql/*/bin/pgbench >/dev/null 2>&1 || need+=(postgresql)
+command -v restic >/dev/null || need+=(restic)
+command -v runuser >/dev/null || need+=(util-linux)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" -ne 0 ]; then
   echo "missing: ${need[*]}; install them with: sudo apt-get install -y ${need[*]}" >&2

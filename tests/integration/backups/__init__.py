@@ -1,0 +1,1 @@
+"""Backup tests: a real PostgreSQL server, restic, SQLite under a writer."""
