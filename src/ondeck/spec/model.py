@@ -407,6 +407,139 @@ class Tls(Strict):
     )
 
 
+def _cron(value: str) -> str:
+    from croniter import croniter  # pure: parsing only
+
+    if not croniter.is_valid(value):
+        raise ValueError(
+            f"{value!r} is not a cron expression: five fields, minute hour day month weekday, "
+            "e.g. '0 4 * * *' (04:00 every day)"
+        )
+    return value
+
+
+Cron = Annotated[str, BeforeValidator(lambda v: _cron(str(v)))]
+
+
+class Job(Strict):
+    """A command run on a schedule in the environment's current release."""
+
+    command: Argv | None = Field(
+        None, description="argv list (process runtime); ${NAME} is expanded as for services."
+    )
+    image: str | None = Field(
+        None, description="Container runtime: the image the job runs in (default: the service's)."
+    )
+    service: str | None = Field(
+        None,
+        description="Run in this service's current release, with its environment (and secrets); "
+        "without it the job runs in the exported tree of the spec's revision, with no build.",
+    )
+    schedule: Cron | None = Field(
+        None, description="cron expression (minute hour day month weekday), e.g. '0 4 * * *'."
+    )
+    every: Duration | None = Field(None, description="Or a fixed interval, e.g. 10m.")
+    timezone: str | None = Field(
+        None, description="IANA time zone of `schedule` (default: the host's), e.g. Europe/Paris."
+    )
+    timeout: Duration = Field(3600.0, description="A run still going after this is killed.")
+    concurrency: Literal["allow", "forbid", "replace"] = Field(
+        "forbid",
+        description="When a run is due while one is running: allow a second, forbid it "
+        "(skipped), or replace the running one.",
+    )
+    env: dict[str, EnvValue] = Field(
+        default_factory=dict, description="Environment of each run (over the service's)."
+    )
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not ENV_NAME.match(name):
+                raise ValueError(f"{name!r} is not a valid environment variable name")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"{value!r} is not an IANA time zone, e.g. Europe/Paris or UTC"
+            ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _when(self) -> Job:
+        if (self.schedule is None) == (self.every is None):
+            raise ValueError("a job needs exactly one of schedule (cron) or every (a duration)")
+        if self.every is not None and self.every < 1.0:
+            raise ValueError("every: the shortest interval is 1s")
+        if self.timezone is not None and self.schedule is None:
+            raise ValueError("timezone applies to schedule (cron) only")
+        return self
+
+
+class Event(StrEnum):
+    """What a notification target can ask to hear about."""
+
+    SYNC_SUCCEEDED = "sync-succeeded"
+    SYNC_FAILED = "sync-failed"
+    DEGRADED = "degraded"
+    RECOVERED = "recovered"
+    ROLLOUT_ABORTED = "rollout-aborted"
+    DRIFT = "drift"
+    JOB_FAILED = "job-failed"
+    BACKUP_FAILED = "backup-failed"
+    CERTIFICATE_FAILED = "certificate-failed"
+
+
+URL_PASSWORD = re.compile(r"^[a-z][a-z0-9+.-]*://[^/@\s]*:[^/@\s]+@", re.IGNORECASE)
+
+
+class NotifyTarget(Strict):
+    """Where to send events: a JSON webhook signed with HMAC, or a chat/mail URL (apprise)."""
+
+    url: str = Field(
+        description="json:// or jsons:// (a JSON POST over http or https, signed with HMAC), or "
+        "any apprise URL (slack://, tgram://, mailto://, ...). Credentials in it come from "
+        "secrets as ${NAME}, never in clear."
+    )
+    secret: str | None = Field(
+        None,
+        description="json/jsons: name of the secret holding the HMAC key "
+        "(X-Ondeck-Signature: sha256=HEX of the body).",
+    )
+    events: list[Event] = Field(
+        default_factory=lambda: list(Event), description="Events to send (default: all)."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if "://" not in value:
+            raise ValueError(f"{value!r} is not a URL: e.g. jsons://hooks.example/ondeck")
+        if URL_PASSWORD.match(value):
+            raise ValueError(
+                "a password in a notification URL would sit in git in clear: "
+                "put it in a secret (`ondeck secret set NAME`) and write ${NAME} in its place"
+            )
+        return value
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, value: str | None) -> str | None:
+        if value is not None and not ENV_NAME.match(value):
+            raise ValueError(f"{value!r} is not a secret name (letters, digits, underscore)")
+        return value
+
+
 class RuntimeKind(StrEnum):
     """Where instances run."""
 
@@ -431,6 +564,12 @@ class Spec(Strict):
         None,
         description="HTTPS at the router: ACME or your own certificates "
         "(refused as not supported yet until the router serves HTTPS).",
+    )
+    jobs: dict[str, Job] = Field(
+        default_factory=dict, description="Commands run on a schedule, by name."
+    )
+    notify: list[NotifyTarget] = Field(
+        default_factory=list, description="Where events (failed syncs, degraded health...) go."
     )
     environments: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
@@ -462,7 +601,7 @@ class Spec(Strict):
             )
         return value
 
-    @field_validator("services", "backups", "environments")
+    @field_validator("services", "backups", "jobs", "environments")
     @classmethod
     def _names(cls, value: dict[str, Any]) -> dict[str, Any]:
         for name in value:
@@ -480,6 +619,36 @@ class Spec(Strict):
                 f"backup {name!r} is refused: backups are not supported yet "
                 "(ondeck would take none); remove `backups:` until they are"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _jobs_notify_not_yet(self) -> Spec:
+        # Nothing inert: until jobs run and notifications are sent by the controller, refuse.
+        if self.jobs:
+            raise ValueError(
+                "jobs: not supported yet (ondeck would run none); remove `jobs:` until they are"
+            )
+        if self.notify:
+            raise ValueError(
+                "notify: not supported yet (ondeck would send nothing); remove `notify:` until it is"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _jobs_fit(self) -> Spec:
+        for name, job in self.jobs.items():
+            if job.service is not None and job.service not in self.services:
+                raise ValueError(
+                    f"job {name!r} runs in service {job.service!r}, which is not in services: "
+                    f"one of {', '.join(sorted(self.services)) or '(none)'}"
+                )
+            if self.runtime is not RuntimeKind.PROCESS:
+                raise ValueError(
+                    f"job {name!r}: jobs run on the process runtime only for now "
+                    f"(not {self.runtime.value}); remove `jobs:` or use runtime: process"
+                )
+            if job.command is None:
+                raise ValueError(f"job {name!r} needs a command (an argv list)")
         return self
 
     @model_validator(mode="after")
