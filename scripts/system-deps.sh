@@ -18,6 +18,7 @@ command -v caddy >/dev/null || need+=(caddy)
 ls /usr/lib/postgresql/*/bin/pgbench >/dev/null 2>&1 || need+=(postgresql)
 command -v restic >/dev/null || need+=(restic)
 command -v runuser >/dev/null || need+=(util-linux)
+command -v chromium >/dev/null || need+=(chromium)  # the dashboard's browser tests
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" -ne 0 ]; then
   echo "missing: ${need[*]}; install them with: sudo apt-get install -y ${need[*]}" >&2

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from ondeck import __version__
 from ondeck.api.secrets import secrets_router
+from ondeck.api.ui import ui_router
 from ondeck.api.webhooks import PushEvent, webhook_router
 from ondeck.controller import Controller, Trigger
 from ondeck.errors import UserError
@@ -45,7 +46,12 @@ class SyncBody(BaseModel):
     trigger: Literal["cli", "rollback"] = "cli"  # what history records as the cause
 
 
-def create_app(controller: Controller, token: str, webhook_secret: str | None = None) -> FastAPI:
+def create_app(
+    controller: Controller,
+    token: str,
+    webhook_secret: str | None = None,
+    public_read: bool = False,
+) -> FastAPI:
     app = FastAPI(title="ondeck", version=__version__, docs_url=None, redoc_url=None)
     loop = asyncio.get_running_loop()  # the controller's: webhooks arrive on worker threads
 
@@ -213,6 +219,7 @@ def create_app(controller: Controller, token: str, webhook_secret: str | None = 
 
     app.include_router(api)
     app.include_router(secrets_router(opts.state_dir, authorized, require))
+    app.include_router(ui_router(controller, token, public_read))  # the dashboard at /
     return app
 
 
