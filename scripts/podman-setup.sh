@@ -11,6 +11,8 @@ need=()
 command -v podman >/dev/null || need+=(podman)
 command -v runc >/dev/null || need+=(runc)
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed" || need+=(busybox-static)
+# `podman kube play` builds its pods' pause image around catatonit
+command -v catatonit >/dev/null || need+=(catatonit)
 
 conf_ok() {
   [ -f "$CONF" ] &&
