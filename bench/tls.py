@@ -41,7 +41,7 @@ from router import Servers, Target, free_port, parse_wrk, tool_version, upstream
 
 RESULTS = Path(__file__).resolve().parent / "results" / "tls.json"
 HOST = "localhost"
-TERMINATORS = ("ondeck", "haproxy", "caddy")
+TERMINATORS = ("ondeck", "ondeck-2w", "haproxy", "caddy")
 
 
 def make_certificate(work: Path) -> tuple[Path, Path]:
@@ -94,7 +94,6 @@ def caddyfile(port: int, upstream: int, cert: Path, key: Path) -> str:
     return f"""{{
   admin off
   auto_https off
-  persist_config off
 }}
 https://{HOST}:{port} {{
   bind 127.0.0.1
@@ -126,18 +125,22 @@ class TlsServers(Servers):
         self.spawn("caddy", ["env", f"HOME={caddy_dir}", f"XDG_DATA_HOME={caddy_dir}",
                              f"XDG_CONFIG_HOME={caddy_dir}", "caddy", "run", "--config",
                              str(caddy_dir / "Caddyfile"), "--adapter", "caddyfile"])  # fmt: skip
-        self.start_ondeck_tls(ports["ondeck"], ports["direct"], cert, key)
+        self.start_ondeck_tls("ondeck", ports["ondeck"], ports["direct"], cert, key, 1)
+        self.start_ondeck_tls("ondeck-2w", ports["ondeck-2w"], ports["direct"], cert, key, 2)
         for port in ports.values():
             wait_port(port)
         return {
             "direct": Target("direct", ports["direct"], "nginx 1 worker, plain HTTP (upstream)"),
             "ondeck": Target("ondeck", ports["ondeck"], "python -m ondeck.router --listen-tls"),
+            "ondeck-2w": Target("ondeck-2w", ports["ondeck-2w"], "the same, --workers 2"),
             "haproxy": Target("haproxy", ports["haproxy"], "haproxy ssl crt, default nbthread"),
             "caddy": Target("caddy", ports["caddy"], "caddy reverse_proxy, tls files"),
         }
 
-    def start_ondeck_tls(self, port: int, upstream: int, cert: Path, key: Path) -> None:
-        state = self.work / "ondeck"
+    def start_ondeck_tls(
+        self, name: str, port: int, upstream: int, cert: Path, key: Path, workers: int
+    ) -> None:
+        state = self.work / name
         state.mkdir()
         config = {
             "generation": 1,
@@ -151,7 +154,7 @@ class TlsServers(Servers):
         TlsState(state).install("bench", [HOST], cert.read_bytes(), key.read_bytes())
         argv = [sys.executable, "-m", "ondeck.router", "--state-dir", str(state)]
         argv += ["--listen", f"127.0.0.1:{free_port()}", "--listen-tls", f"127.0.0.1:{port}"]
-        self.spawn("ondeck", argv)
+        self.spawn(name, [*argv, "--workers", str(workers)])
 
 
 def url(name: str, target: Target) -> str:

@@ -34,6 +34,7 @@ from ondeck.certificates import (
     write_secret_file,
 )
 from ondeck.errors import AcmeFailure, OndeckError, TemporaryError, UserError
+from ondeck.metrics import Metrics
 from ondeck.spec.model import Tls
 from ondeck.state.renewal import (
     Attempts,
@@ -163,6 +164,7 @@ class CertificateManager:
         policy: RenewalPolicy | None = None,
         clock: Callable[[], float] = time.time,
         on_failure: Callable[[Held], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.root = state_dir / "tls"
         self.state_dir = state_dir
@@ -170,6 +172,7 @@ class CertificateManager:
         self.policy = policy or RenewalPolicy()
         self.clock = clock
         self.on_failure = on_failure
+        self.metrics = metrics
         self.held: dict[str, Held] = {}
         self._clients: dict[AcmeSettings, AcmeClient] = {}
         self._wake = asyncio.Event()
@@ -209,6 +212,15 @@ class CertificateManager:
             elif self.clock() >= next_attempt(held.attempts, held.jitter, self.policy):
                 await self._obtain(held)
         await self._sync_router()
+        self._export()
+
+    def _export(self) -> None:
+        if self.metrics is None:
+            return
+        for held in self.held.values():
+            if held.info is not None:
+                for host in held.wanted.hosts:
+                    self.metrics.certificate_expiry.labels(host).set(held.info.not_after)
 
     def _next_due(self) -> float:
         dues = [
@@ -267,6 +279,9 @@ class CertificateManager:
         )  # fmt: skip
         held.last_error = str(exc)
         self._save_attempts(held)
+        if self.metrics is not None:
+            for host in held.wanted.hosts:
+                self.metrics.certificate_failures.labels(host).inc()
         log.warning("certificates: %s", exc)
         if self.on_failure is not None:
             self.on_failure(held)

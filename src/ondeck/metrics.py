@@ -91,6 +91,18 @@ class Metrics:
             ["env", "revision", "sync", "health"],
             registry=r,
         )
+        self.certificate_expiry = Gauge(
+            "ondeck_certificate_expiry_timestamp_seconds",
+            "When the certificate served for a host expires (Unix time).",
+            ["host"],
+            registry=r,
+        )
+        self.certificate_failures = Counter(
+            "ondeck_certificate_renewal_failures",
+            "Failed attempts to obtain or renew a host's certificate.",
+            ["host"],
+            registry=r,
+        )
         self._info_labels: dict[str, tuple[str, str, str, str]] = {}
         self._info_lock = threading.Lock()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import re
 import signal
 import ssl
 import time
@@ -23,6 +24,7 @@ from pebble_ca import Pebble, free_port, running_pebble
 from test_router_proxy import Client, RouterProcess, Upstream, control_call, run, single_pool
 
 from ondeck.https import CertificateManager, EnvTls, wanted
+from ondeck.metrics import Metrics
 from ondeck.router.control import RouterControl
 from ondeck.router.table import Backend
 from ondeck.spec.model import Tls
@@ -154,10 +156,10 @@ def test_ca_down_during_renewal_keeps_the_old_certificate_and_shows_the_error(
         tls_port = free_port()
         with running_pebble(tmp_path / "pebble", plain_port, HOSTS, validity=6) as pebble:
             async with Upstream("a") as up, router(tmp_path / "r", plain_port, tls_port, up.port):
-                clock = FakeClock()
+                clock, metrics = FakeClock(), Metrics()
                 manager = CertificateManager(tmp_path / "c",
                                              RouterControl(tmp_path / "r/router.sock"),
-                                             policy=FAST, clock=clock)  # fmt: skip
+                                             policy=FAST, clock=clock, metrics=metrics)  # fmt: skip
                 manager.want(wanted([EnvTls("shop/production", tls_spec(pebble), HOSTS[:1])]))
                 await manager.step()
                 root = pebble.root_pem()
@@ -168,6 +170,12 @@ def test_ca_down_during_renewal_keeps_the_old_certificate_and_shows_the_error(
                 row = manager.status()[0]
                 assert row["failures"] == 1
                 assert "unreachable" in row["last_error"]
+                text = metrics.render()[0].decode()
+                assert 'ondeck_certificate_renewal_failures_total{host="shop.test"} 1.0' in text
+                gauge = re.search(
+                    r'ondeck_certificate_expiry_timestamp_seconds\{host="shop.test"\} (\S+)', text
+                )
+                assert gauge is not None and float(gauge.group(1)) == row["not_after_epoch"]
                 clock.now += 3  # expiring within 14 days and failing: Degraded
                 assert manager.status()[0]["degraded"] is not None
                 code, still = await https_get(tls_port, "shop.test", root)
