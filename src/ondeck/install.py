@@ -27,6 +27,8 @@ RestartSec=2
 # Stop only the controller: app instances outlive it and are re-adopted.
 KillMode=process
 TimeoutStopSec=30
+# Sockets to the API and the router, log files, pidfds of every instance.
+LimitNOFILE=65536
 
 [Install]
 WantedBy=multi-user.target
@@ -45,6 +47,9 @@ Restart=always
 RestartSec=1
 # In-flight requests finish before the router exits.
 TimeoutStopSec=15
+# Two descriptors per request in flight plus every idle keep-alive connection;
+# the router also raises its soft limit to this hard one at start.
+LimitNOFILE=65536
 
 [Install]
 WantedBy=multi-user.target

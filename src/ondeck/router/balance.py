@@ -36,7 +36,17 @@ _random = random.random
 class Slot:
     """One backend as the proxy sees it: its counters and idle connections."""
 
-    __slots__ = ("backend", "idle", "labels", "pool", "removed", "removed_at", "set_name", "stats")
+    __slots__ = (
+        "backend",
+        "host_line",
+        "idle",
+        "labels",
+        "pool",
+        "removed",
+        "removed_at",
+        "set_name",
+        "stats",
+    )
 
     def __init__(self, backend: Backend, pool: str, set_name: SetName, stats: BackendStats) -> None:
         self.backend = backend
@@ -47,6 +57,13 @@ class Slot:
         self.removed = False
         self.removed_at = 0.0
         self.labels = {"pool": pool, "backend": backend.id, "set": set_name}
+        host = f"[{backend.host}]" if ":" in backend.host else backend.host
+        self.host_line = f"Host: {host}:{backend.port}\r\n".encode()
+
+    def with_host(self, head: bytes) -> bytes:
+        """`head` with a Host line naming this backend (for a request that had none)."""
+        end = head.index(b"\r\n") + 2
+        return head[:end] + self.host_line + head[end:]
 
     def close_idle(self) -> None:
         idle, self.idle = self.idle, []

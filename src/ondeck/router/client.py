@@ -83,6 +83,9 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel: UpstreamConnection | None = None
         self.tunnel_pending: list[bytes] | None = None
         self._advancing = False
+        self.held = 0  # bytes this connection holds in a request head or buffered body
+        self._head_fed = 0  # bytes of the current, unfinished request head read so far
+        self._read_used = 0  # bytes of the current read that finished heads and bodies took
         self._reset_message()
 
     def _reset_message(self) -> None:
@@ -122,6 +125,7 @@ class ClientConnection(asyncio.Protocol):
         self.queue.clear()
         if ex is not None:
             self._abandon(ex, "client")
+        self._release_held()
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
@@ -132,8 +136,11 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.closing:
             return
+        self._read_used = 0
         try:
             self.parser.feed_data(data)
+            if not (self._headers_done or self.closing):
+                self._count_head(len(data) - self._read_used)
         except httptools.HttpParserUpgrade as exc:
             self.tunnel_pending = []
             self._hold_tunnel_bytes(data[int(exc.args[0]) :])
@@ -145,6 +152,37 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserError:
             if not self.closing:
                 self._reject("bad_request")
+
+    def _count_head(self, size: int) -> None:
+        """A read ended inside a request head: bound what the parser holds for it.
+
+        llhttp hands httptools a header value in pieces and httptools joins them
+        before `on_header` sees it, so the limit is enforced on the bytes read:
+        the read minus what finished bodies and heads in it took (`_read_used`).
+        """
+        if size <= 0:
+            return
+        self._head_fed += size
+        if self._head_fed > self.options.max_head_bytes:
+            self._reject("headers_too_large")
+        else:
+            self._hold(size)
+
+    def _hold(self, size: int) -> None:
+        """Count `size` bytes held (negative: released) here and in the router's budget."""
+        if size < 0:
+            size = max(size, -self.held)
+        elif self.transport.is_closing():
+            return  # being cut: what it still parses is dropped with it
+        self.held += size
+        router = self.router
+        router.held += size
+        if size > 0 and router.held > self.options.max_held_total:
+            router.shed()
+
+    def _release_held(self) -> None:
+        if self.held:
+            self._hold(-self.held)
 
     def eof_received(self) -> bool | None:
         if self.active is None or self.tunnel is not None:
@@ -228,12 +266,20 @@ class ClientConnection(asyncio.Protocol):
         self._headers_done = True
         ex = cast(Exchange, self.parsing)
         parser = self.parser
+        method = parser.get_method()
+        # This head's size as written canonically; what earlier reads held of it is released.
+        size = len(method) + len(self._url) + 13 + self._header_bytes + 4 * self._header_count
+        fed = self._head_fed
+        if fed:
+            self._hold(-fed)
+            self._head_fed = 0
+            size = max(0, size - fed)
+        self._read_used += size
         version = parser.get_http_version()
         if version != "1.1":
             if version != "1.0":
                 raise Reject("bad_request")
             ex.http10 = True
-        method = parser.get_method()
         if method == b"CONNECT":
             raise Reject("method")
         ex.head_request = method == b"HEAD"
@@ -290,6 +336,8 @@ class ClientConnection(asyncio.Protocol):
         parts = [line, b" HTTP/1.1\r\n"]
         if host:
             parts += (b"Host: ", host, CRLF, b"X-Forwarded-Host: ", host, CRLF)
+        else:
+            ex.no_host = True  # HTTP/1.0 or an empty Host: the backend's address is sent
         parts += ex.header_lines
         parts += (b"X-Forwarded-For: ", xff, CRLF, self.listener.proto_line)
         if framing:
@@ -302,6 +350,7 @@ class ClientConnection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         ex = cast(Exchange, self.parsing)
         ex.received += len(body)
+        self._read_used += len(body)
         if ex.received > self.options.max_body:
             raise Reject("too_large")
         upstream = ex.upstream
@@ -471,8 +520,14 @@ class ClientConnection(asyncio.Protocol):
             ex.pending = []
         ex.pending.append(data)
         ex.pending_size += len(data)
+        self._hold(len(data))
         if ex.pending_size > BUFFER_LIMIT:
             self.set_pause(PAUSE_BUFFER, True)
+
+    def release_pending(self, ex: Exchange) -> None:
+        """`ex`'s buffered body bytes went upstream: they no longer count as held."""
+        self._hold(-ex.pending_size)
+        ex.pending_size = 0
 
     def _hold_tunnel_bytes(self, data: bytes) -> None:
         pending = cast(list[bytes], self.tunnel_pending)
@@ -531,6 +586,9 @@ class ClientConnection(asyncio.Protocol):
         # else: a body-less request whose on_message_complete comes right after.
 
     def _end(self, ex: Exchange, status: int, error: str | None) -> None:
+        if ex.pending_size:  # body bytes held for an upstream that never took them
+            self._hold(-ex.pending_size)
+            ex.pending_size = 0
         slot, ex.slot = ex.slot, None
         if slot is None:
             if status:
@@ -594,6 +652,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _close_with(self, key: str) -> None:
         """Answer with the router's page `key` and close the connection."""
+        self._release_held()
         page = PAGES[key]
         self.router.count_local(page.status)
         self.transport.write(page.head_close + page.body)
@@ -616,6 +675,24 @@ class ClientConnection(asyncio.Protocol):
                 self.transport.abort()
                 return
         self._close_with(key)
+
+    def shed(self) -> None:
+        """Cut by the router: this connection holds the most while the budget is exceeded."""
+        self.closing = True
+        self._release_held()
+        ex = self.active
+        if ex is not None:
+            self._abandon(ex, "client")
+        self.transport.abort()
+
+    def idle(self) -> bool:
+        """Between requests on a kept-alive connection (or before the first one)."""
+        return (
+            self.active is None
+            and self.parsing is None
+            and self.tunnel is None
+            and self.tunnel_pending is None
+        )
 
     def timed_out(self) -> None:
         """The client was silent too long: idle, slow headers, or a stalled body."""

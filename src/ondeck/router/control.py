@@ -240,7 +240,8 @@ class ControlServer:
                 local[status] = local.get(status, 0) + int(n)
         own["backends"] = {k: merge_snapshots(v) for k, v in by_backend.items()}
         own["local"] = local
-        own["connections"] = sum(int(s["connections"]) for s in every)
+        for key in ("connections", "held_bytes", "shed", "pressure_closed"):
+            own[key] = sum(int(s.get(key, 0)) for s in every)
         own["workers"] = len(every)
         return own
 

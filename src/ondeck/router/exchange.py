@@ -35,6 +35,7 @@ class Exchange:
         "http10",
         "keep_alive",
         "local_answer",
+        "no_host",
         "path",
         "pending",
         "pending_size",
@@ -66,6 +67,7 @@ class Exchange:
         self.keep_alive = True
         self.local_answer: tuple[int, bytes, bytes] | None = None  # (status, head, body)
         self.response_extra = b""  # header lines the router adds to the answer (HSTS)
+        self.no_host = False
         self.upgrade = False
         self.pending: list[bytes] | None = None
         self.pending_size = 0

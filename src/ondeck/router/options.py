@@ -22,6 +22,15 @@ class ProxyOptions:
     max_header_bytes: int = 32768  # all header names and values: 431
     max_headers: int = 100  # more header lines: 431
     max_body: int = 1 << 30  # request body larger: 413
+    # Bytes read for one request head: 431 beyond. httptools buffers a header
+    # value whole before a callback sees it, so this is counted on the reads.
+    max_head_bytes: int = 65536
+    # Bytes all connections together may hold in request heads and request
+    # bodies buffered meanwhile; beyond, the connection holding the most is cut.
+    max_held_total: int = 64 << 20
+    # When open sockets near the open-files limit, idle keep-alive connections
+    # are closed after this instead of `keepalive_timeout`.
+    pressure_keepalive: float = 1.0
     max_idle_per_backend: int = 256
     removed_keep: float = 300.0  # a removed, drained backend's counters stay visible this long
 

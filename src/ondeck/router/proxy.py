@@ -11,6 +11,7 @@ config and reads `stats`.
 
 from __future__ import annotations
 
+import resource
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,17 @@ if TYPE_CHECKING:
     from ondeck.router.upstream import UpstreamConnection
 
 _now = time.monotonic
+FD_PRESSURE = 0.75  # share of the open-files limit in sockets that counts as running short
+
+
+def open_files_limit() -> int:
+    """This process's soft limit on open descriptors."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 1 << 20 if soft == resource.RLIM_INFINITY else soft
+
+
+def _held(client: ClientConnection) -> int:
+    return client.held
 
 
 class Router:
@@ -38,6 +50,10 @@ class Router:
         self.local: dict[int, int] = {}
         self.clients: set[ClientConnection] = set()
         self.upstreams: set[UpstreamConnection] = set()
+        self.held = 0  # bytes all clients hold in request heads and buffered bodies
+        self.shed_count = 0  # connections cut to keep `held` within budget
+        self.pressure_closed = 0  # idle connections closed early for lack of descriptors
+        self.fd_pressure = int(open_files_limit() * FD_PRESSURE)
         self.started = time.time()
         self.challenges = Challenges()  # HTTP-01 answers, served on the plain listener
         self.tls: TlsState | None = None  # certificates, when a TLS listener serves them
@@ -66,6 +82,20 @@ class Router:
     def count_local(self, status: int) -> None:
         self.local[status] = self.local.get(status, 0) + 1
 
+    def shed(self) -> None:
+        """Over the memory budget: cut the connection holding the most, until within it.
+
+        The abuser holds the most (a flood of header bytes, a body for a backend
+        that does not connect); everyone else's requests go on.
+        """
+        budget = self.options.max_held_total
+        while self.held > budget:
+            victim = max(self.clients, key=_held, default=None)
+            if victim is None or victim.held <= 0:
+                return
+            self.shed_count += 1
+            victim.shed()
+
     def sweep(self) -> None:
         """Enforce deadlines, expire idle upstream connections, forget drained slots."""
         now = _now()
@@ -73,7 +103,19 @@ class Router:
             client.timed_out()
         for upstream in [u for u in self.upstreams if u.deadline < now]:
             upstream.timed_out()
-        self.balancer.sweep(self.options.upstream_idle_timeout, self.options.removed_keep)
+        idle_timeout = self.options.upstream_idle_timeout
+        if len(self.clients) + len(self.upstreams) >= self.fd_pressure:
+            self._close_idle_clients(now)
+            idle_timeout = min(idle_timeout, self.options.pressure_keepalive)
+        self.balancer.sweep(idle_timeout, self.options.removed_keep)
+
+    def _close_idle_clients(self, now: float) -> None:
+        """Descriptors run short: idle keep-alive connections go after `pressure_keepalive`."""
+        # An idle connection's deadline is `keepalive_timeout` after it became idle.
+        cutoff = now + self.options.keepalive_timeout - self.options.pressure_keepalive
+        for client in [c for c in self.clients if c.deadline < cutoff and c.idle()]:
+            self.pressure_closed += 1
+            client.transport.close()
 
     def stats(self) -> dict[str, Any]:
         """The `stats` answer of the control socket (cumulative since `since`)."""
@@ -93,6 +135,9 @@ class Router:
             "uptime": round(_now() - self._started_mono, 3),
             "generation": self.config.generation,
             "connections": len(self.clients),
+            "held_bytes": self.held,
+            "shed": self.shed_count,
+            "pressure_closed": self.pressure_closed,
             "local": {str(k): v for k, v in sorted(self.local.items())},
             "backends": backends,
         }

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -50,6 +51,21 @@ def parse_listen(listen: str) -> tuple[str, int]:
         raise ValueError(f"--listen {listen!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
     host = host.removeprefix("[").removesuffix("]") or "0.0.0.0"
     return host, int(port)
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft open-files limit to the hard one; return the soft limit now.
+
+    A proxy holds two descriptors per request in flight plus every idle
+    keep-alive connection: the usual soft limit of 1,024 is one client's worth.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-files limit from %d to %d: %s", soft, hard, exc)
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def worker_socket(state_dir: Path, index: int) -> Path:
@@ -244,11 +260,13 @@ async def serve(
         tasks.append(asyncio.create_task(_exit_with_parent(stop)))
     else:
         log.info(
-            "router serving http://%s with %d worker(s) (config generation %d, control %s)",
+            "router serving http://%s with %d worker(s) (config generation %d, control %s,"
+            " open files limit %d)",
             server.address(),
             workers,
             server.router.config.generation,
             server.control.socket_path,
+            resource.getrlimit(resource.RLIMIT_NOFILE)[0],
         )
         if server.tls_listen():
             log.info("router serving https://%s", server.tls_listen())
@@ -280,6 +298,7 @@ def run(
 ) -> None:
     """Entry point of `ondeck router`: serve until a signal; uvloop when installed."""
     state_dir.mkdir(parents=True, exist_ok=True)
+    raise_open_files_limit()
     main = serve(state_dir, listen, options, workers, worker_index, listen_tls)
     try:
         import uvloop

@@ -65,6 +65,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._te = False
         self._upgrade = b""
         self._header_bytes = 0
+        self._head_fed = 0
         self._headers_done = False
         self._interim = False
         self._chunk_out = False
@@ -112,6 +113,10 @@ class UpstreamConnection(asyncio.Protocol):
             return
         try:
             self.parser.feed_data(data)
+            if not self._headers_done:
+                self._head_fed += len(data)  # httptools holds a header value whole
+                if self._head_fed > MAX_RESPONSE_HEADER_BYTES:
+                    raise Reject("bad_gateway")
             if self._out:
                 self._flush()
         except httptools.HttpParserUpgrade as exc:
@@ -120,6 +125,8 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserCallbackError as exc:
             if not isinstance(exc.__context__, Reject):
                 raise
+            self._give_up("bad_gateway", "reset")
+        except Reject:
             self._give_up("bad_gateway", "reset")
         except httptools.HttpParserError:
             self._give_up("bad_gateway", "reset")
@@ -146,14 +153,17 @@ class UpstreamConnection(asyncio.Protocol):
         ex.upstream = self
         self._reset_response()  # instead of an on_message_begin callback per response
         self.deadline = _now() + self.router.options.upstream_timeout
+        head = ex.head
+        if ex.no_host:
+            head = self.slot.with_host(head)
         pending = ex.pending
         if pending:
             ex.pending = None
-            ex.pending_size = 0
-            self.transport.writelines([ex.head, *pending])
+            client.release_pending(ex)
+            self.transport.writelines([head, *pending])
             client.set_pause(PAUSE_BUFFER, False)
         else:
-            self.transport.write(ex.head)
+            self.transport.write(head)
         if client.write_paused:
             self.transport.pause_reading()
 
