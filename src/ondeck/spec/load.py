@@ -3,6 +3,7 @@
 `parse` keeps the position of each key and list item; `render_spec` merges an
 environment's overlay onto the base, validates it and maps each pydantic error
 back to the line the user wrote (the overlay's when the value came from it).
+Any bytes give a `Document` or a `SpecError`, within the bounds of `limits.py`.
 Called by the controller (each sync) and the CLI (`ondeck validate`). Pure.
 """
 
@@ -24,9 +25,19 @@ from pydantic_core import ErrorDetails
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.constructor import DuplicateKeyError
-from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.reader import ReaderError
 
 from ondeck.errors import Problem, SpecError, UserError
+from ondeck.spec.limits import (
+    ENVIRONMENTS,
+    MAX_ENVIRONMENTS,
+    MAX_SPEC_BYTES,
+    CheckedConstructor,
+    LimitedComposer,
+    LimitExceeded,
+    size_problem,
+)
 from ondeck.spec.model import Spec
 from ondeck.spec.template import check_references
 
@@ -58,11 +69,24 @@ class Document:
 
 def parse(text: str | bytes, filename: str = "ondeck.yaml") -> Document:
     """Parse YAML into a `Document`; syntax errors raise `SpecError` at their position."""
+    size = len(text) if isinstance(text, bytes) else len(text.encode(errors="surrogatepass"))
+    too_big = size_problem(size)
+    if too_big:
+        raise SpecError([Problem(filename, 1, 1, too_big)])
     source = _decode(text, filename)
+    yaml = YAML(typ="rt")
+    yaml.Composer = LimitedComposer
+    yaml.Constructor = CheckedConstructor
     try:
-        raw = YAML(typ="rt").load(source)
+        raw = yaml.load(source)
     except MarkedYAMLError as err:
         raise SpecError([_syntax_problem(filename, err)]) from err
+    except LimitExceeded as err:
+        raise SpecError([_marked(filename, err.mark, str(err))]) from err
+    except ReaderError as err:
+        raise SpecError([_reader_problem(filename, source, err)]) from err
+    except YAMLError as err:
+        raise SpecError([Problem(filename, 1, 1, f"YAML: {err}")]) from err
     if raw is None:
         raise SpecError([Problem(filename, 1, 1, EMPTY_MESSAGE)])
     if not isinstance(raw, CommentedMap):
@@ -71,9 +95,37 @@ def parse(text: str | bytes, filename: str = "ondeck.yaml") -> Document:
     positions: dict[DocPath, Position] = {(): (raw.lc.line + 1, raw.lc.col + 1)}
     problems: list[Problem] = []
     data = _plain(raw, (), positions, _Sink(filename, positions, problems), set())
+    problems += _too_many_environments(filename, data, positions)
     if problems:
         raise SpecError(problems)
     return Document(filename, data, positions)
+
+
+def _marked(filename: str, mark: Any, message: str) -> Problem:
+    line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+    return Problem(filename, line, col, message)
+
+
+def _reader_problem(filename: str, source: str, err: ReaderError) -> Problem:
+    """A character YAML does not allow in a file (NUL, other control characters)."""
+    at = err.position if isinstance(err.position, int) else 0
+    line = source.count("\n", 0, at) + 1
+    col = at - (source.rfind("\n", 0, at) + 1) + 1
+    char = err.character if isinstance(err.character, int) else ord(str(err.character)[:1] or " ")
+    message = f"character U+{char:04X} is not allowed in YAML text"
+    hint = "remove it; write a control character in a double-quoted string as an escape"
+    return Problem(filename, line, col, message, hint if char != 0 else "remove it")
+
+
+def _too_many_environments(
+    filename: str, data: dict[str, Any], positions: Mapping[DocPath, Position]
+) -> list[Problem]:
+    environments = data.get("environments")
+    if not isinstance(environments, dict) or len(environments) <= MAX_ENVIRONMENTS:
+        return []
+    line, col = positions.get(("environments",), positions[()])
+    message = f"environments: {len(environments)} of them, over {ENVIRONMENTS.describe()}"
+    return [Problem(filename, line, col, message)]
 
 
 def _decode(text: str | bytes, filename: str) -> str:
@@ -141,9 +193,12 @@ def _plain_map(
 ) -> dict[Any, Any]:
     out: dict[Any, Any] = {}
     for raw_key, value in node.items():
-        key = _scalar(raw_key, path, sink)
-        here = (*path, key if isinstance(key, str | int) else str(key))
         where = _key_position(node, raw_key)
+        written = (*path, str(raw_key))  # where a problem with the key itself is reported
+        if where is not None:
+            positions[written] = where
+        key = _scalar(raw_key, written, sink)
+        here = (*path, key if isinstance(key, str | int) else str(key))
         if where is not None:
             positions[here] = where
         out[key] = _plain(value, here, positions, sink, active)
@@ -179,12 +234,29 @@ def _key_position(node: CommentedMap, key: Any) -> Position | None:
 def _scalar(value: Any, path: DocPath, sink: _Sink) -> Any:
     if value is None or isinstance(value, datetime.date):
         return value
-    for kind in (bool, int, float, str):
+    if isinstance(value, str):
+        return _text(str(value), path, sink)
+    for kind in (bool, int, float):
         if isinstance(value, kind):
             return kind(value)
     tag = getattr(getattr(value, "tag", None), "value", None) or type(value).__name__
     sink.add(path, f"unsupported YAML value {tag}: use plain strings, numbers, lists and mappings")
     return None
+
+
+def _text(value: str, path: DocPath, sink: _Sink) -> str | None:
+    """`value` when a process, a file name and a JSON document can all carry it."""
+    if "\0" in value:
+        sink.add(
+            path, "contains a NUL character (\\0), which no command, env value or path may hold"
+        )
+        return None
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        sink.add(path, "contains a lone surrogate (\\uD800-\\uDFFF): not valid Unicode text")
+        return None
+    return value
 
 
 # --- environments and merging --------------------------------------------------------------
@@ -224,6 +296,7 @@ class _Locator:
         self, path: DocPath, text: str, hint: str | None = None, subject: DocPath | None = None
     ) -> Problem:
         """A problem about `path` of the merged data; `subject` (default `path`) prefixes it."""
+        text = _clip(text)
         where, (line, col) = self._where(path)
         in_overlay = self.env is not None and where[:2] == ("environments", self.env)
         about = path if subject is None else subject
@@ -264,6 +337,14 @@ def _overlay_depth(overlay: Mapping[str, Any], path: DocPath) -> tuple[int, bool
             return depth, not isinstance(node, dict)
         node = node[key]
     return len(path), True
+
+
+def _clip(text: str, most: int = 400) -> str:
+    """A message that quotes a huge value, shortened so the terminal shows the point."""
+    if len(text) <= most:
+        return text
+    head, tail = most - 100, 60
+    return f"{text[:head]} … ({len(text) - head - tail:,} characters) … {text[-tail:]}"
 
 
 def _dotted(path: DocPath) -> str:
@@ -563,7 +644,11 @@ def validate(text: str | bytes, filename: str = "ondeck.yaml") -> list[Problem]:
 def load_file(path: Path, env: str | None = None) -> Spec:
     """Read, parse and render `path` for `env`."""
     try:
-        text = path.read_bytes()
+        with path.open("rb") as f:
+            text = f.read(MAX_SPEC_BYTES + 1)  # enough to be refused, never a 50 MB read
+            if len(text) > MAX_SPEC_BYTES:
+                size = path.stat().st_size  # the size in the message is the file's
+                raise SpecError([Problem(str(path), 1, 1, str(size_problem(size)))])
     except OSError as err:
         raise UserError(f"cannot read {path}: {err.strerror}") from err
     return render_spec(parse(text, str(path)), env)
