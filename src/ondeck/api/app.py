@@ -18,6 +18,7 @@ from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
 from ondeck import __version__
+from ondeck.api.openapi import describe_errors
 from ondeck.api.secrets import secrets_router
 from ondeck.api.ui import ui_router
 from ondeck.api.webhooks import PushEvent, webhook_router
@@ -220,6 +221,7 @@ def create_app(
     app.include_router(api)
     app.include_router(secrets_router(opts.state_dir, authorized, require))
     app.include_router(ui_router(controller, token, public_read))  # the dashboard at /
+    describe_errors(app)
     return app
 
 
