@@ -77,3 +77,7 @@ class AcmeFailure(TemporaryError):
     def __init__(self, message: str, *, refused: bool) -> None:
         self.refused = refused
         super().__init__(message)
+
+
+class BackupFailure(OndeckError):
+    """A backup, its verification or a restore failed; the message says why (never a secret)."""

@@ -177,6 +177,17 @@ class Cluster:
             start_new_session=True,
         )
 
+    @staticmethod
+    def stop_background(proc: subprocess.Popen[bytes], deadline: float = 30.0) -> None:
+        """Stop a `pgbench_background` (its whole session: runuser does not forward signals)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=deadline)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=deadline)
+
     def _run(self, *argv: str) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [*self._as, *argv], capture_output=True, text=True, check=False, cwd="/"
