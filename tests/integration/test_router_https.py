@@ -103,6 +103,8 @@ def test_https_is_terminated_per_host_and_the_upstream_hears_https(tmp_path: Pat
                 }
                 client.close()
             assert [r.header("X-Forwarded-Proto") for r in up.requests] == ["https", "https"]
+            ping = await control_call(server.control.socket_path, {"op": "ping"})
+            assert ping["listen_tls"] == f"127.0.0.1:{tls_port(server)}"
             listing = await control.tls_list()
             assert {e["name"] for e in listing} == {"shop", "wild"}
             assert "key" not in str(listing).lower().replace("fingerprint", "")

@@ -93,6 +93,7 @@ class ControlServer:
         listen: Callable[[], str],
         socket_name: str = SOCKET_NAME,
         peers: Callable[[], Sequence[Path]] = tuple,
+        listen_tls: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.router = router
         self.state_dir = state_dir
@@ -101,6 +102,7 @@ class ControlServer:
         self.persist = socket_name == SOCKET_NAME
         self._listen = listen
         self._peers = peers
+        self._listen_tls = listen_tls
         self._apply_lock = asyncio.Lock()
         self._server: asyncio.Server | None = None
         self._clients: set[asyncio.StreamWriter] = set()
@@ -161,6 +163,7 @@ class ControlServer:
                 "ok": True,
                 "pid": os.getpid(),
                 "listen": self._listen(),
+                "listen_tls": self._listen_tls(),
                 "generation": router.config.generation,
                 "workers": 1 + len(self._peers()),
             }

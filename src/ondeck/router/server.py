@@ -101,6 +101,7 @@ class RouterServer:
             self.address,
             worker_socket(state_dir, worker).name,
             lambda: self.peers,
+            self.tls_listen,
         )
         self._server: asyncio.Server | None = None
         self.servers: list[asyncio.Server] = []  # every listener, the HTTP one first
