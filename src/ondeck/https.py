@@ -36,6 +36,7 @@ from ondeck.certificates import (
 from ondeck.errors import AcmeFailure, OndeckError, TemporaryError, UserError
 from ondeck.metrics import Metrics
 from ondeck.spec.model import Tls
+from ondeck.state.desired import Desired
 from ondeck.state.renewal import (
     Attempts,
     FailureKind,
@@ -77,6 +78,11 @@ class EnvTls:
     owner: str  # "app/env"
     tls: Tls | None
     hosts: tuple[str, ...]
+
+
+def env_tls(desired: Desired) -> EnvTls:
+    """The HTTPS part of an environment's desired state."""
+    return EnvTls(f"{desired.app}/{desired.env}", desired.tls, desired.hosts)
 
 
 def wanted(envs: Iterable[EnvTls]) -> list[Wanted]:

@@ -8,11 +8,12 @@ exactly what its instances run, so a change that does not touch an instance
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
 
-from ondeck.spec.model import Service, Spec
+from ondeck.spec.model import Service, Spec, Tls
 
 DEFAULT_ENV = "default"
 
@@ -36,6 +37,13 @@ class Desired:
     runtime: str
     services: tuple[DesiredService, ...]
     signed_by: tuple[str, ...] = ()  # keys allowed to sign what this environment deploys
+    tls: Tls | None = None  # HTTPS for the hosts this environment routes
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """Every host named in a route of this environment, in order, once."""
+        named = (r.host for s in self.services for r in s.spec.routes if r.host)
+        return tuple(dict.fromkeys(named))
 
     def service(self, name: str) -> DesiredService | None:
         return next((s for s in self.services if s.name == name), None)
@@ -77,4 +85,5 @@ def render(spec: Spec, env: str, revision: str, code_id: str, secrets_id: str = 
         for name, service in sorted(spec.services.items())
     )
     signed_by = tuple(spec.protect.signed_by) if spec.protect else ()
-    return Desired(spec.app, env, revision, spec.runtime.value, services, signed_by)
+    desired = Desired(spec.app, env, revision, spec.runtime.value, services, signed_by)
+    return dataclasses.replace(desired, tls=spec.tls) if spec.tls else desired
