@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -32,6 +32,9 @@ from ondeck.commands.render import render_command
 from ondeck.commands.secret import secret_app
 from ondeck.errors import OndeckError, UserError
 from ondeck.units import format_duration, parse_duration
+
+if TYPE_CHECKING:
+    from ondeck.router.options import ProxyOptions
 
 app = typer.Typer(
     help="GitOps for the humble app: a git repo states what runs; ondeck makes this host match it.",
@@ -57,6 +60,14 @@ Token = Annotated[
     typer.Option("--token", help="Bearer token (default: from the state dir, or $ONDECK_TOKEN)."),
 ]
 EnvOpt = Annotated[str | None, typer.Option("--env", help="Only this environment.")]
+TrustedProxy = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--trusted-proxy",
+        metavar="CIDR",
+        help="A proxy in front of the router whose X-Forwarded-For/-Proto are kept; repeatable.",
+    ),
+]
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Machine-readable output (a stable contract).")
 ]
@@ -170,6 +181,7 @@ def up(
             envvar="ONDECK_WEBHOOK_SECRET", help="Shared secret of /hooks/{github,gitlab,gitea}."
         ),
     ] = None,
+    trusted_proxy: TrustedProxy = None,
 ) -> None:
     """Run the controller in the foreground: make this host match the repo, and keep it so."""
     from ondeck.controller import Options
@@ -189,6 +201,7 @@ def up(
         listen=None if listen.lower() in ("", "none", "off") else listen,
         drift_check=parse_duration(drift_check),
         container_host=container_host,
+        trusted_proxies=_router_options(trusted_proxy).trusted_proxies,
     )
     with _lock(directory):
         asyncio.run(_serve(opts, api, listen, webhook_secret))
@@ -203,11 +216,25 @@ def router(
     listen_tls: Annotated[
         str | None, typer.Option(help="Where users reach the services over HTTPS (host:port).")
     ] = None,
+    trusted_proxy: TrustedProxy = None,
 ) -> None:
     """Run the router (the data plane) in the foreground; `ondeck up` starts one when none runs."""
     from ondeck.router.server import run
 
-    run((state_dir or default_state_dir()).resolve(), listen, listen_tls=listen_tls)
+    options = _router_options(trusted_proxy)
+    run((state_dir or default_state_dir()).resolve(), listen, options, listen_tls=listen_tls)
+
+
+def _router_options(trusted_proxy: list[str] | None) -> ProxyOptions:
+    """The router's options from the command line; a bad CIDR is the user's to fix."""
+    from ondeck.router.options import ProxyOptions, parse_trusted
+
+    trusted = tuple(trusted_proxy or ())
+    try:
+        parse_trusted(trusted)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    return ProxyOptions(trusted_proxies=trusted)
 
 
 @contextlib.contextmanager

@@ -80,6 +80,7 @@ class Options:
     log_max_bytes: int = 10 * 1024 * 1024
     log_keep: int = 3
     listen: str | None = None  # where the router serves users; None: no router
+    trusted_proxies: tuple[str, ...] = ()  # peers whose X-Forwarded-* the router keeps
     drift_check: float = HOUSEKEEPING_EVERY
     container_host: str | None = (
         None  # Docker API URL; default $DOCKER_HOST, else Podman  # how often release files, envs and strays are checked
@@ -149,7 +150,9 @@ class Controller:
         self.runtime = ProcessRuntime(opts.state_dir, self._on_exit)
         self.runtimes: dict[str, Runtime] = {"process": self.runtime}  # + "container" when used
         names = opts.envs or (DEFAULT_ENV,)
-        self.router = RouterLink(opts.state_dir, opts.listen) if opts.listen else None
+        self.router = (
+            RouterLink(opts.state_dir, opts.listen, opts.trusted_proxies) if opts.listen else None
+        )
         self.envs = {
             n: EnvState(n, None if n == DEFAULT_ENV and not opts.envs else n) for n in names
         }

@@ -33,8 +33,9 @@ DRAIN_POLL = 0.05
 class RouterLink:
     """One router, reached over its control socket in the state dir."""
 
-    def __init__(self, state_dir: Path, listen: str) -> None:
+    def __init__(self, state_dir: Path, listen: str, trusted_proxies: tuple[str, ...] = ()) -> None:
         self.state_dir, self.listen = state_dir, listen
+        self.trusted_proxies = trusted_proxies
         self.control = RouterControl(state_dir / "router.sock")
         self.config: RouterConfig | None = None
         self.generation = 0
@@ -68,17 +69,13 @@ class RouterLink:
     def _spawn(self) -> None:
         logs = self.state_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "ondeck.router", "--state-dir", str(self.state_dir)]
+        argv += ["--listen", self.listen]
+        for cidr in self.trusted_proxies:
+            argv += ["--trusted-proxy", cidr]
         with (logs / "router.log").open("ab") as out:
             self._process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "ondeck.router",
-                    "--state-dir",
-                    str(self.state_dir),
-                    "--listen",
-                    self.listen,
-                ],
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

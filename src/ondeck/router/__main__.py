@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from ondeck.errors import OndeckError
-from ondeck.router.options import ProxyOptions
+from ondeck.router.options import ProxyOptions, parse_trusted
 from ondeck.router.server import run
 
 
@@ -34,6 +34,13 @@ def _parser() -> argparse.ArgumentParser:
         parser.add_argument(flag, type=float, default=getattr(defaults, name), metavar="SECONDS")
     parser.add_argument("--max-body", type=int, default=defaults.max_body, metavar="BYTES")
     parser.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="peer whose X-Forwarded-For/-Proto are kept (repeatable); others' are replaced",
+    )
+    parser.add_argument(
         "--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)"
     )
     # Internal: how the first worker starts the others.
@@ -46,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.options_json:
-        options = ProxyOptions(**json.loads(args.options_json))
+        loaded = json.loads(args.options_json)
+        loaded["trusted_proxies"] = tuple(loaded.get("trusted_proxies", ()))
+        options = ProxyOptions(**loaded)
     else:
         options = ProxyOptions(
             header_timeout=args.header_timeout,
@@ -55,7 +64,13 @@ def main(argv: list[str] | None = None) -> int:
             connect_timeout=args.connect_timeout,
             upstream_timeout=args.upstream_timeout,
             max_body=args.max_body,
+            trusted_proxies=tuple(args.trusted_proxy),
         )
+    try:
+        parse_trusted(options.trusted_proxies)
+    except ValueError as exc:
+        print(f"ondeck router: {exc}", file=sys.stderr)
+        return 1
     if args.workers < 1:
         print("ondeck router: --workers must be at least 1", file=sys.stderr)
         return 1

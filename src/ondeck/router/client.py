@@ -43,6 +43,7 @@ from ondeck.router.headers import (
     H_TE,
     H_UPGRADE,
     H_XFF,
+    H_XFP,
     REQUEST_SPECIAL,
     REQUEST_SPELLED,
     SEP,
@@ -101,6 +102,7 @@ class ClientConnection(asyncio.Protocol):
         self._te_count = 0
         self._connection = b""
         self._xff = b""
+        self._xfp = b""
         self._cookie = b""
         self._upgrade = b""
         self._headers_done = False
@@ -112,6 +114,7 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if peer else ""
         self.peer_bytes = self.peer.encode("latin-1")
+        self.trusted = self.router.trusts(self.peer)
         self.router.clients.add(self)
         self.deadline = _now() + self.options.keepalive_timeout
 
@@ -261,6 +264,8 @@ class ClientConnection(asyncio.Protocol):
             self._lines += (name, SEP, value, CRLF)
         elif kind == H_UPGRADE:
             self._upgrade = value
+        elif kind == H_XFP:
+            self._xfp = value if not self._xfp else self._xfp + b", " + value
 
     def on_headers_complete(self) -> None:
         self._headers_done = True
@@ -331,15 +336,25 @@ class ClientConnection(asyncio.Protocol):
             ex.local_answer = (308, head, b"")
 
     def _upstream_head(self, ex: Exchange, line: bytes, host: bytes, framing: bytes) -> bytes:
-        """The request head sent upstream: kept headers, X-Forwarded-*, our framing."""
-        xff = self._xff + b", " + self.peer_bytes if self._xff else self.peer_bytes
+        """The request head sent upstream: kept headers, X-Forwarded-*, our framing.
+
+        X-Forwarded-For and -Proto from a trusted proxy are kept (the peer is
+        appended to the former); from anyone else they are replaced.
+        """
+        xff = self.peer_bytes
+        proto = self.listener.proto_line
+        if self.trusted:
+            if self._xff:
+                xff = self._xff + b", " + xff
+            if self._xfp:
+                proto = b"X-Forwarded-Proto: " + self._xfp + CRLF
         parts = [line, b" HTTP/1.1\r\n"]
         if host:
             parts += (b"Host: ", host, CRLF, b"X-Forwarded-Host: ", host, CRLF)
         else:
             ex.no_host = True  # HTTP/1.0 or an empty Host: the backend's address is sent
         parts += ex.header_lines
-        parts += (b"X-Forwarded-For: ", xff, CRLF, self.listener.proto_line)
+        parts += (b"X-Forwarded-For: ", xff, CRLF, proto)
         if framing:
             parts.append(framing)
         if ex.upgrade:

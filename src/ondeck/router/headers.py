@@ -11,7 +11,7 @@ import re
 from http import HTTPStatus
 
 H_PLAIN = -1  # forwarded as is
-H_HOST, H_CL, H_TE, H_CONN, H_DROP, H_XFF, H_COOKIE, H_UPGRADE = range(8)
+H_HOST, H_CL, H_TE, H_CONN, H_DROP, H_XFF, H_COOKIE, H_UPGRADE, H_XFP = range(9)
 
 REQUEST_SPECIAL = {
     b"host": H_HOST,
@@ -27,7 +27,7 @@ REQUEST_SPECIAL = {
     b"proxy-connection": H_DROP,
     b"proxy-authorization": H_DROP,
     b"proxy-authenticate": H_DROP,
-    b"x-forwarded-proto": H_DROP,  # ours replaces the client's
+    b"x-forwarded-proto": H_XFP,  # kept from a trusted proxy, else ours replaces it
     b"x-forwarded-host": H_DROP,
 }
 RESPONSE_SPECIAL = {

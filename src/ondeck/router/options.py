@@ -5,7 +5,10 @@ server.py builds both from the command line; every connection reads them.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,23 @@ class ProxyOptions:
     pressure_keepalive: float = 1.0
     max_idle_per_backend: int = 256
     removed_keep: float = 300.0  # a removed, drained backend's counters stay visible this long
+    # Peers (addresses or CIDRs) whose X-Forwarded-For/-Proto are kept, e.g. a
+    # TLS terminator in front of the router; anyone else's are replaced.
+    trusted_proxies: tuple[str, ...] = ()
+
+
+def parse_trusted(values: tuple[str, ...] | list[str]) -> tuple[Network, ...]:
+    """`--trusted-proxy` values as networks; ValueError with a hint for a bad one."""
+    networks = []
+    for value in values:
+        try:
+            networks.append(ipaddress.ip_network(value.strip(), strict=False))
+        except ValueError:
+            raise ValueError(
+                f"--trusted-proxy {value!r}: not an IP address or CIDR"
+                " (e.g. 10.0.0.0/8, 192.168.1.10 or fd00::/8)"
+            ) from None
+    return tuple(networks)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ config and reads `stats`.
 
 from __future__ import annotations
 
+import ipaddress
 import resource
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ondeck.router.balance import Balancer, Slot
 from ondeck.router.headers import HostKeys
-from ondeck.router.options import ProxyOptions
+from ondeck.router.options import ProxyOptions, parse_trusted
 from ondeck.router.table import RouterConfig
 from ondeck.router.tls import Challenges, TlsState
 
@@ -40,6 +41,16 @@ def _held(client: ClientConnection) -> int:
     return client.held
 
 
+def _within(peer: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False  # a Unix socket or no peer name
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # a dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d
+    return any(address in network for network in networks)
+
+
 class Router:
     """Everything connections share: the config, the slots, the open sockets."""
 
@@ -54,6 +65,8 @@ class Router:
         self.shed_count = 0  # connections cut to keep `held` within budget
         self.pressure_closed = 0  # idle connections closed early for lack of descriptors
         self.fd_pressure = int(open_files_limit() * FD_PRESSURE)
+        self.trusted = parse_trusted(self.options.trusted_proxies)
+        self._trust: dict[str, bool] = {}
         self.started = time.time()
         self.challenges = Challenges()  # HTTP-01 answers, served on the plain listener
         self.tls: TlsState | None = None  # certificates, when a TLS listener serves them
@@ -78,6 +91,17 @@ class Router:
             self.tls = TlsState(state_dir)
             self.tls.load()
         return self.tls
+
+    def trusts(self, peer: str) -> bool:
+        """Whether `peer` is a trusted proxy (its X-Forwarded-* are kept); cached."""
+        if not self.trusted:
+            return False
+        known = self._trust.get(peer)
+        if known is None:
+            known = self._trust[peer] = _within(peer, self.trusted)
+            if len(self._trust) > 4096:
+                self._trust.clear()
+        return known
 
     def count_local(self, status: int) -> None:
         self.local[status] = self.local.get(status, 0) + 1
