@@ -47,6 +47,7 @@ bench: install system-deps bench-deps
 	$(PY) bench/router.py
 	$(PY) bench/zero_downtime.py
 	$(PY) bench/container_start.py
+	$(PY) bench/dashboard.py
 
 docs: install
 	$(PY) -m ondeck.spec.docs > docs/spec.md

@@ -24,7 +24,8 @@ from ondeck.runtime.logs import tail
 
 log = logging.getLogger("ondeck")
 
-TICK = 0.1  # seconds between looks at the status while a page is open
+TICK = 0.1  # seconds between looks at the status while a page is open, at least
+SHARE = 0.25  # at most this share of the event loop goes to taking the status
 IDLE_STOP = 30.0  # stop looking this long after the last page closed
 LOG_POLL = 0.2
 LOG_BACKLOG = 100  # lines a log tail starts with
@@ -76,10 +77,12 @@ class StatusFeed:
 
     async def _run(self) -> None:
         while self._readers > 0 or time.monotonic() - self._last_reader < IDLE_STOP:
+            started = time.monotonic()
             if self._take():
                 async with self._changed:
                     self._changed.notify_all()
-            await asyncio.sleep(TICK)
+            cost = time.monotonic() - started
+            await asyncio.sleep(max(TICK, cost / SHARE - cost))
 
     def _take(self) -> bool:
         doc = self._status()

@@ -63,6 +63,19 @@ MAX_FORM = 64 * 1024
 REFRESH_AGES = 5.0  # seconds: re-render at least this often, so ages move
 
 
+class _Templates(Environment):
+    """Jinja2, with `a.b` on a dict (the status document) looked up as a key first.
+
+    Jinja tries the attribute first and the key second; on a dict the attribute
+    lookup fails (an exception) for every field: half of the overview's render time.
+    """
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if type(obj) is dict and attribute in obj:
+            return obj[attribute]
+        return super().getattr(obj, attribute)
+
+
 @dataclass(frozen=True)
 class Fragment:
     id: str
@@ -75,7 +88,7 @@ class Dashboard:
 
     def __init__(self, controller: Controller, feed: StatusFeed, sampler: Sampler) -> None:
         self.c, self.feed, self.sampler = controller, feed, sampler
-        self.jinja = Environment(
+        self.jinja = _Templates(
             loader=PackageLoader("ondeck.api.ui", "templates"),
             autoescape=select_autoescape(default=True, default_for_string=True),
             undefined=StrictUndefined,
