@@ -302,12 +302,27 @@ class PostgresSource(Strict):
 
 
 class Keep(Strict):
-    """Retention: how many backups to keep, per kind of period."""
+    """Retention, as restic's `forget`: the newest backup of each calendar period, ORed.
+
+    The last verified backup is always kept."""
 
     last: int = Field(3, ge=0, description="The most recent ones.")
+    hourly: int = Field(0, ge=0, description="The last of each hour.")
     daily: int = Field(7, ge=0, description="The last of each day.")
-    weekly: int = Field(4, ge=0, description="The last of each week.")
+    weekly: int = Field(4, ge=0, description="The last of each ISO week.")
     monthly: int = Field(6, ge=0, description="The last of each month.")
+    yearly: int = Field(0, ge=0, description="The last of each year.")
+
+
+class ResticRepo(Strict):
+    """A restic repository instead of the local directory (dedup, encryption, remote backends)."""
+
+    repository: str = Field(
+        description="Where: a path, or sftp:, s3:, rest: ... as restic takes it."
+    )
+    password_env: str = Field(
+        description="Name of the host secret or env var holding the repository's password."
+    )
 
 
 class Backup(Strict):
@@ -315,10 +330,30 @@ class Backup(Strict):
 
     sqlite: str | None = Field(None, description="Path, relative to ONDECK_DATA_DIR.")
     postgres: PostgresSource | None = Field(None, description="A PostgreSQL database.")
-    schedule: str = Field("0 3 * * *", description="cron expression")
+    schedule: str = Field(
+        "0 3 * * *", description="cron expression (host time); a missed run happens once on return"
+    )
     keep: Keep = Field(default_factory=Keep, description="Retention.")
     verify: bool = Field(True, description="Prove each backup by restoring it.")
     before_deploy: bool = Field(True, description="Take one before every deploy.")
+    restic: ResticRepo | None = Field(
+        None, description="Keep backups in a restic repository (default: under the state dir)."
+    )
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        return _cron(value)
+
+    @field_validator("sqlite")
+    @classmethod
+    def _inside_data_dir(cls, value: str | None) -> str | None:
+        if value is not None and (value.startswith("/") or ".." in value.split("/") or not value):
+            raise ValueError(
+                f"{value!r}: a path relative to the environment's data dir "
+                "(ONDECK_DATA_DIR), without '..', e.g. data/shop.db"
+            )
+        return value
 
     @model_validator(mode="after")
     def _one(self) -> Backup:
