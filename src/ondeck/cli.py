@@ -28,6 +28,7 @@ from rich.table import Table
 
 from ondeck import __version__
 from ondeck.client import Client, default_state_dir
+from ondeck.commands.maintenance import maintenance_app
 from ondeck.commands.render import render_command
 from ondeck.commands.secret import secret_app
 from ondeck.errors import OndeckError, UserError
@@ -667,6 +668,7 @@ def rollout_abort(
 
 
 app.add_typer(secret_app, name="secret")
+app.add_typer(maintenance_app, name="maintenance")
 
 token_app = typer.Typer(
     help="Scoped API tokens (read < sync < deploy, per environment).", no_args_is_help=True

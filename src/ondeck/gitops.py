@@ -15,6 +15,7 @@ from typing import Literal
 from ondeck.errors import UserError
 from ondeck.source.write import Workspace
 from ondeck.spec import edit
+from ondeck.spec.model import MAINTENANCE_MESSAGE
 
 Field = Literal["version", "image"]
 FIELDS: tuple[Field, ...] = ("version", "image")
@@ -122,6 +123,69 @@ def rollback(
         if to is None:
             return _revert_last(ws, env, push, author)
         return _restore(ws, env, to, push, author)
+
+
+def set_maintenance(
+    target: str,
+    service: str,
+    on: bool,
+    message: str | None,
+    env: str | None,
+    push: bool,
+    author: str | None = None,
+    branch: str | None = None,
+    path: str = "",
+) -> Result:
+    """Turn maintenance mode of `service` in `env` (None: the base) on or off: one commit.
+
+    On writes `maintenance: {message: ...}` where `env` keeps its overrides; off
+    removes it (and the overlay mappings it leaves empty). Off refuses when the
+    base spec would keep the service in maintenance anyway.
+    """
+    if message is not None and not message.strip():
+        raise UserError("--message is empty: write the text users should see")
+    with _open(target, branch, path, push) as ws:
+        text = ws.read()
+        _check_known([service], edit.services(text, env), env)
+        where = edit.deploy_path(service, "maintenance", env)
+        current = _maintenance_message(text, service, env)
+        if on:
+            wanted = message or current or MAINTENANCE_MESSAGE
+            if current == wanted:
+                return _nothing(f"nothing to change: {service} is in maintenance in {_where(env)}")
+            new = edit.set_value(text, [*where, "message"], wanted)
+            change = Change(service, "maintenance", env, current, wanted)
+        else:
+            if current is None:
+                return _nothing(
+                    f"nothing to change: {service} is not in maintenance in {_where(env)}"
+                )
+            new = edit.remove_value(text, where, keep=2)
+            if _maintenance_message(new, service, env) is not None:
+                raise UserError(
+                    f"{service} is in maintenance in the base spec, not only in {env}: "
+                    f"run `ondeck maintenance off {service}` without --env"
+                )
+            change = Change(service, "maintenance", env, current, "off")
+        state = "on" if on else "off"
+        subject = f"maintenance({service}): {state}{_env_suffix(env)}"
+        ws.write(new)
+        sha = ws.commit(_with_body(subject, [change]), author)
+        if sha is None:
+            return _nothing("nothing to change: the spec is already as asked")
+        if push:
+            ws.push()
+            sha = ws.head()
+        return Result(sha, _with_body(subject, [change]), (change,), push)
+
+
+def _maintenance_message(text: str, service: str, env: str | None) -> str | None:
+    """The message `env` shows for `service` in maintenance; None when it serves."""
+    value = edit.effective_value(text, service, "maintenance", env)
+    if value is None:
+        return None
+    message = value.get("message") if isinstance(value, dict) else None
+    return str(message) if message is not None else MAINTENANCE_MESSAGE
 
 
 # --- set-version / set-image ---------------------------------------------------------------

@@ -214,7 +214,7 @@ def full_config() -> RouterConfig:
         match_cookies={"canary": "always"},
         sticky=False,
     )
-    api = Pool("prod/api", stable=(D,))
+    api = Pool("prod/api", stable=(D,), maintenance="Back at 10:00")
     routes = (Route(None, "/", "prod/web"), Route("api.localhost", "/v1", "prod/api"))
     return RouterConfig(routes=routes, pools={p.name: p for p in (web, api)}, generation=7)
 
@@ -234,6 +234,7 @@ def test_json_defaults_are_filled() -> None:
     assert cfg.generation == 0
     assert cfg.pools["p"].stable[0].weight == 100
     assert cfg.pools["p"].sticky is True
+    assert cfg.pools["p"].maintenance is None
 
 
 @pytest.mark.parametrize(

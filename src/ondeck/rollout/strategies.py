@@ -8,6 +8,7 @@ as soon as it is stopping (so it drains before it is stopped).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -42,7 +43,10 @@ def router_config(envs: Iterable[EnvTraffic], generation: int) -> RouterConfig:
                 continue
             name = pool_name(env.desired.env, svc.name)
             serving = [i for i in env.instances if i.service == svc.name]
-            pools[name] = _pool(name, svc, serving, env.traffic.get(svc.name, Traffic(None)))
+            pool = _pool(name, svc, serving, env.traffic.get(svc.name, Traffic(None)))
+            if svc.spec.maintenance is not None:
+                pool = dataclasses.replace(pool, maintenance=svc.spec.maintenance.message)
+            pools[name] = pool
             for route in svc.spec.routes:
                 key = (route.host.lower() if route.host else None, route.path)
                 if key in routes:

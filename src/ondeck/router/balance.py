@@ -138,10 +138,10 @@ class Balancer:
                 slot.close_idle()
 
     def choose(self, ex: Exchange, client_ip: str) -> Slot | Pool | None:
-        """The slot for `ex`; a Pool when it has no usable backend; None: no route."""
+        """The slot for `ex`; a Pool in maintenance or without a usable backend; None: no route."""
         pool = resolve(self.config, ex.host_key, ex.path)
-        if pool is None:
-            return None
+        if pool is None or pool.maintenance is not None:
+            return pool  # no route, or one the router answers itself
         if not pool.canary:
             stable = pool.stable
             if len(stable) == 1 and stable[0].weight > 0:

@@ -49,7 +49,7 @@ from ondeck.router.headers import (
     SEP,
 )
 from ondeck.router.options import HTTP, Listener
-from ondeck.router.pages import PAGES, Reject
+from ondeck.router.pages import PAGES, Reject, maintenance_answer
 from ondeck.router.tls import CHALLENGE_PREFIX, hsts_line, redirect_answer
 from ondeck.router.upstream import UpstreamConnection
 
@@ -479,7 +479,13 @@ class ClientConnection(asyncio.Protocol):
             return
         chosen = self.balancer.choose(ex, self.peer)
         if not isinstance(chosen, Slot):
-            self._local(ex, "no_route" if chosen is None else "no_backend")
+            if chosen is None:
+                self._local(ex, "no_route")
+            elif chosen.maintenance is not None:
+                accept = ex.header_map().get("accept", "")
+                self._answer(ex, 503, *maintenance_answer(chosen.maintenance, accept))
+            else:
+                self._local(ex, "no_backend")
             return
         ex.slot = chosen
         chosen.stats.active += 1

@@ -6,6 +6,8 @@ request is unacceptable or the backend fails it.
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass
 from html import escape
 from http import HTTPStatus
@@ -50,6 +52,40 @@ PAGES: dict[str, Page] = {
     "no_backend": _page(503, "The application has no instance available. Try again soon."),
     "gateway_timeout": _page(504, "The application did not answer in time."),
 }
+
+
+MAINTENANCE_RETRY_AFTER = 60  # seconds a client is asked to wait during maintenance
+
+
+def maintenance_answer(message: str, accept: str) -> tuple[bytes, bytes]:
+    """(head without its final blank line, body) of the 503 of a service in maintenance.
+
+    JSON when the client asks for JSON and not HTML (an API client), else an
+    HTML page. The message comes from git: escaped for HTML, encoded for JSON.
+    """
+    wants_json = "json" in accept and "html" not in accept
+    return _maintenance(message, wants_json)
+
+
+@functools.lru_cache(maxsize=64)
+def _maintenance(message: str, wants_json: bool) -> tuple[bytes, bytes]:
+    if wants_json:
+        body = json.dumps({"status": 503, "error": "maintenance", "message": message}).encode()
+        kind = "application/json"
+    else:
+        title = "503 Service Unavailable"
+        body = (
+            f'<!doctype html>\n<html><head><meta charset="utf-8"><title>{title}</title></head>\n'
+            f"<body><h1>Down for maintenance</h1>\n<p>{escape(message)}</p>\n"
+            "<hr><p>ondeck router</p></body></html>\n"
+        ).encode()
+        kind = "text/html; charset=utf-8"
+    head = (
+        f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: {kind}\r\n"
+        f"Content-Length: {len(body)}\r\nRetry-After: {MAINTENANCE_RETRY_AFTER}\r\n"
+        "Cache-Control: no-store\r\n"
+    ).encode()
+    return head, body
 
 
 class Reject(Exception):

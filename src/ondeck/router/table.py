@@ -62,6 +62,8 @@ class Pool:
     any of `match_headers` / `match_cookies` always does (A/B). With `sticky`, a
     client keeps its set: by cookie `cookie_name` (`s` or `c`), or when it sends
     none, by a hash of its address so a client without cookies stays put too.
+    With `maintenance` set (the message), the router answers every request
+    itself with 503 and that message; the backends are kept but get nothing.
     """
 
     name: str
@@ -71,6 +73,7 @@ class Pool:
     match_headers: Mapping[str, str] = field(default_factory=dict)
     match_cookies: Mapping[str, str] = field(default_factory=dict)
     sticky: bool = True
+    maintenance: str | None = None
     cookie_name: str = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -196,6 +199,7 @@ def _pool_to_json(pool: Pool) -> dict[str, Any]:
         "match_headers": dict(pool.match_headers),
         "match_cookies": dict(pool.match_cookies),
         "sticky": pool.sticky,
+        "maintenance": pool.maintenance,
     }
 
 
@@ -221,6 +225,7 @@ def _pool_from_json(name: str, raw: Mapping[str, Any]) -> Pool:
         match_headers=_str_map(raw.get("match_headers", {})),
         match_cookies=_str_map(raw.get("match_cookies", {})),
         sticky=bool(raw.get("sticky", True)),
+        maintenance=_opt_str(raw.get("maintenance")),
     )
 
 

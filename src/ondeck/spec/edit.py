@@ -73,6 +73,13 @@ def effective_all(text: str, env: str | None, fields: Sequence[str]) -> dict[tup
     return found
 
 
+def effective_value(text: str, service: str, field: str, env: str | None) -> Any | None:
+    """The plain value (a mapping too) of `field` that `env` runs for `service`, or None."""
+    entries = _merged(text, env).get("services")
+    found = entries.get(service) if isinstance(entries, dict) else None
+    return found.get(field) if isinstance(found, dict) else None
+
+
 def _merged(text: str, env: str | None) -> dict[str, Any]:
     doc = parse(text)
     data = doc.data
@@ -106,6 +113,32 @@ def set_value(text: str, path: Sequence[str], value: str, *, check: bool = True)
     if check:
         ensure_valid(new, f"set {_dotted(path)}")
     return new
+
+
+def remove_value(text: str, path: Sequence[str], *, keep: int = 0, check: bool = True) -> str:
+    """`text` without the entry at `path` (its key and whole value), the rest unchanged.
+
+    Unchanged text when the entry is absent. Mappings the removal leaves empty
+    go with it, but never the first `keep` keys of `path` (`keep=2` keeps
+    `environments.E` while an emptied `services.web` under it goes).
+    """
+    parse(text)
+    new = _Editor(text, _compose(text)).remove(list(path))
+    if new is None:
+        return text
+    end = len(path) - 1
+    while end > keep and _is_empty(new, path[:end]):
+        new = _Editor(new, _compose(new)).remove(list(path[:end])) or new
+        end -= 1
+    if check:
+        ensure_valid(new, f"remove {_dotted(path)}")
+    return new
+
+
+def _is_empty(text: str, path: Sequence[str]) -> bool:
+    """The entry at `path` exists and holds nothing (`key:` or `key: {}`)."""
+    parent = get_value(text, path[:-1])
+    return isinstance(parent, dict) and path[-1] in parent and parent[path[-1]] in (None, {})
 
 
 def _compose(text: str) -> MappingNode:
@@ -166,6 +199,39 @@ class _Editor:
                     f"{_kind(child)}, not a mapping"
                 )
             node, depth = child, depth + 1
+
+    def remove(self, path: list[str]) -> str | None:
+        """The text without the entry at `path`; None when there is no such entry."""
+        node: Node = self.root
+        for depth, name in enumerate(path):
+            if not isinstance(node, MappingNode):
+                return None
+            found = _lookup(node, name)
+            if found is None:
+                return None
+            key, child = found
+            if depth == len(path) - 1:
+                return self._delete(node, key, child)
+            node = child
+        return None
+
+    def _delete(self, parent: MappingNode, key: Node, value: Node) -> str:
+        text = self.text
+        last = key if _is_implicit_null(value) else value
+        if not parent.flow_style:
+            start = text.rfind("\n", 0, key.start_mark.index) + 1
+            end = text.find("\n", _content_end(text, last))
+            end = len(text) if end == -1 else end + 1
+            return _Splice(start, end, "").apply(text)
+        entries = [k for k, _ in parent.value]
+        index = next(i for i, k in enumerate(entries) if k is key)
+        if len(entries) == 1:
+            start, end = key.start_mark.index, last.end_mark.index
+        elif index < len(entries) - 1:
+            start, end = key.start_mark.index, entries[index + 1].start_mark.index
+        else:
+            start, end = parent.value[index - 1][1].end_mark.index, last.end_mark.index
+        return _Splice(start, end, "").apply(text)
 
     def _replace(self, key: Node, node: Node, path: list[str], value: str) -> str:
         """Overwrite an existing value in place, in its own quoting style."""

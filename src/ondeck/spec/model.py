@@ -233,6 +233,20 @@ class Route(Strict):
         return value
 
 
+MAINTENANCE_MESSAGE = "This service is down for maintenance. Please try again in a few minutes."
+
+
+class Maintenance(Strict):
+    """The router answers the service's routes itself while this is set; instances keep running."""
+
+    message: str = Field(
+        MAINTENANCE_MESSAGE,
+        min_length=1,
+        max_length=2000,
+        description="Shown to users on the 503 page (HTML or JSON by their Accept header).",
+    )
+
+
 class Service(Strict):
     """One service: a command (process runtime) or image (container), run `replicas` times."""
 
@@ -270,6 +284,12 @@ class Service(Strict):
     )
     memory: Size | None = Field(None, description="Container runtime: memory limit, e.g. 256MiB.")
     cpus: float | None = Field(None, gt=0, description="Container runtime: CPU limit, e.g. 0.5.")
+    maintenance: Maintenance | None = Field(
+        None,
+        description="Maintenance mode: the router answers this service's routes with 503, "
+        "Retry-After and the message; health checks and instances go on. Remove it to "
+        "restore traffic at once (`ondeck maintenance on|off`).",
+    )
 
     @field_validator("env")
     @classmethod
