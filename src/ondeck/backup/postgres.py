@@ -31,6 +31,7 @@ SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.rel
 WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
   AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1, 2
 """
+JOBS = min(4, os.cpu_count() or 1)  # a scratch restore loads tables and builds indexes in parallel
 _LIBPQ_ENV = {"host": "PGHOST", "port": "PGPORT", "user": "PGUSER", "dbname": "PGDATABASE"}
 _LIBPQ_EXTRA = {
     "sslmode": "PGSSLMODE",
@@ -71,7 +72,8 @@ class PostgresEngine:
 
     def dump(self, dest: Path) -> Figures:
         with self._connect() as conn:
-            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            conn.read_only = True  # the first statement begins this transaction
             row = conn.execute("SELECT pg_export_snapshot()").fetchone()
             assert row is not None  # a SELECT of one value always returns a row
             with self._libpq_env() as env:
@@ -102,7 +104,9 @@ class PostgresEngine:
         with self._connect(autocommit=True) as admin:
             admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         try:
-            self._pg_restore(dump, name, "--no-owner", "--no-privileges", "--exit-on-error")
+            self._pg_restore(
+                dump, name, "--no-owner", "--no-privileges", "--exit-on-error", f"--jobs={JOBS}"
+            )
             with self._connect(dbname=name) as conn:
                 return _figures(conn)
         finally:
@@ -175,19 +179,34 @@ def _pgpass_escape(value: str) -> str:
 
 
 def _figures(conn: psycopg.Connection[tuple[object, ...]]) -> Figures:
-    """Per table: rows and an order-independent sum of row hashes; one sha256 over them all."""
+    """Per table: rows and an order-independent sum of row hashes; one sha256 over them all.
+
+    `hash_record_extended` hashes each row through its columns' own hash functions
+    (half the cost of hashing its text form); a table with a column type that has no
+    hash function (point, json, ...) falls back to hashing the row's text."""
     tables: dict[str, int] = {}
     digest = hashlib.sha256()
     for schema, table in conn.execute(_TABLES).fetchall():
-        query = sql.SQL(
-            "SELECT count(*), coalesce(sum(hashtext(t::text)::bigint), 0) FROM {}.{} AS t"
-        ).format(sql.Identifier(str(schema)), sql.Identifier(str(table)))
-        row = conn.execute(query).fetchone()
-        assert row is not None  # an aggregate always returns a row
+        relation = sql.SQL("{}.{}").format(sql.Identifier(str(schema)), sql.Identifier(str(table)))
+        row = _row_hashes(conn, relation)
         name = f"{schema}.{table}"
         tables[name] = int(str(row[0]))
         digest.update(f"{name}\0{row[0]}\0{row[1]}\n".encode())
     return Figures(tables=tables, checksum=digest.hexdigest())
+
+
+def _row_hashes(
+    conn: psycopg.Connection[tuple[object, ...]], relation: sql.Composable
+) -> tuple[object, ...]:
+    fast = "SELECT count(*), coalesce(sum(hash_record_extended(t, 0)::numeric), 0) FROM {} AS t"
+    slow = "SELECT count(*), coalesce(sum(hashtext(t::text)::bigint), 0) FROM {} AS t"
+    try:
+        with conn.transaction():  # a savepoint: the snapshot's transaction survives a failure
+            row = conn.execute(sql.SQL(fast).format(relation)).fetchone()
+    except psycopg.errors.UndefinedFunction:
+        row = conn.execute(sql.SQL(slow).format(relation)).fetchone()
+    assert row is not None  # an aggregate always returns a row
+    return tuple(row)
 
 
 def _tail(text: str | bytes, limit: int = 400) -> str:

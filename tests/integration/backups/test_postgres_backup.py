@@ -32,7 +32,7 @@ def _target(url: str, tmp_path: Path) -> runner.Target:
 
 def _live_figures(url: str) -> object:
     with psycopg.connect(url) as conn:
-        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         return _figures(conn)
 
 
@@ -141,3 +141,21 @@ def _catch(errors: list[BaseException], fn: object, *args: object) -> None:
         fn(*args)  # type: ignore[operator]
     except BaseException as err:
         errors.append(err)
+
+
+def test_tables_whose_columns_cannot_be_hashed_are_checksummed_by_their_text(
+    pg: Cluster, pg_db: str, tmp_path: Path
+) -> None:
+    pg.psql("CREATE TABLE places (id int, at point, doc json)", pg_db)
+    pg.psql(
+        "INSERT INTO places SELECT i, point(i, i), '{\"a\": 1}' FROM generate_series(1, 50) i",
+        pg_db,
+    )
+    pg.psql("CREATE TABLE plain AS SELECT generate_series(1, 7) AS x", pg_db)
+    target = _target(pg.url(pg_db), tmp_path)
+    manifest = runner.take(target)
+    assert manifest.verified is True, manifest.verify_error
+    assert manifest.figures.tables == {"public.places": 50, "public.plain": 7}
+    pg.psql("UPDATE places SET at = point(0, 0) WHERE id = 3", pg_db)  # same count, other content
+    assert _live_figures(pg.url(pg_db)).tables == manifest.figures.tables  # type: ignore[attr-defined]
+    assert _live_figures(pg.url(pg_db)) != manifest.figures
