@@ -47,6 +47,7 @@ from ondeck.state.renewal import (
 
 log = logging.getLogger(__name__)
 PUBLISH_TIMEOUT = 10.0  # seconds for the router to take a challenge answer
+ROUTER_RETRY = 5.0  # seconds before pushing again to a router that did not answer
 IDLE_WAKE = 3600.0  # re-check at least this often (files brought by the user may change)
 
 
@@ -182,10 +183,13 @@ class CertificateManager:
         self.held: dict[str, Held] = {}
         self._clients: dict[AcmeSettings, AcmeClient] = {}
         self._wake = asyncio.Event()
-        self._pushed: dict[str, str] = {}  # name -> fingerprint the router confirmed
+        self.changes = 0  # bumped whenever what status shows may have changed
 
     def want(self, wanted_now: Sequence[Wanted]) -> None:
         """Replace what is wanted; the manager's task acts on it (never blocks the caller)."""
+        if [h.wanted for h in self.held.values()] == list(wanted_now):
+            return  # the same as last pass: nothing to wake for
+        self.changes += 1
         names = {w.name for w in wanted_now}
         for name in list(self.held):
             if name not in names:
@@ -202,11 +206,14 @@ class CertificateManager:
         """Forever: one pass, then sleep until the next attempt is due or `want` changes."""
         while True:
             self._wake.clear()
+            delay = None
             try:
                 await self.step()
-            except TemporaryError as exc:
+            except TemporaryError as exc:  # the router is away: try again soon
                 log.warning("certificates: %s", exc)
-            delay = max(min(self._next_due() - self.clock(), IDLE_WAKE), 1.0)
+                delay = ROUTER_RETRY
+            if delay is None:
+                delay = max(min(self._next_due() - self.clock(), IDLE_WAKE), 1.0)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
 
@@ -239,20 +246,27 @@ class CertificateManager:
     # --- bring your own ---------------------------------------------------------------------
 
     def _read_own(self, held: Held) -> None:
+        """Read the files a user brings; a copy goes under STATE_DIR/tls/ for the router."""
         w = held.wanted
         assert w.cert is not None and w.key is not None
         try:
             chain, key = w.cert.read_bytes(), w.key.read_bytes()
-            held.info = check_pair(chain, key)
+            info = check_pair(chain, key)
         except (OSError, CertificateProblem) as exc:
-            held.last_error = f"{w.cert}: {exc}"
-            held.attempts = Attempts(failures=held.attempts.failures + 1)
+            error = f"{w.cert}: {exc}"
+            if error != held.last_error:
+                held.last_error, self.changes = error, self.changes + 1
+            a = held.attempts
+            held.attempts = Attempts(a.not_before, a.not_after, a.failures + 1, self.clock(),
+                                     FailureKind.REFUSED)  # fmt: skip
             return
-        held.last_error = None
-        held.attempts = Attempts(held.info.not_before, held.info.not_after)
-        self._files(w.name)[0].parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_secret_file(self._files(w.name)[0], chain, 0o644)
-        write_secret_file(self._files(w.name)[1], key)
+        held.attempts = Attempts(info.not_before, info.not_after)
+        if held.info == info and held.last_error is None:
+            return
+        held.info, held.last_error, self.changes = info, None, self.changes + 1
+        cert_path, key_path = self._files(w.name)
+        write_secret_file(key_path, key)
+        write_secret_file(cert_path, chain, 0o644)
 
     # --- ACME ---------------------------------------------------------------------------------
 
@@ -272,6 +286,7 @@ class CertificateManager:
         write_secret_file(key_path, key_pem)
         write_secret_file(cert_path, chain, 0o644)
         held.info, held.last_error, held.last_renewal = info, None, self.clock()
+        self.changes += 1
         held.attempts = Attempts(info.not_before, info.not_after)
         self._save_attempts(held)
         log.info("certificates: %s valid until %s", ", ".join(w.hosts), utc(info.not_after))
@@ -284,6 +299,7 @@ class CertificateManager:
             FailureKind.REFUSED if refused else FailureKind.UNREACHABLE,
         )  # fmt: skip
         held.last_error = str(exc)
+        self.changes += 1
         self._save_attempts(held)
         if self.metrics is not None:
             for host in held.wanted.hosts:
