@@ -316,7 +316,7 @@ def ui_router(controller: Controller, token: str, public_read: bool = False) -> 
 
     @router.get("/ui/logs/{env}/{service}")
     def logs(request: Request, env: str, service: str) -> Response:
-        viewer = viewer_of(request)
+        viewer = sessions.viewer(request.cookies.get(COOKIE))  # never public: apps log secrets
         if viewer is None:
             raise HTTPException(401, "log in first")
         if env not in viewer.envs(controller.envs):
@@ -325,7 +325,7 @@ def ui_router(controller: Controller, token: str, public_read: bool = False) -> 
 
         async def lines() -> AsyncIterator[bytes]:
             async for batch in follow_logs(sources):
-                if viewer_of(request) is None:
+                if sessions.viewer(request.cookies.get(COOKIE)) is None:
                     yield sse("logout", {})
                     return
                 yield sse("log", batch) if batch else b": idle\n\n"
