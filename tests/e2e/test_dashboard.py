@@ -8,11 +8,15 @@ on `window` must survive). Each test saves a screenshot of its page (see SHOTS).
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import os
 import re
+import threading
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -182,7 +186,6 @@ def test_rollback_button_commits_a_revert_and_it_deploys(
     log_in(page, od)
     page.goto(url_of(od) + "/history")
     expect(page.locator("table.history tbody tr").first).to_contain_text("Succeeded")
-    shoot(page, "history")
 
     mark(page)
     asked: list[str] = []
@@ -204,6 +207,7 @@ def test_rollback_button_commits_a_revert_and_it_deploys(
     expect(first_row).to_contain_text(reverted[:7])
     expect(first_row).to_contain_text("Succeeded")
     assert_not_reloaded(page)
+    shoot(page, "history")
     web = od.service("web")
     assert web is not None and web["version"] == "1.0.0"
 
@@ -261,6 +265,17 @@ def test_canary_paused_is_promoted_from_the_service_page_with_live_logs(
     expect(page.locator("#log-state")).to_have_text("following")
     shoot(page, "service")
 
+    # Traffic during the canary: stable and canary side by side, from the router's counters.
+    charts = page.context.new_page()
+    charts.goto(url_of(od) + "/traffic")
+    rates = charts.locator("#traffic-default-web figure").first.locator(".legend")
+    with steady_traffic(port):
+        for version in ("1.0.0", "2.0.0"):
+            expect(rates).to_contain_text(re.compile(version + r" @[0-9a-f]{7}: [0-9.]*[1-9]"))
+    expect(charts.locator("#traffic-default-web")).to_contain_text("canary 50%")
+    shoot(charts, "traffic")
+    charts.close()
+
     page.on("dialog", lambda dialog: dialog.accept())
     press(page, "promote")
     expect(page.locator("#toast")).to_contain_text("promote accepted")
@@ -269,16 +284,34 @@ def test_canary_paused_is_promoted_from_the_service_page_with_live_logs(
     assert_not_reloaded(page)
     od.wait_synced(sha2)
 
-    # Traffic: the router's counters, sampled into the charts.
-    for _ in range(20):
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).close()
-    page.goto(url_of(od) + "/traffic")
-    rate = page.locator("#traffic-default-web figure").first
-    expect(rate.locator("polyline").first).to_be_attached()  # live: the next sample arrives
-    expect(rate.locator(".legend")).to_contain_text(
-        re.compile(r"2\.0\.0 @[0-9a-f]{7}: [0-9.]*[1-9][0-9.]*/s")
-    )
-    shoot(page, "traffic")
+
+@contextmanager
+def steady_traffic(port: int) -> Iterator[None]:
+    """Requests through the router, one every 20 ms, until the block ends.
+
+    From many loopback addresses: the router keeps a client without a cookie on one
+    side of a canary by its address, so one address would only ever see one version.
+    """
+    stop = threading.Event()
+
+    def run() -> None:
+        n = 0
+        while not stop.wait(0.02):
+            n += 1
+            source = (f"127.0.0.{2 + n % 200}", 0)
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5, source_address=source)
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                conn.request("GET", "/")
+                conn.getresponse().read()
+            conn.close()
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        worker.join(10)
 
 
 # -- access: scopes and CSRF ------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 
 from ondeck.api.ui import views
 from ondeck.api.ui.access import SESSION_TTL, Sessions, Viewer, csrf_ok
-from ondeck.api.ui.charts import chart, latest
+from ondeck.api.ui.charts import chart, chart_start, latest
 from ondeck.api.ui.series import Point, SeriesKey, TrafficSeries
 from ondeck.router.metrics import BUCKETS, BackendStats
 from ondeck.tokens import ADMIN, Scope, TokenInfo
@@ -256,3 +256,11 @@ def test_what_a_viewer_may_do() -> None:
     admin = Viewer(ADMIN, "t")
     assert admin.can(Scope.DEPLOY, "prod") and admin.can(Scope.SYNC)
     assert not csrf_ok(public, "")  # no session, no CSRF token: every POST refused
+
+
+def test_the_time_axis_shows_the_samples_there_are_up_to_the_window() -> None:
+    assert chart_start({}, 5000.0, 3600.0, 10.0) == 4940.0  # nothing yet: the last minute
+    young = {"v1": points([1.0, 1.0], start=4000.0)}
+    assert chart_start(young, 5000.0, 3600.0, 10.0) == 3990.0
+    old = {"v1": points([1.0], start=100.0)}
+    assert chart_start(old, 5000.0, 3600.0, 10.0) == 1400.0

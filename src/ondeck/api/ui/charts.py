@@ -61,6 +61,18 @@ def _segments(points: Sequence[Point], pick: Pick) -> list[list[tuple[Point, flo
     return [seg if len(seg) > 1 else seg * 2 for seg in out if seg]
 
 
+def chart_start(
+    series: Mapping[str, Sequence[Point]], end: float, window: float, every: float
+) -> float:
+    """Where the time axis starts: `window` before `end`, or the first sample if later.
+
+    A chart of the last hour with two minutes of samples would be a dot at its right
+    edge; it shows the time there is (at least a minute) until the hour fills up.
+    """
+    first = min((points[0].at for points in series.values() if points), default=end)
+    return max(end - window, min(first - every, end - 60.0))
+
+
 def latest(points: Sequence[Point], metric: str) -> float | None:
     pick = PICKS[metric]
     return next((v for p in reversed(points) if (v := pick(p)) is not None), None)

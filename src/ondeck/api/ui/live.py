@@ -35,8 +35,13 @@ KEEPALIVE = 15.0
 class StatusFeed:
     """The latest status document and a version that changes when it does."""
 
-    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        status: Callable[[], dict[str, Any]],
+        on_change: Callable[[dict[str, Any]], None] = lambda doc: None,
+    ) -> None:
         self._status = status
+        self._on_change = on_change
         self.version = 0
         self.doc: dict[str, Any] = {}
         self._text = ""
@@ -91,6 +96,7 @@ class StatusFeed:
             return False
         self.doc, self._text = doc, text
         self.version += 1
+        self._on_change(doc)
         return True
 
 
@@ -118,13 +124,17 @@ class Sampler:
 
     async def sample(self) -> None:
         backends = await self._stats()
-        self._learn(self._status())
+        self.learn(self._status())
         self.series.add(time.time(), backends, self._versions)
         for gone in set(self._versions) - set(backends):
             del self._versions[gone]
 
-    def _learn(self, doc: dict[str, Any]) -> None:
-        """Which version each instance runs; kept until the router forgets the backend."""
+    def learn(self, doc: dict[str, Any]) -> None:
+        """Which version each instance runs; kept until the router forgets the backend.
+
+        Called at each sample and whenever an open page sees the status change, so an
+        instance started and replaced between two samples still gets its version's name.
+        """
         for env in doc.get("environments", []):
             for svc in env.get("services", []):
                 if svc.get("fingerprint") and svc.get("version"):

@@ -33,7 +33,7 @@ from markupsafe import Markup
 
 from ondeck.api.ui import views
 from ondeck.api.ui.access import COOKIE, CSRF_FIELD, CSRF_HEADER, Sessions, Viewer, csrf_ok
-from ondeck.api.ui.charts import chart, latest
+from ondeck.api.ui.charts import chart, chart_start, latest
 from ondeck.api.ui.live import KEEPALIVE, LogSource, Sampler, StatusFeed, follow_logs, sse
 from ondeck.errors import OndeckError, UserError
 from ondeck.gitops import rollback
@@ -140,22 +140,17 @@ class Dashboard:
             ]
         if page == "traffic":
             now = time.time()
-            start = now - self.sampler.series.keep * self.sampler.every
-            return [
-                Fragment(
-                    f"traffic-{e['name']}-{s['name']}",
-                    "frag_traffic.html",
-                    {
-                        "env": e,
-                        "svc": s,
-                        "series": self.sampler.series.of(e["name"], s["name"]),
-                        "start": start,
-                        "end": now,
-                    },
-                )
-                for e in shown["environments"]
-                for s in e["services"]
-            ]
+            window = self.sampler.series.keep * self.sampler.every
+            frags = []
+            for e in shown["environments"]:
+                for s in e["services"]:
+                    series = self.sampler.series.of(e["name"], s["name"])
+                    start = chart_start(series, now, window, self.sampler.every)
+                    values = {"env": e, "svc": s, "series": series, "start": start, "end": now}
+                    frags.append(
+                        Fragment(f"traffic-{e['name']}-{s['name']}", "frag_traffic.html", values)
+                    )
+            return frags
         if page == "history":
             names = {e["name"] for e in shown["environments"]}
             rows = [views.sync_json(r) for r in self.c.store.history(None, 100) if r.env in names]
@@ -237,8 +232,8 @@ class Dashboard:
 
 def ui_router(controller: Controller, token: str, public_read: bool = False) -> APIRouter:
     """The dashboard at `/`; the traffic sampler starts with it (in the running loop)."""
-    feed = StatusFeed(controller.status)
     sampler = Sampler(_router_stats(controller), controller.status)
+    feed = StatusFeed(controller.status, sampler.learn)
     if controller.router is not None:
         _keep(asyncio.get_running_loop().create_task(sampler.run()))
     ui = Dashboard(controller, feed, sampler)
