@@ -31,7 +31,7 @@ from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results" / "router.json"
 BODY = "hello from upstream\n"
-TARGETS = ("direct", "ondeck", "ondeck-2w", "haproxy", "nginx")
+TARGETS = ("direct", "ondeck", "ondeck-nolog", "ondeck-2w", "haproxy", "nginx")
 
 
 @dataclass
@@ -150,6 +150,9 @@ class Servers:
         hap.write_text(haproxy_conf(ports["haproxy"], ports["direct"]))
         self.spawn("haproxy", ["haproxy", "-f", str(hap), "-db"])
         self.start_ondeck("ondeck", ports["ondeck"], ports["direct"], workers=1)
+        self.start_ondeck(
+            "ondeck-nolog", ports["ondeck-nolog"], ports["direct"], 1, "--no-access-log"
+        )
         self.start_ondeck("ondeck-2w", ports["ondeck-2w"], ports["direct"], workers=2)
         for port in ports.values():
             wait_port(port)
@@ -158,6 +161,9 @@ class Servers:
                 "direct", ports["direct"], "nginx 1 worker, `return 200` (the upstream)"
             ),
             "ondeck": Target("ondeck", ports["ondeck"], "python -m ondeck.router (1 process)"),
+            "ondeck-nolog": Target(
+                "ondeck-nolog", ports["ondeck-nolog"], "the same with --no-access-log"
+            ),
             "ondeck-2w": Target(
                 "ondeck-2w", ports["ondeck-2w"], "python -m ondeck.router --workers 2"
             ),
@@ -165,7 +171,7 @@ class Servers:
             "nginx": Target("nginx", ports["nginx"], "nginx proxy_pass, worker_processes auto"),
         }
 
-    def start_ondeck(self, name: str, port: int, upstream: int, workers: int) -> None:
+    def start_ondeck(self, name: str, port: int, upstream: int, workers: int, *flags: str) -> None:
         state = self.work / name
         state.mkdir()
         config = {
@@ -177,7 +183,8 @@ class Servers:
         }
         (state / "router.json").write_text(json.dumps(config))
         argv = [sys.executable, "-m", "ondeck.router", "--state-dir", str(state)]
-        self.spawn(name, [*argv, "--listen", f"127.0.0.1:{port}", "--workers", str(workers)])
+        argv += ["--listen", f"127.0.0.1:{port}", "--workers", str(workers), *flags]
+        self.spawn(name, argv)
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -246,7 +253,7 @@ def throughput(targets: dict[str, Target], args: argparse.Namespace) -> dict[str
         for name, target in targets.items():
             result = wrk(target.port, args.seconds, args.threads, args.connections)
             rounds[name].append(result)
-            print(f"  round {round_ + 1} {name:9} {result['rps']:>9.0f} req/s", flush=True)
+            print(f"  round {round_ + 1} {name:12} {result['rps']:>9.0f} req/s", flush=True)
     summary: dict[str, Any] = {}
     for name, results in rounds.items():
         summary[name] = {
@@ -337,7 +344,7 @@ def fixed_rate(targets: dict[str, Target], args: argparse.Namespace) -> dict[str
             )
             rounds[name].append(result)
             print(
-                f"  round {round_ + 1} {name:9} p50 {result['p50_ms']:.3f} ms"
+                f"  round {round_ + 1} {name:12} p50 {result['p50_ms']:.3f} ms"
                 f"  p99 {result['p99_ms']:.3f} ms  max {result['max_ms']:.1f} ms",
                 flush=True,
             )
@@ -384,6 +391,8 @@ def verdict(tp: dict[str, Any], fr: dict[str, Any]) -> dict[str, Any]:
         "added_p99_ms_at_fixed_rate": added("p99_ms"),
         "added_sched_p99_ms_at_fixed_rate": added("sched_p99_ms"),
         "haproxy_added_p99_ms_at_fixed_rate": added("p99_ms", "haproxy"),
+        # The access log's cost: one process with it (the default) against one without.
+        "access_log_throughput_cost": round(1 - tp["ondeck"]["rps"] / tp["ondeck-nolog"]["rps"], 3),
         # Judged on one process only: two workers are reported, never the verdict.
         "goal_half_of_haproxy": ratio["ondeck"] >= 0.5,
         "goal_added_p99_under_1ms": added("p99_ms") < 1.0,
@@ -394,13 +403,13 @@ def print_summary(
     tp: dict[str, Any], fr: dict[str, Any], result: dict[str, Any], rate: float
 ) -> None:
     print(
-        f"\n{'target':9} {'req/s':>9} {'vs haproxy':>10} {'p50 ms':>8} {'p99 ms':>8}"
+        f"\n{'target':12} {'req/s':>9} {'vs haproxy':>10} {'p50 ms':>8} {'p99 ms':>8}"
         f" {'@rate p50':>10} {'@rate p99':>10}"
     )
     for name in tp:
         ratio = result["ratio_to_haproxy"][name]
         print(
-            f"{name:9} {tp[name]['rps']:>9.0f} {ratio:>10.2f} {tp[name]['p50_ms']:>8.2f}"
+            f"{name:12} {tp[name]['rps']:>9.0f} {ratio:>10.2f} {tp[name]['p50_ms']:>8.2f}"
             f" {tp[name]['p99_ms']:>8.2f} {fr[name]['p50_ms']:>10.3f} {fr[name]['p99_ms']:>10.3f}"
         )
     ratios = result["ratio_to_haproxy"]
@@ -413,6 +422,8 @@ def print_summary(
         f" (from schedule: {result['added_sched_p99_ms_at_fixed_rate']:+.3f} ms;"
         f" haproxy adds {result['haproxy_added_p99_ms_at_fixed_rate']:+.3f} ms)"
         f" (goal < 1 ms: {'met' if result['goal_added_p99_under_1ms'] else 'NOT met'})"
+        f"\naccess log: {result['access_log_throughput_cost']:+.1%} of one process's throughput"
+        f" ({tp['ondeck']['rps']:.0f} req/s with it, {tp['ondeck-nolog']['rps']:.0f} without)"
     )
 
 

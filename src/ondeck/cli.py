@@ -578,8 +578,16 @@ def logs(
     state_dir: StateDir = None,
     api: ApiUrl = None,
     token: Token = None,
+    access: Annotated[
+        bool, typer.Option("--access", help="The router's access log of the service instead.")
+    ] = False,
 ) -> None:
     """A service's logs (every instance, prefixed by its id)."""
+    if access:
+        from ondeck.commands.access import show
+
+        show((state_dir or default_state_dir()).resolve(), service, env, lines, follow, sys.stdout)
+        return
     client = _client(state_dir, api, token)
     if not follow:
         sys.stdout.write(client.get(f"/api/v1/logs/{service}", env=env, lines=lines))

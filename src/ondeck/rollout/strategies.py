@@ -70,25 +70,34 @@ def _pool(name: str, svc: DesiredService, instances: list[LiveInstance], traffic
             if traffic.stable is None
             else [i for i in ready if i.fingerprint == traffic.stable]
         )
-        return Pool(name, _backends(stable or ready))
+        return Pool(name, _backends(stable or ready, svc))
     stable = [i for i in ready if i.fingerprint == traffic.stable]
     canary = [i for i in ready if i.fingerprint == traffic.canary]
     if not stable:  # nothing left of the old version: everyone gets the new one
-        return Pool(name, _backends(canary))
+        return Pool(name, _backends(canary, svc))
     match = svc.spec.rollout.match
     return Pool(
         name,
-        _backends(stable),
-        _backends(canary),
+        _backends(stable, svc),
+        _backends(canary, svc),
         canary_weight=traffic.weight if canary else 0,
         match_headers=dict(match.header) if match else {},
         match_cookies=dict(match.cookie) if match else {},
     )
 
 
-def _backends(instances: list[LiveInstance]) -> tuple[Backend, ...]:
+def _backends(instances: list[LiveInstance], svc: DesiredService) -> tuple[Backend, ...]:
+    # The version is known for the desired release; older ones are named by fingerprint.
     return tuple(
-        Backend(i.id, "127.0.0.1", i.port) for i in sorted(instances, key=lambda i: i.id) if i.port
+        Backend(
+            i.id,
+            "127.0.0.1",
+            i.port,
+            version=(svc.spec.version or "") if i.fingerprint == svc.fingerprint else "",
+            release=i.fingerprint,
+        )
+        for i in sorted(instances, key=lambda i: i.id)
+        if i.port
     )
 
 

@@ -34,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
         parser.add_argument(flag, type=float, default=getattr(defaults, name), metavar="SECONDS")
     parser.add_argument("--max-body", type=int, default=defaults.max_body, metavar="BYTES")
     parser.add_argument(
+        "--no-access-log",
+        action="store_true",
+        help="do not write STATE_DIR/logs/access.log (one JSON line per request)",
+    )
+    parser.add_argument(
         "--trusted-proxy",
         action="append",
         default=[],
@@ -65,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             upstream_timeout=args.upstream_timeout,
             max_body=args.max_body,
             trusted_proxies=tuple(args.trusted_proxy),
+            access_log=not args.no_access_log,
         )
     try:
         parse_trusted(options.trusted_proxies)

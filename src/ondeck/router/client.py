@@ -68,6 +68,7 @@ class ClientConnection(asyncio.Protocol):
         self.options = router.options
         self.balancer = router.balancer
         self.host_keys = router.host_keys
+        self.access_log = router.access_log
         self.listener = listener
         self.transport: asyncio.Transport = cast(asyncio.Transport, None)
         self.parser = httptools.HttpRequestParser(self)
@@ -271,7 +272,7 @@ class ClientConnection(asyncio.Protocol):
         self._headers_done = True
         ex = cast(Exchange, self.parsing)
         parser = self.parser
-        method = parser.get_method()
+        ex.method = method = parser.get_method()
         # This head's size as written canonically; what earlier reads held of it is released.
         size = len(method) + len(self._url) + 13 + self._header_bytes + 4 * self._header_count
         fed = self._head_fed
@@ -481,7 +482,9 @@ class ClientConnection(asyncio.Protocol):
         if not isinstance(chosen, Slot):
             if chosen is None:
                 self._local(ex, "no_route")
-            elif chosen.maintenance is not None:
+                return
+            ex.pool_name = chosen.name
+            if chosen.maintenance is not None:
                 accept = ex.header_map().get("accept", "")
                 self._answer(ex, 503, *maintenance_answer(chosen.maintenance, accept))
             else:
@@ -575,6 +578,7 @@ class ClientConnection(asyncio.Protocol):
         close = not ex.keep_alive or (ex.has_body and not ex.request_done)
         head = page.head_close if close else page.head_keep
         self.transport.write(head if ex.head_request else head + page.body)
+        ex.bytes_out = 0 if ex.head_request else len(page.body)
         if close:
             ex.keep_alive = False
         ex.response_started = True
@@ -585,6 +589,7 @@ class ClientConnection(asyncio.Protocol):
         close = not ex.keep_alive or (ex.has_body and not ex.request_done)
         head += b"Connection: close\r\n\r\n" if close else b"\r\n"
         self.transport.write(head if ex.head_request else head + body)
+        ex.bytes_out = 0 if ex.head_request else len(body)
         if close:
             ex.keep_alive = False
         ex.response_started = True
@@ -607,20 +612,36 @@ class ClientConnection(asyncio.Protocol):
         # else: a body-less request whose on_message_complete comes right after.
 
     def _end(self, ex: Exchange, status: int, error: str | None) -> None:
+        """Count (and log) the end of `ex` once: answered with `status`, or 0 if cut."""
+        if ex.ended:
+            return
+        ex.ended = True
         if ex.pending_size:  # body bytes held for an upstream that never took them
             self._hold(-ex.pending_size)
             ex.pending_size = 0
         slot, ex.slot = ex.slot, None
+        duration = _now() - ex.started
+        log = self.access_log
         if slot is None:
             if status:
                 self.router.count_local(status)
+            if log is not None:
+                log.records.append(
+                    (ex.started, ex.pool_name, None, ex.method, ex.path, status,
+                     ex.bytes_out, duration, -1.0, error)
+                )  # fmt: skip
             return
         stats = slot.stats
         stats.active -= 1
         if error is not None:
             stats.errors[error] += 1
         if status:
-            stats.observe(status, _now() - ex.started)
+            stats.observe(status, duration)
+        if log is not None:
+            log.records.append(
+                (ex.started, slot.pool, slot.backend, ex.method, ex.path, status,
+                 ex.bytes_out, duration, ex.upstream_time, error)
+            )  # fmt: skip
 
     def _advance(self) -> None:
         """Move past finished exchanges: next pipelined request, idle, or close."""

@@ -25,8 +25,10 @@ class Exchange:
     """One request from headers to the last response byte (plain attributes: hot path)."""
 
     __slots__ = (
+        "bytes_out",
         "chunked",
         "cookie",
+        "ended",
         "has_body",
         "head",
         "head_request",
@@ -35,10 +37,12 @@ class Exchange:
         "http10",
         "keep_alive",
         "local_answer",
+        "method",
         "no_host",
         "path",
         "pending",
         "pending_size",
+        "pool_name",
         "received",
         "request_done",
         "response_done",
@@ -52,10 +56,18 @@ class Exchange:
         "status",
         "upgrade",
         "upstream",
+        "upstream_sent",
+        "upstream_time",
     )
 
     def __init__(self) -> None:
         self.head = b""
+        self.method = b""
+        self.bytes_out = 0  # response body bytes relayed (access log)
+        self.ended = False  # counted and logged once
+        self.pool_name = ""  # the pool of an answer made without a backend (access log)
+        self.upstream_sent = 0.0  # when the head went upstream
+        self.upstream_time = -1.0  # head sent -> response head received; -1: none
         self.header_lines: list[bytes] = []
         self.host_key = ""
         self.path = "/"

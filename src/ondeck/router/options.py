@@ -39,6 +39,7 @@ class ProxyOptions:
     # Peers (addresses or CIDRs) whose X-Forwarded-For/-Proto are kept, e.g. a
     # TLS terminator in front of the router; anyone else's are replaced.
     trusted_proxies: tuple[str, ...] = ()
+    access_log: bool = True  # one JSON line per request in STATE_DIR/logs/access.log
 
 
 def parse_trusted(values: tuple[str, ...] | list[str]) -> tuple[Network, ...]:

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ondeck.router.accesslog import AccessLog
 from ondeck.router.balance import Balancer, Slot
 from ondeck.router.headers import HostKeys
 from ondeck.router.options import ProxyOptions, parse_trusted
@@ -58,6 +59,7 @@ class Router:
         self.options = options or ProxyOptions()
         self.balancer = Balancer(config)
         self.host_keys = HostKeys()
+        self.access_log: AccessLog | None = None  # set by server.py before serving
         self.local: dict[int, int] = {}
         self.clients: set[ClientConnection] = set()
         self.upstreams: set[UpstreamConnection] = set()
@@ -132,6 +134,8 @@ class Router:
             self._close_idle_clients(now)
             idle_timeout = min(idle_timeout, self.options.pressure_keepalive)
         self.balancer.sweep(idle_timeout, self.options.removed_keep)
+        if self.access_log is not None:
+            self.access_log.flush()
 
     def _close_idle_clients(self, now: float) -> None:
         """Descriptors run short: idle keep-alive connections go after `pressure_keepalive`."""

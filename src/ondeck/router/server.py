@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from ssl import SSLContext
 
+from ondeck.router.accesslog import AccessLog, log_path
 from ondeck.router.client import ClientConnection
 from ondeck.router.control import (
     CONFIG_NAME,
@@ -90,6 +91,7 @@ class RouterServer:
         self.host, self.port = parse_listen(listen)
         self.tls_address = parse_listen(listen_tls) if listen_tls else None
         self.reuse_port = reuse_port
+        self.worker = worker
         self.router = Router(load_config(state_dir / CONFIG_NAME), options)
         if self.tls_address is not None:
             self.router.tls = TlsState(state_dir)
@@ -119,6 +121,8 @@ class RouterServer:
 
     async def start(self) -> None:
         """Listen for HTTP, then open the control socket."""
+        if self.router.options.access_log:
+            self.router.access_log = AccessLog(log_path(self.state_dir, self.worker))
         self._server = await self.listen(self.host, self.port, HTTP)
         self.port = int(self._server.sockets[0].getsockname()[1])
         tls = self.router.tls
@@ -170,6 +174,8 @@ class RouterServer:
         for server in self.servers:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
+        if self.router.access_log is not None:
+            await asyncio.to_thread(self.router.access_log.close)
 
 
 class Workers:

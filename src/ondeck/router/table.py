@@ -32,12 +32,17 @@ def _problem(message: str) -> RouterConfigError:
 
 @dataclass(frozen=True)
 class Backend:
-    """One instance that can take requests: an address and a relative weight."""
+    """One instance that can take requests: an address and a relative weight.
+
+    `version` and `release` (the release fingerprint) only label the access log.
+    """
 
     id: str
     host: str
     port: int
     weight: int = 100
+    version: str = ""
+    release: str = ""
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -204,7 +209,14 @@ def _pool_to_json(pool: Pool) -> dict[str, Any]:
 
 
 def _backend_to_json(backend: Backend) -> dict[str, Any]:
-    return {"id": backend.id, "host": backend.host, "port": backend.port, "weight": backend.weight}
+    return {
+        "id": backend.id,
+        "host": backend.host,
+        "port": backend.port,
+        "weight": backend.weight,
+        "version": backend.version,
+        "release": backend.release,
+    }
 
 
 def _config_from_json(data: Mapping[str, Any]) -> RouterConfig:
@@ -235,6 +247,8 @@ def _backend_from_json(raw: Mapping[str, Any]) -> Backend:
         host=_str(raw["host"]),
         port=_int(raw["port"]),
         weight=_int(raw.get("weight", 100)),
+        version=_str(raw.get("version", "")),
+        release=_str(raw.get("release", "")),
     )
 
 

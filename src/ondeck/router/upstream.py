@@ -152,7 +152,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.ex, self.client = ex, client
         ex.upstream = self
         self._reset_response()  # instead of an on_message_begin callback per response
-        self.deadline = _now() + self.router.options.upstream_timeout
+        now = ex.upstream_sent = _now()
+        self.deadline = now + self.router.options.upstream_timeout
         head = ex.head
         if ex.no_host:
             head = self.slot.with_host(head)
@@ -236,7 +237,9 @@ class UpstreamConnection(asyncio.Protocol):
             return
         ex.status = status
         self._keep_alive = self.parser.should_keep_alive()
-        self.deadline = _now() + self.router.options.upstream_timeout
+        now = _now()
+        ex.upstream_time = now - ex.upstream_sent
+        self.deadline = now + self.router.options.upstream_timeout
         head = [STATUS_LINES[status]]
         head += self._lines
         if status == 101:
@@ -275,9 +278,10 @@ class UpstreamConnection(asyncio.Protocol):
             head.append(CONN_KEEP)
 
     def on_body(self, body: bytes) -> None:
-        client = self.client
-        if client is None:
+        client, ex = self.client, self.ex
+        if client is None or ex is None:
             return
+        ex.bytes_out += len(body)
         if self._chunk_out:
             self._out += (b"%x\r\n" % len(body), body, CRLF)
         else:
