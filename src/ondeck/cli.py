@@ -32,6 +32,7 @@ from ondeck.commands.maintenance import maintenance_app
 from ondeck.commands.render import render_command
 from ondeck.commands.secret import secret_app
 from ondeck.errors import OndeckError, UserError
+from ondeck.redact import RedactingFilter
 from ondeck.units import format_duration, parse_duration
 
 if TYPE_CHECKING:
@@ -362,6 +363,7 @@ def _setup_logging() -> None:
         handler.setFormatter(
             logging.Formatter("%(asctime)s.%(msecs)03d %(levelname)-7s %(message)s", "%H:%M:%S")
         )
+    handler.addFilter(RedactingFilter())  # URL passwords, secret-looking values: never logged
     root = logging.getLogger("ondeck")
     root.handlers[:] = [handler]
     root.setLevel(level)

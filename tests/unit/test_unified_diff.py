@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from ondeck.redact import mask_env
 from ondeck.spec.model import Service
 from ondeck.state.desired import DesiredService
-from ondeck.state.diff import masked, service_view, unified
+from ondeck.state.diff import service_view, unified
 
 
 def _svc(version: str, **env: str) -> DesiredService:
@@ -15,7 +16,8 @@ def _svc(version: str, **env: str) -> DesiredService:
 
 
 def test_secret_looking_values_are_masked_and_others_shown() -> None:
-    shown = masked({"API_TOKEN": "abc", "DB_PASSWORD": "x", "SECRET_KEY": "y", "GREETING": "hi"})
+    env = {"API_TOKEN": "abc", "DB_PASSWORD": "x", "SECRET_KEY": "y", "GREETING": "hi"}
+    shown = mask_env(env, tag=True)
     assert shown["GREETING"] == "hi"
     for key, value in (("API_TOKEN", "abc"), ("DB_PASSWORD", "x"), ("SECRET_KEY", "y")):
         assert shown[key].startswith("******** (") and value not in shown[key]
@@ -40,3 +42,23 @@ def test_no_difference_gives_no_lines_and_a_missing_side_is_all_added() -> None:
     added = unified("web", [], view)
     assert all(line.startswith(("+", "-", "@")) for line in added)
     assert "+version: 1.0.0" in added
+
+
+def test_the_leaks_of_2026_12_01_are_masked_in_the_diff() -> None:
+    spec = Service.model_validate(
+        {
+            "command": ["python3", "app.py", "--db-password=pw-in-argv", "--token", "tok-argv"],
+            "env": {
+                "DATABASE_URL": "postgres://app:pw-in-url@db.internal:5432/shop",
+                "SMTP_PASS": "smtp-pass-value",
+                "GREETING": "uses the store value store-secret-1 inline",
+            },
+        }
+    )
+    view = service_view(DesiredService("web", spec, "fp"), 1, ["a" * 40], {"store-secret-1"})
+    text = "\n".join(unified("web", [], view))
+    for secret in ("pw-in-argv", "tok-argv", "pw-in-url", "smtp-pass-value", "store-secret-1"):
+        assert secret not in text
+    assert "+env.DATABASE_URL: postgres://app:******** (" in text  # the user and host stay
+    assert "@db.internal:5432/shop" in text
+    assert "--db-password=******** (" in text and "--token ******** (" in text

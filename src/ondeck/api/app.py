@@ -15,9 +15,10 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
-from pydantic import BaseModel
 
 from ondeck import __version__
+from ondeck.api import guard
+from ondeck.api.guard import MAX_LIMIT, Body
 from ondeck.api.openapi import describe_errors
 from ondeck.api.secrets import secrets_router
 from ondeck.api.ui import ui_router
@@ -31,16 +32,17 @@ from ondeck.store import SyncRecord
 from ondeck.tokens import ADMIN, Scope, TokenInfo, Tokens, allows, visible_envs
 
 FOLLOW_INTERVAL = 0.2
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="The most rows to return.")]
 
 
-class DeployBody(BaseModel):
+class DeployBody(Body):
     service: str
     env: str | None = None
     version: str | None = None
     image: str | None = None
 
 
-class SyncBody(BaseModel):
+class SyncBody(Body):
     env: str | None = None
     wait: bool = False
     timeout: float = 300.0
@@ -54,6 +56,7 @@ def create_app(
     public_read: bool = False,
 ) -> FastAPI:
     app = FastAPI(title="ondeck", version=__version__, docs_url=None, redoc_url=None)
+    guard.install(app)
     loop = asyncio.get_running_loop()  # the controller's: webhooks arrive on worker threads
 
     def on_push(event: PushEvent) -> None:
@@ -191,13 +194,13 @@ def create_app(
         return {"environments": out}
 
     @api.get("/history")
-    def history(info: Caller, env: str | None = None, limit: int = 50) -> dict[str, Any]:
+    def history(info: Caller, env: str | None = None, limit: Limit = 50) -> dict[str, Any]:
         names = set(shown(info, env))
         rows = [r for r in controller.store.history(env, limit) if r.env in names]
         return {"syncs": [_sync_json(r) for r in rows]}
 
     @api.get("/events")
-    def events(info: Caller, env: str | None = None, limit: int = 100) -> dict[str, Any]:
+    def events(info: Caller, env: str | None = None, limit: Limit = 100) -> dict[str, Any]:
         names = set(shown(info, env))
         return {"events": [e for e in controller.store.events(env, limit) if e["env"] in names]}
 

@@ -39,6 +39,7 @@ from ondeck.spec.limits import (
     size_problem,
 )
 from ondeck.spec.model import Spec
+from ondeck.spec.routes import Collision, claims, collisions
 from ondeck.spec.template import check_references
 
 Key = str | int
@@ -632,13 +633,38 @@ def validate(text: str | bytes, filename: str = "ondeck.yaml") -> list[Problem]:
     except SpecError as err:
         return sorted(err.problems, key=lambda p: (p.line, p.col))
     found: dict[tuple[int, int, str], Problem] = {}
+    rendered: dict[str, Spec] = {}
     for env in [None, *environment_names(doc)]:
         try:
-            render_spec(doc, env)
+            spec = render_spec(doc, env)
         except SpecError as err:
             for problem in err.problems:
                 found.setdefault((problem.line, problem.col, problem.message), problem)
+            continue
+        rendered[env or ""] = spec
+    for problem in _route_collisions(doc, rendered):
+        found.setdefault((problem.line, problem.col, problem.message), problem)
     return sorted(found.values(), key=lambda p: (p.line, p.col))
+
+
+def _route_collisions(doc: Document, rendered: Mapping[str, Spec]) -> list[Problem]:
+    """Services routing the same host and path: in the base alone (`ondeck up` without
+    `--env`), and across every environment (one router may serve them all)."""
+    base = claims(rendered[""], "default") if "" in rendered else []
+    named = [c for env, spec in rendered.items() if env for c in claims(spec, env)]
+    problems = []
+    for hit in collisions(base):
+        problems.append(_route_problem(_Locator(doc), hit))
+    for hit in collisions(named):
+        env = hit.second.owner.split("/", 1)[0]
+        problems.append(_route_problem(_Locator(doc, env, _overlay(doc, env)[0]), hit))
+    return problems
+
+
+def _route_problem(locator: _Locator, hit: Collision) -> Problem:
+    service = hit.second.owner.split("/", 1)[1]
+    path: DocPath = ("services", service, "routes", hit.second.index)
+    return locator.problem(path, hit.message, subject=())
 
 
 def load_file(path: Path, env: str | None = None) -> Spec:

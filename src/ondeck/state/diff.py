@@ -8,10 +8,11 @@ by `ondeck status` and `ondeck diff`.
 from __future__ import annotations
 
 import difflib
-import hashlib
+from collections.abc import Collection
 from dataclasses import dataclass
 from enum import StrEnum
 
+from ondeck.redact import mask, mask_argv, mask_env
 from ondeck.state.desired import Desired, DesiredService
 from ondeck.state.health import exit_text
 from ondeck.state.live import Live, LiveInstance, Phase
@@ -102,37 +103,31 @@ def _service_changes(old: DesiredService, new: DesiredService) -> list[str]:
     return [f"{new.name}: " + "; ".join(parts)] if parts else []
 
 
-SECRET_HINTS = ("PASSWORD", "PASSWD", "SECRET", "TOKEN", "KEY", "CREDENTIAL", "PRIVATE", "DSN")
+def service_view(
+    svc: DesiredService | None,
+    replicas: int,
+    revisions: list[str],
+    secrets: Collection[str] = (),
+) -> list[str]:
+    """What one side runs, as stable YAML-like lines that `unified` compares.
 
-
-def masked(env: dict[str, str]) -> dict[str, str]:
-    """Env values whose names look secret, masked wherever they could be shown.
-
-    A 16-bit tag of the value is kept, so a changed secret still shows as a
-    changed line, while telling nothing of the secret itself.
+    Nothing secret is shown (`redact.mask`: the host's `secrets` values, URL
+    passwords, secret-looking names and flags); a hidden value keeps a short
+    tag, so a changed secret still shows as a changed line.
     """
-    return {
-        k: (_mask(v) if any(h in k.upper() for h in SECRET_HINTS) else v) for k, v in env.items()
-    }
-
-
-def _mask(value: str) -> str:
-    return f"******** ({hashlib.sha256(value.encode()).hexdigest()[:4]})"
-
-
-def service_view(svc: DesiredService | None, replicas: int, revisions: list[str]) -> list[str]:
-    """What one side runs, as stable YAML-like lines that `unified` compares."""
     if svc is None:
         return []
     spec = svc.spec
     lines = [
         f"revisions: {', '.join(r[:12] for r in revisions) or 'none'}",
         f"replicas: {replicas}",
-        f"version: {spec.version or ''}",
+        f"version: {mask(spec.version or '', secrets, tag=True)}",
     ]
-    lines += [f"image: {spec.image}"] if spec.image else []
-    lines += [f"command: {' '.join(spec.command or [])}", f"port: {spec.port}"]
-    lines += [f"env.{k}: {v}" for k, v in sorted(masked(dict(spec.env)).items())]
+    lines += [f"image: {mask(spec.image, secrets, tag=True)}"] if spec.image else []
+    command = mask_argv(spec.command or [], secrets, tag=True)
+    lines += [f"command: {' '.join(command)}", f"port: {spec.port}"]
+    env = mask_env(spec.env, secrets, tag=True)
+    lines += [f"env.{k}: {v}" for k, v in sorted(env.items())]
     lines += [f"release: {svc.fingerprint}"]
     return lines
 
