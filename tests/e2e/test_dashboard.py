@@ -46,6 +46,10 @@ CANARY = (
     "    routes: [{path: /}]\n"
 )
 Factory = Callable[..., Ondeck]
+LINES_DRAWN = """() => {
+  const lines = document.querySelectorAll("#traffic-default-web polyline");
+  return lines.length >= 8 && [...lines].every((l) => l.points.numberOfItems >= 4);
+}"""
 expect.set_options(timeout=WAIT_MS)
 
 
@@ -272,6 +276,8 @@ def test_canary_paused_is_promoted_from_the_service_page_with_live_logs(
     with steady_traffic(port):
         for version in ("1.0.0", "2.0.0"):
             expect(rates).to_contain_text(re.compile(version + r" @[0-9a-f]{7}: [0-9.]*[1-9]"))
+        if "ONDECK_SCREENSHOTS" in os.environ:  # the docs' picture: lines, not single dots
+            charts.wait_for_function(LINES_DRAWN, timeout=WAIT_MS)
     expect(charts.locator("#traffic-default-web")).to_contain_text("canary 50%")
     shoot(charts, "traffic")
     charts.close()
