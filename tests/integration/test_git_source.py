@@ -346,3 +346,26 @@ def tree_of(root: Path) -> dict[str, str]:
         elif path.is_file():
             found[name] = path.read_text()
     return found
+
+
+def test_a_submodule_is_refused_with_a_message_not_exported_empty(
+    remote: Remote, tmp_path: Path
+) -> None:
+    lib = Remote(tmp_path / "lib")
+    lib.commit("lib", {"lib.py": "VALUE = 1\n"})
+    remote.git(
+        "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(lib.path), "vendor/lib"
+    )
+    sha = remote.commit("vendor a submodule", {})
+    src = source_for(remote, tmp_path)
+    src.fetch()
+    with pytest.raises(UserError) as caught:
+        src.export(sha, "", tmp_path / "release")
+    message = str(caught.value)
+    assert message.startswith(
+        f"vendor/lib is a git submodule (at {lib.git('rev-parse', 'HEAD')[:12]})"
+    )
+    assert "does not fetch submodules" in message
+    assert not (tmp_path / "release").exists()  # nothing half-exported
+    src.export(sha, "conf", tmp_path / "conf-only")  # a directory without one exports as before
+    assert (tmp_path / "conf-only" / "site.ini").exists()

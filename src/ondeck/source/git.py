@@ -269,6 +269,7 @@ class GitSource:
         if os.path.lexists(dest):
             raise FileExistsError(errno.EEXIST, "export destination exists", str(dest))
         tree = self._tree(rev, path)
+        self._refuse_submodules(rev, path, tree)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
         try:
@@ -279,6 +280,24 @@ class GitSource:
             (tmp / "tree").rename(dest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def _refuse_submodules(self, rev: str, path: str, tree: str) -> None:
+        """A submodule would be exported as an empty directory (git archive skips it): refuse.
+
+        ondeck does not fetch submodules: they name other repositories, with
+        their own credentials, at commits this repository's history does not hold.
+        """
+        out = self._mirror_git("ls-tree", "-r", "-z", tree).stdout
+        for entry in filter(None, out.split(b"\0")):
+            meta, name = entry.split(b"\t", 1)
+            mode, _, oid = meta.decode().split(" ")
+            if mode == "160000":
+                where = "/".join(p for p in (_clean_path(path), name.decode(errors="replace")) if p)
+                raise UserError(
+                    f"{where} is a git submodule (at {oid[:12]}) in {rev[:12]}: ondeck does not "
+                    "fetch submodules, and would deploy it as an empty directory; vendor its "
+                    "files into this repository, or fetch them in the service's build step"
+                )
 
     @staticmethod
     def _extract(archive: Path, into: Path, what: str) -> None:
