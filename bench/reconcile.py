@@ -48,6 +48,7 @@ from ondeck.source.git import CommitInfo
 from ondeck.spec.load import parse, render_spec
 from ondeck.state.desired import Desired, render
 from ondeck.state.diff import diff
+from ondeck.state.lifecycle import InstanceState, ProbeState
 from ondeck.state.live import Live, LiveInstance, Phase
 from ondeck.state.plan import plan
 from ondeck.store import InstanceRecord
@@ -265,11 +266,11 @@ def inprocess_controller(tmp: Path, repo: Path, desired: Desired) -> Iterator[In
             log_path=str(tmp / f"{live.id}.log"),
             port=live.port,
             pid=live.pid,
-            state="running",
+            state=InstanceState.RUNNING,
             started_at=live.started_at,
             healthy_since=live.started_at,
         )
-        sup.instances[rec.id] = Instance(rec, ready=True)
+        sup.instances[rec.id] = Instance(rec, probe=ProbeState.READY)
     try:
         yield ctl
     finally:

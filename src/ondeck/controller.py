@@ -18,7 +18,6 @@ import signal
 import socket
 import time
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,7 @@ from ondeck.state.diff import (
     ServiceDiff,
     summarize,
 )
+from ondeck.state.lifecycle import InstanceState, SyncResult, Trigger
 from ondeck.state.plan import Action, Forget, Plan, Restart, Start, Stop, plan
 from ondeck.state.rollout import Progress, Stage, Traffic
 from ondeck.store import EnvRecord, InstanceRecord, Store
@@ -56,15 +56,6 @@ HOUSEKEEPING_EVERY = 30.0
 FETCH_BACKOFF_MAX = 300.0
 CRASH_LOOP_FAILURES = 3  # a new release whose instance crashed this often fails its sync
 PROGRESS_DEADLINE = 600.0  # a sync still not done after this long has failed
-
-
-class Trigger(StrEnum):
-    STARTUP = "startup"
-    POLL = "poll"
-    CLI = "cli"
-    ROLLBACK = "rollback"
-    WEBHOOK = "webhook"
-    SELF_HEAL = "self-heal"
 
 
 @dataclass(frozen=True)
@@ -92,7 +83,7 @@ class Operation:
 
     id: int
     revision: str
-    trigger: str
+    trigger: Trigger
     started: float
 
 
@@ -108,7 +99,7 @@ class EnvState:
     error: str | None = None
     error_commit: CommitInfo | None = None
     op: Operation | None = None
-    last_result: str | None = None
+    last_result: SyncResult | None = None
     wake_at: float | None = None
     manual: bool = False  # a person asked for a sync: act even with self-heal off
     releases: dict[str, Progress] = field(default_factory=dict)  # blue/green, canary in flight
@@ -158,7 +149,7 @@ class Controller:
         self.fetch = FetchState()
         self.started = time.time()
         self._wake_event: asyncio.Event | None = None
-        self._refresh: str | None = Trigger.STARTUP
+        self._refresh: Trigger | None = Trigger.STARTUP
         self._stopping = False
         self._next_housekeeping = 0.0
         self._requests: list[SyncRequest] = []
@@ -189,7 +180,7 @@ class Controller:
         if self._wake_event is not None:
             self._wake_event.set()
 
-    def request_sync(self, env: str | None, trigger: str) -> asyncio.Future[dict[str, Any]]:
+    def request_sync(self, env: str | None, trigger: Trigger) -> asyncio.Future[dict[str, Any]]:
         """Fetch now and sync; the future resolves once the named env(s) settle."""
         names = [self._env(env).name] if env else list(self.envs)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -198,7 +189,7 @@ class Controller:
         self.wake()
         return future
 
-    def refresh(self, trigger: str) -> None:
+    def refresh(self, trigger: Trigger) -> None:
         """Fetch soon (webhook, poll); a burst of requests coalesces into one fetch."""
         self._refresh = trigger
         self.wake()
@@ -232,7 +223,7 @@ class Controller:
 
     # -- git -> desired -----------------------------------------------------------
 
-    async def _pull(self, trigger: str) -> None:
+    async def _pull(self, trigger: Trigger) -> None:
         self.metrics.fetches.inc()
         try:
             await asyncio.to_thread(self.source.fetch)
@@ -258,7 +249,7 @@ class Controller:
         for state in self.envs.values():
             self.metrics.fetch_errors.labels(state.name).inc()
 
-    async def _load(self, state: EnvState, head: str, trigger: str) -> None:
+    async def _load(self, state: EnvState, head: str, trigger: Trigger) -> None:
         manual = trigger not in (Trigger.POLL, Trigger.STARTUP)
         state.manual = state.manual or manual
         if head == state.seen:
@@ -297,7 +288,7 @@ class Controller:
             log.info("[%s] restored %s %s", state.name, rev[:12], commit.message)
 
     async def _apply_revision(
-        self, state: EnvState, rev: str, trigger: str, commit: CommitInfo | None = None
+        self, state: EnvState, rev: str, trigger: Trigger, commit: CommitInfo | None = None
     ) -> None:
         if commit is None:
             commit = await asyncio.to_thread(self.source.commit_info, rev)
@@ -310,7 +301,7 @@ class Controller:
             self._refuse(state, commit, trigger, err)
             return
         if state.op is not None:
-            self._finish(state, "Aborted", f"superseded by {rev[:12]}")
+            self._finish(state, SyncResult.ABORTED, f"superseded by {rev[:12]}")
         changes = summarize(state.desired, desired)
         state.desired, state.commit, state.candidate = desired, commit, None
         state.error = state.error_commit = None
@@ -390,7 +381,9 @@ class Controller:
                 environ,
             )
 
-    def _refuse(self, state: EnvState, commit: CommitInfo, trigger: str, err: Exception) -> None:
+    def _refuse(
+        self, state: EnvState, commit: CommitInfo, trigger: Trigger, err: Exception
+    ) -> None:
         """A bad commit: say why, record it, and leave everything running untouched."""
         message = str(err)
         if isinstance(err, BuildError) and err.log_tail:
@@ -400,8 +393,8 @@ class Controller:
         op_id = self.store.begin_sync(
             state.name, commit.sha, commit.author, commit.message, trigger, now
         )
-        self.store.finish_sync(op_id, "Failed", now, message)
-        self.metrics.syncs.labels(state.name, "Failed").inc()
+        self.store.finish_sync(op_id, SyncResult.FAILED, now, message)
+        self.metrics.syncs.labels(state.name, SyncResult.FAILED).inc()
         self._save_env(state)
         log.error("[%s] refused %s (%s): %s", state.name, commit.sha[:12], commit.author, message)
 
@@ -561,7 +554,7 @@ class Controller:
         self.wake()
         return progress
 
-    def _open_heal_op(self, state: EnvState, steps: Plan, trigger: str) -> None:
+    def _open_heal_op(self, state: EnvState, steps: Plan, trigger: Trigger) -> None:
         assert state.desired is not None and state.commit is not None
         c = state.commit
         op_id = self.store.begin_sync(state.name, c.sha, c.author, c.message, trigger, time.time())
@@ -607,9 +600,11 @@ class Controller:
                 if p.stage is Stage.ABORTED and current.get(p.service) == p.canary
             ]
             if aborted:
-                self._finish(state, "Aborted", f"{aborted[0].service}: {aborted[0].reason}")
+                self._finish(
+                    state, SyncResult.ABORTED, f"{aborted[0].service}: {aborted[0].reason}"
+                )
             else:
-                self._finish(state, "Succeeded")
+                self._finish(state, SyncResult.SUCCEEDED)
             return
         current = {s.name: s.fingerprint for s in state.desired.services}
         looping = [
@@ -619,16 +614,18 @@ class Controller:
         ]
         if looping:
             self._finish(
-                state, "Failed", f"{looping[0].id} is crash-looping: {looping[0].last_error}"
+                state,
+                SyncResult.FAILED,
+                f"{looping[0].id} is crash-looping: {looping[0].last_error}",
             )
         elif now - state.op.started > PROGRESS_DEADLINE:
             self._finish(
                 state,
-                "Failed",
+                SyncResult.FAILED,
                 f"not done after {PROGRESS_DEADLINE:.0f}s: {'; '.join(steps.waiting)}",
             )
 
-    def _finish(self, state: EnvState, result: str, error: str | None = None) -> None:
+    def _finish(self, state: EnvState, result: SyncResult, error: str | None = None) -> None:
         op = state.op
         if op is None:
             return
@@ -637,12 +634,12 @@ class Controller:
         self.metrics.syncs.labels(state.name, result).inc()
         self.metrics.sync_duration.labels(state.name).observe(now - op.started)
         state.op, state.last_result = None, result
-        if result == "Succeeded":
+        if result is SyncResult.SUCCEEDED:
             self._save_env(state, live=op.revision)
             asyncio.get_running_loop().run_in_executor(
                 None, self._note, state.name, op.revision, now
             )
-        log_fn = log.info if result == "Succeeded" else log.warning
+        log_fn = log.info if result is SyncResult.SUCCEEDED else log.warning
         log_fn(
             "[%s] sync %s %s in %.2fs%s",
             state.name,
@@ -703,7 +700,7 @@ class Controller:
     def _adopt(self) -> None:
         """Re-attach to instances left by an earlier controller; stop strays."""
         scanned: dict[str, tuple[Handle, Runtime]] = {}
-        if any(r.extra.get("runtime") == "container" for r in self.store.instances()):
+        if any(r.runtime == "container" for r in self.store.instances()):
             try:
                 engine = self._containers()
                 scanned.update({i: (h, engine) for i, h in engine.scan().items()})
@@ -722,7 +719,9 @@ class Controller:
             record_env.supervisor.adopt(records, handles)
             open_op = self.store.open_sync(record_env.name)
             if open_op is not None:
-                self.store.finish_sync(open_op.id, "Aborted", time.time(), "controller restarted")
+                self.store.finish_sync(
+                    open_op.id, SyncResult.ABORTED, time.time(), "controller restarted"
+                )
             if saved is not None and saved.desired_revision:
                 record_env.seen = None
         managed = {r.id for r in self.store.instances()}
@@ -770,9 +769,9 @@ class Controller:
 
     def _save_env(self, state: EnvState, live: str | None = None) -> None:
         old = self.store.get_env(state.name)
-        extra = dict(old.extra) if old else {}
+        live_commit = old.live_commit if old else None
         if live is not None and state.commit is not None:
-            extra["live_commit"] = commit_json(state.commit)
+            live_commit = commit_json(state.commit)
         self.store.put_env(
             EnvRecord(
                 env=state.name,
@@ -781,7 +780,8 @@ class Controller:
                 error=state.error,
                 error_revision=state.error_commit.sha if state.error_commit else None,
                 updated_at=time.time(),
-                extra=extra,
+                extra=dict(old.extra) if old else {},
+                live_commit=live_commit,
             )
         )
 
@@ -820,7 +820,7 @@ class Controller:
         checked: dict[str, list[str]] = {}
         for state in self.envs.values():
             for inst in list(state.supervisor.instances.values()) if state.supervisor else []:
-                if inst.rec.state != "running" or inst.rec.extra.get("drift"):
+                if inst.rec.state is not InstanceState.RUNNING or inst.rec.drift:
                     continue
                 where = inst.rec.release_dir
                 if where not in checked:

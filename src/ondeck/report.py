@@ -15,6 +15,7 @@ from ondeck.source.git import CommitInfo
 from ondeck.state.desired import Desired, DesiredService
 from ondeck.state.diff import ServiceDiff, Sync, diff, overall, service_view, unified
 from ondeck.state.health import Health, Verdict, instance_health, service_health, worst
+from ondeck.state.lifecycle import InstanceState
 from ondeck.state.live import LiveInstance, Phase
 from ondeck.state.rollout import Progress, Stage, Traffic
 
@@ -138,7 +139,7 @@ class Reporter:
             or (f"fetch failed: {self.c.fetch.error}" if self.c.fetch.error else None),
             "error_commit": commit_json(state.error_commit) if state.error_commit else None,
             "commit": commit_json(state.commit) if state.commit else None,
-            "live_commit": record.extra.get("live_commit") if record else None,
+            "live_commit": record.live_commit if record else None,
             "pending_commit": commit_json(state.candidate) if state.candidate else None,
             "operation": {
                 "revision": state.op.revision,
@@ -206,7 +207,7 @@ class Reporter:
             "started_at": li.started_at,
             "exit_code": li.exit_code,
             "last_error": li.last_error,
-            "log_tail": inst.rec.extra.get("log_tail") if inst.rec.state == "exited" else None,
+            "log_tail": inst.rec.log_tail if inst.rec.state is InstanceState.EXITED else None,
             "log_path": inst.rec.log_path,
         }
 

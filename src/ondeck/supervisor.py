@@ -30,6 +30,7 @@ from ondeck.spec.model import HealthCheck
 from ondeck.spec.template import BUILTIN, PASSTHROUGH, expand, instance_env
 from ondeck.state.desired import Desired, DesiredService
 from ondeck.state.health import exit_text, next_failures
+from ondeck.state.lifecycle import InstanceState, ProbeState, transition
 from ondeck.state.live import Live, LiveInstance, Phase
 from ondeck.store import InstanceRecord, Store
 
@@ -50,14 +51,28 @@ class Instance:
 
     rec: InstanceRecord
     handle: Handle | None = None
-    ready: bool = False
-    failing: bool = False
+    probe: ProbeState = ProbeState.PENDING
     probe_failures: int = 0
     probe_detail: str | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
+    @property
+    def ready(self) -> bool:
+        return self.probe is ProbeState.READY
+
+    @property
+    def failing(self) -> bool:
+        return self.probe is ProbeState.FAILING
+
+    def move(self, state: InstanceState, **changes: Any) -> None:
+        """The record in `state` (if its lifecycle allows) with `changes` applied."""
+        self.rec = replace(self.rec, state=transition(self.rec.state, state), **changes)
+
+    def judge(self, probe: ProbeState, detail: str | None = None) -> None:
+        self.probe, self.probe_detail = transition(self.probe, probe), detail
+
     def live(self) -> LiveInstance:
-        phase = {"exited": Phase.EXITED, "stopping": Phase.STOPPING}.get(
+        phase = {InstanceState.EXITED: Phase.EXITED, InstanceState.STOPPING: Phase.STOPPING}.get(
             self.rec.state, Phase.RUNNING
         )
         return LiveInstance(
@@ -75,8 +90,8 @@ class Instance:
             exit_code=self.rec.exit_code,
             started_at=self.rec.started_at,
             exited_at=self.rec.exited_at,
-            last_error=self.rec.extra.get("last_error"),
-            drift=self.rec.extra.get("drift"),
+            last_error=self.rec.last_error,
+            drift=self.rec.drift,
         )
 
     def cancel_tasks(self) -> None:
@@ -134,7 +149,7 @@ class Supervisor:
             release_dir=str(release),
             log_path=str(self.state_dir / "logs" / self.app / self.env / f"{inst_id}.log"),
             created_at=time.time(),
-            extra=_policy_extra(svc),
+            **_policy(svc),
         )
         self.store.put_instance(rec)
         inst = self.instances[inst_id] = Instance(rec)
@@ -151,8 +166,8 @@ class Supervisor:
         """Begin a graceful stop in the background; the record goes when the process has."""
         inst = self.instances[inst_id]
         inst.cancel_tasks()
-        inst.ready = False
-        inst.rec = replace(inst.rec, state="stopping")
+        inst.judge(ProbeState.PENDING)
+        inst.move(InstanceState.STOPPING)
         self.store.put_instance(inst.rec)
         log.info("[%s] stop %s (%s)", self.env, inst_id, reason)
         inst.tasks.append(asyncio.create_task(self._stop(inst)))
@@ -167,9 +182,9 @@ class Supervisor:
             if self.before_stop is not None and inst.handle is not None:
                 await self.before_stop(inst.rec)  # leave the router's pool, let requests finish
             if inst.handle is not None:
-                signal = str(inst.rec.extra.get("stop_signal", "TERM"))
-                grace = float(inst.rec.extra.get("stop_grace", 30.0))
-                await self._runtime(inst).stop(inst.handle, signal, grace)
+                await self._runtime(inst).stop(
+                    inst.handle, inst.rec.stop_signal, inst.rec.stop_grace
+                )
         finally:
             self.instances.pop(inst.rec.id, None)
             self.store.delete_instance(inst.rec.id)
@@ -180,24 +195,23 @@ class Supervisor:
         try:
             spec = self._instance_spec(inst, desired, svc, port)
             kind = "container" if spec.container else "process"
-            inst.rec = replace(inst.rec, extra={**inst.rec.extra, "runtime": kind})
+            inst.rec = replace(inst.rec, runtime=kind)
             inst.handle = await self.runtimes[kind].start(spec)
         except (RuntimeFailure, UserError) as err:
             self._mark_exited(inst, 127, str(err))
             return
-        inst.ready = inst.failing = False
+        inst.judge(ProbeState.PENDING)
         inst.probe_failures = 0
-        inst.rec = replace(
-            inst.rec,
+        inst.move(
+            InstanceState.RUNNING,
             pid=inst.handle.pid,
             start_ticks=inst.handle.start_ticks,
             port=port,
-            state="running",
             started_at=time.time(),
             exit_code=None,
             exited_at=None,
             healthy_since=None,
-            extra={**inst.rec.extra, "last_error": None},
+            last_error=None,
         )
         self.store.put_instance(inst.rec)
         self._remember_env(inst, {k: v for k, v in spec.environ.items() if k in _owned(svc)})
@@ -274,7 +288,7 @@ class Supervisor:
         )
 
     def _runtime(self, inst: Instance) -> Runtime:
-        return self.runtimes[str(inst.rec.extra.get("runtime", "process"))]
+        return self.runtimes[inst.rec.runtime]
 
     # -- drift ------------------------------------------------------------------
 
@@ -284,13 +298,13 @@ class Supervisor:
         Only the spec's own variables and the builtins count: a wrapper such as a
         pyenv shim may add or adjust host variables before the app starts.
         """
-        inst.rec = replace(inst.rec, extra={**inst.rec.extra, "env": _env_signature(environ)})
+        inst.rec = replace(inst.rec, env_signature=_env_signature(environ))
         self.store.put_instance(inst.rec)
 
     def env_drift(self, inst: Instance) -> str | None:
         """Does the running process have the environment ondeck gave it?"""
-        expected = inst.rec.extra.get("env")
-        if not expected or inst.rec.pid is None or inst.rec.state != "running":
+        expected = inst.rec.env_signature
+        if not expected or inst.rec.pid is None or inst.rec.state is not InstanceState.RUNNING:
             return None
         actual = read_environ(inst.rec.pid)
         if actual is None or MARKER not in actual:
@@ -300,9 +314,9 @@ class Supervisor:
 
     def mark_drift(self, inst_id: str, reason: str) -> None:
         inst = self.instances.get(inst_id)
-        if inst is None or inst.rec.extra.get("drift"):
+        if inst is None or inst.rec.drift:
             return
-        inst.rec = replace(inst.rec, extra={**inst.rec.extra, "drift": reason})
+        inst.rec = replace(inst.rec, drift=reason)
         self.store.put_instance(inst.rec)
         self.store.events_add(
             self.env, inst.rec.service, "drift", f"{inst_id}: {reason}", time.time()
@@ -317,7 +331,7 @@ class Supervisor:
         inst = self.instances.get(event.id)
         if inst is None or inst.handle is None or inst.handle.pid != event.pid:
             return False
-        if inst.rec.state == "stopping":
+        if inst.rec.state is InstanceState.STOPPING:
             return True
         self._mark_exited(inst, event.exit_code, exit_text(event.exit_code))
         return True
@@ -325,18 +339,18 @@ class Supervisor:
     def _mark_exited(self, inst: Instance, code: int | None, why: str) -> None:
         now = time.time()
         inst.cancel_tasks()
-        inst.ready = False
-        reset_after = float(inst.rec.extra.get("reset_after", 600.0))
-        failures = next_failures(inst.rec.failures, inst.rec.healthy_since, now, reset_after)
-        log_tail = tail(Path(inst.rec.log_path), LOG_TAIL_LINES)
-        inst.rec = replace(
-            inst.rec,
-            state="exited",
+        inst.judge(ProbeState.PENDING)
+        failures = next_failures(
+            inst.rec.failures, inst.rec.healthy_since, now, inst.rec.reset_after
+        )
+        inst.move(
+            InstanceState.EXITED,
             exit_code=code,
             exited_at=now,
             failures=failures,
             healthy_since=None,
-            extra={**inst.rec.extra, "last_error": why, "log_tail": log_tail},
+            last_error=why,
+            log_tail=tail(Path(inst.rec.log_path), LOG_TAIL_LINES),
         )
         self.store.put_instance(inst.rec)
         self.store.events_add(self.env, inst.rec.service, "exit", f"{inst.rec.id} {why}", now)
@@ -348,7 +362,7 @@ class Supervisor:
     def _watch(self, inst: Instance) -> None:
         check = _health_of(inst.rec)
         if check is None:
-            self._set_ready(inst, True, None)
+            self._set_ready(inst)
             return
         inst.tasks.append(asyncio.create_task(self._probe_loop(inst, check)))
 
@@ -360,7 +374,7 @@ class Supervisor:
             started = inst.rec.started_at or now
             if result.ok:
                 inst.probe_failures = 0
-                self._set_ready(inst, True, None)
+                self._set_ready(inst)
             elif not inst.ready and inst.rec.healthy_since is None:
                 # never ready yet: failing only once its allowance is spent
                 allowance = check.start_period + check.failure_threshold * check.interval
@@ -388,10 +402,10 @@ class Supervisor:
             return await probe_tcp(port, check.timeout)
         return ProbeResult(False, "health check needs a port: set `port: true`", 0.0)
 
-    def _set_ready(self, inst: Instance, ready: bool, detail: str | None) -> None:
-        if inst.ready == ready and not inst.failing:
+    def _set_ready(self, inst: Instance) -> None:
+        if inst.ready:
             return
-        inst.ready, inst.failing, inst.probe_detail = ready, False, detail
+        inst.judge(ProbeState.READY)
         if inst.rec.healthy_since is None:
             inst.rec = replace(inst.rec, healthy_since=time.time())
             self.store.put_instance(inst.rec)
@@ -401,10 +415,8 @@ class Supervisor:
     def _set_failing(self, inst: Instance, detail: str) -> None:
         if inst.failing:
             return
-        inst.ready, inst.failing, inst.probe_detail = False, True, detail
-        inst.rec = replace(
-            inst.rec, extra={**inst.rec.extra, "last_error": f"health check: {detail}"}
-        )
+        inst.judge(ProbeState.FAILING, detail)
+        inst.rec = replace(inst.rec, last_error=f"health check: {detail}")
         self.store.put_instance(inst.rec)
         self.store.events_add(
             self.env, inst.rec.service, "unhealthy", f"{inst.rec.id}: {detail}", time.time()
@@ -422,12 +434,12 @@ class Supervisor:
             alive = (
                 handle is not None
                 and (rec.pid in (None, handle.pid))
-                and self.runtimes[str(rec.extra.get("runtime", "process"))].adopt(handle)
+                and self.runtimes[rec.runtime].adopt(handle)
             )
-            if rec.state == "exited":
+            if rec.state is InstanceState.EXITED:
                 continue
             if not alive or handle is None:
-                if rec.state in ("stopping", "launching"):
+                if rec.state in (InstanceState.STOPPING, InstanceState.LAUNCHING):
                     self.forget(rec.id)
                 else:
                     self._mark_exited(inst, None, "exited while the controller was down")
@@ -435,18 +447,20 @@ class Supervisor:
             inst.handle = handle
             # It served before the restart: it keeps serving until a probe says otherwise,
             # so a slow health check never empties the router's pool.
-            inst.ready = rec.state == "running" and rec.healthy_since is not None
-            if rec.state == "launching":  # spawned, but the controller died before recording it
-                inst.rec = replace(
-                    rec,
+            if rec.state is InstanceState.RUNNING and rec.healthy_since is not None:
+                inst.judge(ProbeState.READY)
+            if (
+                rec.state is InstanceState.LAUNCHING
+            ):  # spawned; the controller died before recording it
+                inst.move(
+                    InstanceState.RUNNING,
                     pid=handle.pid,
                     start_ticks=handle.start_ticks,
-                    state="running",
                     started_at=time.time(),
                 )
                 self.store.put_instance(inst.rec)
             log.info("[%s] adopted %s (pid %d)", self.env, rec.id, handle.pid)
-            if inst.rec.state == "stopping":
+            if inst.rec.state is InstanceState.STOPPING:
                 inst.tasks.append(asyncio.create_task(self._stop(inst)))
             else:
                 self._watch(inst)
@@ -456,7 +470,7 @@ class Supervisor:
             inst.cancel_tasks()
 
 
-def _policy_extra(svc: DesiredService) -> dict[str, Any]:
+def _policy(svc: DesiredService) -> dict[str, Any]:
     """What an instance must remember of its spec even after the spec moves on."""
     health = svc.spec.health
     if health is None and svc.spec.port:
@@ -471,8 +485,7 @@ def _policy_extra(svc: DesiredService) -> dict[str, Any]:
 
 
 def _health_of(rec: InstanceRecord) -> HealthCheck | None:
-    raw = rec.extra.get("health")
-    return HealthCheck.model_validate(raw) if raw else None
+    return HealthCheck.model_validate(rec.health) if rec.health else None
 
 
 @dataclass(frozen=True)

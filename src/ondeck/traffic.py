@@ -113,7 +113,7 @@ class RouterLink:
     async def drain(self, rec: InstanceRecord, envs: Iterable[EnvTraffic]) -> None:
         """Take `rec` out of the pools, then wait (up to its `drain`) for its requests."""
         await self.push(envs)
-        deadline = time.monotonic() + float(rec.extra.get("drain", 30.0))
+        deadline = time.monotonic() + rec.drain
         while time.monotonic() < deadline:
             try:
                 stats = await self.control.stats()

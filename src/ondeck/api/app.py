@@ -22,11 +22,12 @@ from ondeck.api.openapi import describe_errors
 from ondeck.api.secrets import secrets_router
 from ondeck.api.ui import ui_router
 from ondeck.api.webhooks import PushEvent, webhook_router
-from ondeck.controller import Controller, Trigger
+from ondeck.controller import Controller
 from ondeck.errors import UserError
 from ondeck.gitops import set_field
 from ondeck.runtime.container import decode_cri_log
 from ondeck.runtime.logs import tail
+from ondeck.state.lifecycle import Trigger
 from ondeck.store import SyncRecord
 from ondeck.tokens import ADMIN, Scope, TokenInfo, Tokens, allows, visible_envs
 
@@ -44,7 +45,9 @@ class SyncBody(BaseModel):
     env: str | None = None
     wait: bool = False
     timeout: float = 300.0
-    trigger: Literal["cli", "rollback"] = "cli"  # what history records as the cause
+    trigger: Literal[Trigger.CLI, Trigger.ROLLBACK] = (
+        Trigger.CLI
+    )  # what history records as the cause
 
 
 def create_app(
@@ -260,7 +263,7 @@ def _log_paths(controller: Controller, service: str, envs: list[str]) -> list[Lo
             continue
         for inst in state.supervisor.instances.values():
             if inst.rec.service == service:
-                cri = inst.rec.extra.get("runtime") == "container"
+                cri = inst.rec.runtime == "container"
                 found.append(LogSource(inst.rec.id, Path(inst.rec.log_path), cri))
     return found
 
