@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -32,6 +32,9 @@ from ondeck.commands.render import render_command
 from ondeck.commands.secret import secret_app
 from ondeck.errors import OndeckError, UserError
 from ondeck.units import format_duration, parse_duration
+
+if TYPE_CHECKING:
+    from ondeck.status import EnvStatus, ServiceStatus
 
 app = typer.Typer(
     help="GitOps for the humble app: a git repo states what runs; ondeck makes this host match it.",
@@ -354,81 +357,75 @@ def status(
     _print_status(doc)
 
 
-def _print_status(doc: dict[str, Any]) -> None:
-    router = doc.get("router") or {}
-    if router.get("error"):
-        out.print(f"[red]router:[/red] {escape(router['error'])}")
-    elif router.get("listen"):
-        out.print(f"[dim]router: http://{router['listen']}/[/dim]")
-    source = doc.get("source") or {}
-    if source.get("error"):
-        out.print(f"[red]git source error:[/red] {escape(source['error'])} (retrying with backoff)")
-    for env in doc["environments"]:
+def _print_status(raw: dict[str, Any]) -> None:
+    from ondeck.status import StatusDoc  # pydantic: loaded only by the commands that print it
+
+    doc = StatusDoc.model_validate(raw)
+    if doc.router.error:
+        out.print(f"[red]router:[/red] {escape(doc.router.error)}")
+    elif doc.router.listen:
+        out.print(f"[dim]router: http://{doc.router.listen}/[/dim]")
+    if doc.source.error:
+        out.print(
+            f"[red]git source error:[/red] {escape(doc.source.error)} (retrying with backoff)"
+        )
+    for env in doc.environments:
         _print_env(env)
 
 
-def _print_env(env: dict[str, Any]) -> None:
-    sync, health = env["sync"], env["health"]
+def _print_env(env: EnvStatus) -> None:
+    sync, health = env.sync, env.health
     out.print(
-        f"[bold]{env['name']}[/bold]  [{SYNC_STYLE.get(sync, 'white')}]{sync}[/]  "
+        f"[bold]{env.name}[/bold]  [{SYNC_STYLE.get(sync, 'white')}]{sync}[/]  "
         f"[{HEALTH_STYLE.get(health, 'white')}]{health}[/]"
     )
-    for label, key in (
-        ("desired", "commit"),
-        ("live", "live_commit"),
-        ("pending", "pending_commit"),
+    for label, commit in (
+        ("desired", env.commit),
+        ("live", env.live_commit),
+        ("pending", env.pending_commit),
     ):
-        commit = env.get(key)
         if commit:
             out.print(
-                f"  {label:8} {commit['sha'][:12]} {escape(commit['message'])} — {escape(_who(commit['author']))}"
+                f"  {label:8} {commit.sha[:12]} {escape(commit.message)} — {escape(_who(commit.author))}"
             )
-    if env.get("operation"):
-        op = env["operation"]
-        out.print(f"  [cyan]syncing[/cyan] {op['revision'][:12]} ({op['trigger']})")
-    if env.get("error"):
-        culprit = env.get("error_commit")
-        where = (
-            f" (commit {culprit['sha'][:12]} by {escape(_who(culprit['author']))})"
-            if culprit
-            else ""
-        )
-        out.print(f"  [red]error{where}:[/red] {escape(env['error'])}")
+    if env.operation:
+        out.print(f"  [cyan]syncing[/cyan] {env.operation.revision[:12]} ({env.operation.trigger})")
+    if env.error:
+        culprit = env.error_commit
+        where = f" (commit {culprit.sha[:12]} by {escape(_who(culprit.author))})" if culprit else ""
+        out.print(f"  [red]error{where}:[/red] {escape(env.error)}")
         out.print(
             "  [dim]the last good release keeps running; push a fix or revert the commit[/dim]"
         )
-    if env["services"]:
-        out.print(_services_table(env["services"]))
+    if env.services:
+        out.print(_services_table(env.services))
 
 
-def _services_table(services: list[dict[str, Any]]) -> Table:
+def _services_table(services: list[ServiceStatus]) -> Table:
     table = Table(box=None, pad_edge=False, padding=(0, 2, 0, 0))
     for column in ("SERVICE", "SYNC", "HEALTH", "VERSION", "READY"):
         table.add_column(column)
     for svc in services:
         table.add_row(
-            f"[bold]{svc['name']}[/bold]",
-            _styled(svc["sync"], SYNC_STYLE),
-            _styled(svc["health"], HEALTH_STYLE),
-            escape(svc.get("version") or "-"),
-            f"{svc['replicas']['ready']}/{svc['replicas']['desired']}",
+            f"[bold]{svc.name}[/bold]",
+            _styled(svc.sync, SYNC_STYLE),
+            _styled(svc.health, HEALTH_STYLE),
+            escape(svc.version or "-"),
+            f"{svc.replicas.ready}/{svc.replicas.desired}",
         )
-        reasons = [
-            *svc.get("reasons", []),
-            *([svc["health_reason"]] if svc.get("health_reason") else []),
-        ]
+        reasons = [*svc.reasons, *([svc.health_reason] if svc.health_reason else [])]
         for reason in reasons:
             table.add_row("", f"[dim]{escape(reason)}[/dim]")
-        for inst in svc["instances"]:
-            restarts = f"  restarts {inst['restarts']}" if inst["restarts"] else ""
+        for inst in svc.instances:
+            restarts = f"  restarts {inst.restarts}" if inst.restarts else ""
             table.add_row(
-                f"  {inst['id']}",
-                inst.get("state", ""),
-                _styled(inst["health"], HEALTH_STYLE),
-                f"pid {inst['pid'] or '-'}",
-                f"port {inst['port'] or '-'}{restarts}",
+                f"  {inst.id}",
+                inst.state,
+                _styled(inst.health, HEALTH_STYLE),
+                f"pid {inst.pid or '-'}",
+                f"port {inst.port or '-'}{restarts}",
             )
-            for line in (inst.get("log_tail") or "").strip().splitlines()[-5:]:
+            for line in (inst.log_tail or "").strip().splitlines()[-5:]:
                 table.add_row("", f"[dim]  | {escape(line)}[/dim]")
     return table
 

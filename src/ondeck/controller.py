@@ -17,10 +17,11 @@ import os
 import signal
 import socket
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ondeck.environment import EnvState, Operation
 from ondeck.errors import BuildError, RuntimeFailure, SourceError, SpecError, UserError
 from ondeck.metrics import Metrics
 from ondeck.releases import drift, is_complete, prepare, prune, release_dir, taint
@@ -42,9 +43,17 @@ from ondeck.state.diff import (
     ServiceDiff,
     summarize,
 )
+from ondeck.state.health import Health
 from ondeck.state.lifecycle import InstanceState, SyncResult, Trigger
 from ondeck.state.plan import Action, Forget, Plan, Restart, Start, Stop, plan
-from ondeck.state.rollout import Progress, Stage, Traffic
+from ondeck.state.rollout import Progress, Stage
+from ondeck.status import (
+    ControllerStatus,
+    RouterStatus,
+    SourceStatus,
+    StatusDoc,
+    SyncAnswer,
+)
 from ondeck.store import EnvRecord, InstanceRecord, Store
 from ondeck.supervisor import Stray, Supervisor, find_strays
 from ondeck.traffic import RouterLink
@@ -78,42 +87,11 @@ class Options:
 
 
 @dataclass
-class Operation:
-    """A sync in progress: from a new desired state until live matches it."""
-
-    id: int
-    revision: str
-    trigger: Trigger
-    started: float
-
-
-@dataclass
-class EnvState:
-    name: str
-    overlay: str | None
-    supervisor: Supervisor | None = None
-    desired: Desired | None = None
-    commit: CommitInfo | None = None
-    candidate: CommitInfo | None = None  # a newer revision not applied (auto-sync off)
-    seen: str | None = None
-    error: str | None = None
-    error_commit: CommitInfo | None = None
-    op: Operation | None = None
-    last_result: SyncResult | None = None
-    wake_at: float | None = None
-    manual: bool = False  # a person asked for a sync: act even with self-heal off
-    releases: dict[str, Progress] = field(default_factory=dict)  # blue/green, canary in flight
-    traffic: dict[str, Traffic] = field(default_factory=dict)
-    measurements: dict[str, Measurement] = field(default_factory=dict)
-    snapshots: dict[str, tuple[float, dict[str, Any]]] = field(default_factory=dict)
-
-
-@dataclass
 class SyncRequest:
     """Someone waits (`ondeck sync --wait`) for a fetch and the syncs it causes."""
 
     envs: list[str]
-    future: asyncio.Future[dict[str, Any]]
+    future: asyncio.Future[SyncAnswer]
     fetched: bool = False
     error: str | None = None
 
@@ -154,7 +132,10 @@ class Controller:
         self._next_housekeeping = 0.0
         self._requests: list[SyncRequest] = []
         self.strays: dict[str, dict[str, list[str]]] = {}  # env -> service -> reasons
-        self.report = Reporter(self)
+        self.report = Reporter(self.store, self.render_revision, lambda: self.strays)
+        self._status: StatusDoc | None = None
+        self._status_key: object = None
+        self._exported: StatusDoc | None = None
 
     # -- the loop ---------------------------------------------------------------
 
@@ -180,10 +161,10 @@ class Controller:
         if self._wake_event is not None:
             self._wake_event.set()
 
-    def request_sync(self, env: str | None, trigger: Trigger) -> asyncio.Future[dict[str, Any]]:
+    def request_sync(self, env: str | None, trigger: Trigger) -> asyncio.Future[SyncAnswer]:
         """Fetch now and sync; the future resolves once the named env(s) settle."""
         names = [self._env(env).name] if env else list(self.envs)
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[SyncAnswer] = asyncio.get_running_loop().create_future()
         self._requests.append(SyncRequest(names, future))
         self._refresh = trigger
         self.wake()
@@ -204,6 +185,7 @@ class Controller:
                 request.fetched, request.error = True, self.fetch.error
         for state in self.envs.values():
             await self._reconcile(state)
+        self._export_metrics(self.status())
         self._answer_requests()
         if now >= self._next_housekeeping:
             self._next_housekeeping = now + self.opts.drift_check
@@ -425,7 +407,6 @@ class Controller:
         elif state.op is not None:
             self._settle(state, steps, now)
         await self._push_routes()
-        self._export_metrics(state)
         self.metrics.reconcile_duration.labels(state.name).observe(time.perf_counter() - started)
 
     # -- traffic and progressive releases ---------------------------------------------------
@@ -671,7 +652,7 @@ class Controller:
                 error = request.error or next(
                     (self.envs[n].error for n in request.envs if self.envs[n].error), None
                 )
-                request.future.set_result({"error": error, "status": self.status()})
+                request.future.set_result(SyncAnswer(error=error, status=self.status()))
 
     # -- instances ----------------------------------------------------------------------
 
@@ -785,22 +766,81 @@ class Controller:
             )
         )
 
-    def _export_metrics(self, state: EnvState) -> None:
-        if state.desired is None or state.supervisor is None:
+    def _export_metrics(self, doc: StatusDoc) -> None:
+        """The gauges, from the status document (a no-op when it has not changed)."""
+        if doc is self._exported:
             return
-        live = state.supervisor.live()
-        for svc in state.desired.services:
-            self.metrics.desired.labels(state.name, svc.name).set(svc.replicas)
-            ready = sum(
-                1 for i in live.of(svc.name) if i.ready and i.fingerprint == svc.fingerprint
-            )
-            self.metrics.ready.labels(state.name, svc.name).set(ready)
-        env = self.report.env_status(state)
-        self.metrics.set_env_info(state.name, env["revision"] or "", env["sync"], env["health"])
+        self._exported = doc
+        for env in doc.environments:
+            if env.revision is None:
+                continue
+            for svc in env.services:
+                if svc.fingerprint is None:
+                    continue  # pruned: not in the spec any more
+                self.metrics.desired.labels(env.name, svc.name).set(svc.replicas.desired)
+                ready = sum(
+                    1
+                    for i in svc.instances
+                    if i.health is Health.HEALTHY
+                    and i.state == InstanceState.RUNNING
+                    and i.fingerprint == svc.fingerprint
+                )
+                self.metrics.ready.labels(env.name, svc.name).set(ready)
+            self.metrics.set_env_info(env.name, env.revision, env.sync, env.health)
 
-    def status(self) -> dict[str, Any]:
-        """The `ondeck status --json` document (see report.py and DESIGN.md)."""
-        return self.report.status()
+    def status(self) -> StatusDoc:
+        """The `ondeck status --json` document, rebuilt only when something changed."""
+        key = self._change_key()
+        if self._status is None or key != self._status_key:
+            self._status, self._status_key = self._build_status(), key
+        return self._status
+
+    def _change_key(self) -> object:
+        """A cheap fingerprint of everything the status shows."""
+        envs = tuple(
+            (
+                s.desired.revision if s.desired else None,
+                s.commit,
+                s.candidate,
+                s.error,
+                s.op,
+                s.last_result,
+                s.supervisor.changes if s.supervisor else -1,
+                tuple(s.releases.items()),
+                tuple(s.traffic.items()),
+                tuple(s.measurements.items()),
+            )
+            for s in self.envs.values()
+        )
+        strays = tuple(
+            (e, tuple((k, tuple(v)) for k, v in m.items())) for e, m in self.strays.items()
+        )
+        router = self.router.error if self.router is not None else None
+        fetch = (self.fetch.error, self.fetch.head, self.fetch.last_ok)
+        return (envs, strays, router, fetch, self.store.changes)
+
+    def _build_status(self) -> StatusDoc:
+        return StatusDoc(
+            environments=[self.report.env_status(s, self.fetch.error) for s in self.envs.values()],
+            source=SourceStatus(
+                repo=self.opts.repo,
+                branch=self.opts.branch,
+                path=self.opts.path,
+                head=self.fetch.head,
+                error=self.fetch.error,
+                last_fetch=self.fetch.last_ok,
+            ),
+            router=RouterStatus(
+                listen=self.opts.listen,
+                error=self.router.error if self.router is not None else None,
+            ),
+            controller=ControllerStatus(
+                started_at=self.started,
+                auto_sync=self.opts.auto_sync,
+                self_heal=self.opts.self_heal,
+                poll=self.opts.poll,
+            ),
+        )
 
     def diffs(self, state: EnvState) -> list[ServiceDiff]:
         return self.report.diffs(state)

@@ -185,6 +185,7 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.RLock()
+        self.changes = 0  # bumped by every write: readers cache views until it moves
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, one per write.
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
@@ -372,6 +373,7 @@ class Store:
         """One write transaction, taken with the lock; rolled back on any error."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
+            self.changes += 1
             try:
                 yield self._db
                 self._db.execute("COMMIT")

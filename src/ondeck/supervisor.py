@@ -55,6 +55,7 @@ class Instance:
     probe_failures: int = 0
     probe_detail: str | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    version: int = 0  # bumped by every move and verdict: status views cache until it moves
 
     @property
     def ready(self) -> bool:
@@ -67,9 +68,11 @@ class Instance:
     def move(self, state: InstanceState, **changes: Any) -> None:
         """The record in `state` (if its lifecycle allows) with `changes` applied."""
         self.rec = replace(self.rec, state=transition(self.rec.state, state), **changes)
+        self.version += 1
 
     def judge(self, probe: ProbeState, detail: str | None = None) -> None:
         self.probe, self.probe_detail = transition(self.probe, probe), detail
+        self.version += 1
 
     def live(self) -> LiveInstance:
         phase = {InstanceState.EXITED: Phase.EXITED, InstanceState.STOPPING: Phase.STOPPING}.get(
@@ -128,6 +131,11 @@ class Supervisor:
 
     def live(self) -> Live:
         return Live(self.env, tuple(i.live() for i in self.instances.values()))
+
+    @property
+    def changes(self) -> tuple[tuple[str, int], ...]:
+        """Changes whenever an instance moves, is judged, comes or goes."""
+        return tuple((i, inst.version) for i, inst in self.instances.items())
 
     def used_ports(self) -> set[int]:
         return {i.rec.port for i in self.instances.values() if i.rec.port}
