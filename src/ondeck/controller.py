@@ -17,7 +17,7 @@ import os
 import signal
 import socket
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ from ondeck.state.health import Health
 from ondeck.state.lifecycle import InstanceState, SyncResult, Trigger
 from ondeck.state.plan import Action, Forget, Plan, Restart, Start, Stop, plan
 from ondeck.state.rollout import Progress, Stage
+from ondeck.state.verdict import analysis_step, verdict
 from ondeck.status import (
     ControllerStatus,
     RouterStatus,
@@ -63,8 +64,6 @@ log = logging.getLogger("ondeck")
 SPEC_FILE = "ondeck.yaml"
 HOUSEKEEPING_EVERY = 30.0
 FETCH_BACKOFF_MAX = 300.0
-CRASH_LOOP_FAILURES = 3  # a new release whose instance crashed this often fails its sync
-PROGRESS_DEADLINE = 600.0  # a sync still not done after this long has failed
 
 
 @dataclass(frozen=True)
@@ -497,7 +496,8 @@ class Controller:
         limit: int,
         now: float,
     ) -> None:
-        progress = replace(progress, failures=progress.failures + 1)
+        before = progress
+        progress = analysis_step(progress, figures.ok, figures.reason, limit, now)
         log.warning(
             "[%s] %s analysis failed (%d/%d): %s",
             state.name,
@@ -506,8 +506,7 @@ class Controller:
             limit + 1,
             figures.reason,
         )
-        if progress.failures > limit:
-            progress = rollout.abort(progress, f"analysis: {figures.reason}", now)
+        if progress.stage is Stage.ABORTED and before.stage is not Stage.ABORTED:
             self.store.events_add(state.name, name, "abort", progress.reason or "", now)
             log.error("[%s] %s release aborted: %s", state.name, name, progress.reason)
         state.releases[name] = progress
@@ -573,38 +572,18 @@ class Controller:
     def _settle(self, state: EnvState, steps: Plan, now: float) -> None:
         """Close the open sync once live matches, or fail it when it cannot get there."""
         assert state.op is not None and state.supervisor is not None and state.desired is not None
-        if steps.done:
-            current = {s.name: s.fingerprint for s in state.desired.services}
-            aborted = [
-                p
-                for p in state.releases.values()
-                if p.stage is Stage.ABORTED and current.get(p.service) == p.canary
-            ]
-            if aborted:
-                self._finish(
-                    state, SyncResult.ABORTED, f"{aborted[0].service}: {aborted[0].reason}"
-                )
-            else:
-                self._finish(state, SyncResult.SUCCEEDED)
-            return
         current = {s.name: s.fingerprint for s in state.desired.services}
-        looping = [
-            i
-            for i in state.supervisor.live().instances
-            if current.get(i.service) == i.fingerprint and i.failures >= CRASH_LOOP_FAILURES
-        ]
-        if looping:
-            self._finish(
-                state,
-                SyncResult.FAILED,
-                f"{looping[0].id} is crash-looping: {looping[0].last_error}",
-            )
-        elif now - state.op.started > PROGRESS_DEADLINE:
-            self._finish(
-                state,
-                SyncResult.FAILED,
-                f"not done after {PROGRESS_DEADLINE:.0f}s: {'; '.join(steps.waiting)}",
-            )
+        found = verdict(
+            current,
+            state.supervisor.live(),
+            state.releases,
+            steps.done,
+            steps.waiting,
+            state.op.started,
+            now,
+        )
+        if found.result is not None:
+            self._finish(state, found.result, found.reason)
 
     def _finish(self, state: EnvState, result: SyncResult, error: str | None = None) -> None:
         op = state.op
