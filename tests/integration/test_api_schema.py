@@ -12,6 +12,8 @@ from ondeck.controller import Controller, Options
 
 DOCUMENTED_ENV_KEYS = {"name", "revision", "live_revision", "sync", "health", "error", "services"}
 TOP_KEYS = {"environments", "source", "router", "controller"}
+# The controller's own answers (api/app.py); other modules' routers document theirs.
+CORE = ("status", "sync", "deploy", "rollout", "diff", "history", "events")
 
 
 def _openapi(tmp_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -31,15 +33,17 @@ def _openapi(tmp_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def test_every_api_v1_answer_has_a_schema(tmp_path: Path) -> None:
     spec, _ = _openapi(tmp_path)
-    paths = {p: ops for p, ops in spec["paths"].items() if p.startswith("/api/v1/")}
+    paths = {
+        p: ops
+        for p, ops in spec["paths"].items()
+        if p.startswith(tuple(f"/api/v1/{c}" for c in CORE))
+    }
     assert {"/api/v1/status", "/api/v1/sync", "/api/v1/history", "/api/v1/diff"} <= set(paths)
     for path, ops in paths.items():
         for method, op in ops.items():
             ok: dict[str, Any] = op["responses"].get("200", {}).get("content", {})
             first: dict[str, Any] = next(iter(ok.values()), {})
             schema: dict[str, Any] = first.get("schema", {})
-            if path.startswith("/api/v1/logs"):
-                continue  # plain text, by design
             assert "$ref" in schema, f"{method.upper()} {path} answers an undocumented document"
     status = spec["components"]["schemas"]["StatusDoc"]
     assert set(status["properties"]) >= TOP_KEYS
