@@ -43,7 +43,8 @@ from common import (
     wait_for,
 )
 from ondeck.controller import Controller as InProcessController
-from ondeck.controller import Options
+from ondeck.daemon import build_controller
+from ondeck.environment import Options
 from ondeck.source.git import CommitInfo
 from ondeck.spec.load import parse, render_spec
 from ondeck.state.desired import Desired, render
@@ -249,11 +250,11 @@ def inprocess_controller(tmp: Path, repo: Path, desired: Desired) -> Iterator[In
     No process is started: the supervisor's instances are records marked ready,
     which is all a no-op pass reads.
     """
-    ctl = InProcessController(Options(repo=str(repo), state_dir=tmp))
+    ctl = build_controller(Options(repo=str(repo), state_dir=tmp))
     state = ctl.envs["default"]
     state.desired = desired
     state.commit = CommitInfo(desired.revision, "Bench <b@example.com>", "bench", time.time())
-    sup = state.supervisor = ctl._supervisor(desired.app, state.name)
+    sup = state.ensure_supervisor(desired.app)
     for live in synthetic_live(desired).instances:
         rec = InstanceRecord(
             id=live.id,
@@ -274,7 +275,7 @@ def inprocess_controller(tmp: Path, repo: Path, desired: Desired) -> Iterator[In
     try:
         yield ctl
     finally:
-        ctl._shutdown()
+        ctl.close()
 
 
 def controller_noop(tmp: Path, repo: Path, desired: Desired, iterations: int) -> dict[str, Any]:
@@ -291,7 +292,7 @@ def controller_noop(tmp: Path, repo: Path, desired: Desired, iterations: int) ->
             samples = []
             for _ in range(iterations):
                 started = time.perf_counter()
-                await ctl._reconcile(state)
+                await state.reconcile()
                 ctl._export_metrics(ctl.status())
                 samples.append(time.perf_counter() - started)
             return summarize(samples)

@@ -6,18 +6,12 @@ through the state dir; `--json` output is a stable contract (DESIGN.md).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import fcntl
 import json
 import logging
 import os
-import secrets
-import signal
-import socket
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -175,7 +169,7 @@ def up(
     ] = None,
 ) -> None:
     """Run the controller in the foreground: make this host match the repo, and keep it so."""
-    from ondeck.controller import Options
+    from ondeck.environment import Options
 
     directory = (state_dir or default_state_dir()).resolve()
     _setup_logging()
@@ -193,8 +187,10 @@ def up(
         drift_check=parse_duration(drift_check),
         container_host=container_host,
     )
-    with _lock(directory):
-        asyncio.run(_serve(opts, api, listen, webhook_secret))
+    from ondeck.api.app import create_app
+    from ondeck.daemon import serve
+
+    serve(opts, api, webhook_secret, create_app)
 
 
 @app.command()
@@ -211,116 +207,6 @@ def router(
     from ondeck.router.server import run
 
     run((state_dir or default_state_dir()).resolve(), listen, listen_tls=listen_tls)
-
-
-@contextlib.contextmanager
-def _lock(directory: Path) -> Iterator[None]:
-    """One controller per state dir: a second one would start every instance twice."""
-    directory.mkdir(parents=True, exist_ok=True)
-    with (directory / "lock").open("w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as error:
-            raise UserError(
-                f"another `ondeck up` is already running with state dir {directory}"
-            ) from error
-        yield
-
-
-async def _serve(opts: Any, api: str, listen: str, webhook_secret: str | None) -> None:
-    import uvicorn
-
-    from ondeck.api.app import create_app
-    from ondeck.controller import Controller
-
-    sock = _bind(api)
-    controller = Controller(opts)
-    token = _ensure_token(opts.state_dir)
-    config = uvicorn.Config(
-        create_app(controller, token, webhook_secret),
-        log_level="warning",
-        lifespan="off",
-        access_log=False,
-    )
-    server = _Server(config)
-    loop = asyncio.get_running_loop()
-
-    def shutdown() -> None:
-        logging.getLogger("ondeck").info("stopping the controller; instances keep running")
-        controller.stop()
-        server.should_exit = True
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, shutdown)
-    host, port = sock.getsockname()[:2]
-    url = f"http://{host}:{port}"
-    _write_atomic(opts.state_dir / "api.json", json.dumps({"url": url, "pid": os.getpid()}))
-    logging.getLogger("ondeck").info(
-        "ondeck %s: API on %s, state in %s, watching %s",
-        __version__,
-        url,
-        opts.state_dir,
-        opts.repo,
-    )
-    await asyncio.gather(controller.run(), server.serve(sockets=[sock]))
-
-
-class _Server:
-    """uvicorn without its own signal handling: `ondeck up` owns SIGTERM/SIGINT."""
-
-    def __init__(self, config: Any) -> None:
-        import uvicorn
-
-        class Quiet(uvicorn.Server):
-            @contextlib.contextmanager
-            def capture_signals(self) -> Iterator[None]:
-                yield
-
-        self._server = Quiet(config)
-
-    @property
-    def should_exit(self) -> bool:
-        return bool(self._server.should_exit)
-
-    @should_exit.setter
-    def should_exit(self, value: bool) -> None:
-        self._server.should_exit = value
-
-    async def serve(self, sockets: list[socket.socket]) -> None:
-        await self._server.serve(sockets=sockets)
-
-
-def _bind(address: str) -> socket.socket:
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
-    try:
-        sock = socket.create_server((host, int(port)), reuse_port=False)
-    except ValueError as error:
-        raise UserError(f"--api {address!r}: write HOST:PORT, e.g. 127.0.0.1:7070") from error
-    except OSError as error:
-        raise UserError(
-            f"cannot listen on {address} ({error.strerror}): is another ondeck running? "
-            "Choose another with --api 127.0.0.1:PORT"
-        ) from error
-    return sock
-
-
-def _ensure_token(state_dir: Path) -> str:
-    path = state_dir / "token"
-    if path.exists():
-        return path.read_text().strip()
-    token = secrets.token_urlsafe(32)
-    _write_atomic(path, token + "\n", mode=0o600)
-    return token
-
-
-def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
 
 
 def _setup_logging() -> None:

@@ -1,6 +1,6 @@
 """How an environment's state is shown: the status models, reasons and unified diffs.
 
-Read-only views over `EnvState`s, called by the controller once per reconcile
+Read-only views over `Environment`s, called by the controller once per reconcile
 pass (and by the API for `ondeck diff`). It never imports the controller:
 what it needs of the host (the store, how to render a revision, the strays
 found) is handed to the `Reporter`.
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
-from ondeck.environment import EnvState
+from ondeck.environment import Environment, commit_json
 from ondeck.errors import SourceError, SpecError, UserError
 from ondeck.source.git import CommitInfo
 from ondeck.state.desired import Desired, DesiredService
@@ -42,7 +42,7 @@ class Reporter:
     def __init__(
         self,
         store: Store,
-        render_revision: Callable[[EnvState, str], Desired],
+        render_revision: Callable[[Environment, str], Desired],
         strays: Callable[[], Strays],
     ) -> None:
         self.store = store
@@ -50,7 +50,7 @@ class Reporter:
         self._strays = strays
         self._rendered: dict[tuple[str, str], Desired] = {}  # (env, revision)
 
-    def diffs(self, state: EnvState) -> list[ServiceDiff]:
+    def diffs(self, state: Environment) -> list[ServiceDiff]:
         if state.desired is None or state.supervisor is None:
             return []
         found = diff(self.target(state), state.supervisor.live())
@@ -62,7 +62,7 @@ class Reporter:
             for d in found
         ]
 
-    def unified_diffs(self, state: EnvState) -> dict[str, list[str]]:
+    def unified_diffs(self, state: Environment) -> dict[str, list[str]]:
         """Per service, a unified diff of what runs (live) against what git says (desired)."""
         if state.desired is None or state.supervisor is None:
             return {}
@@ -81,14 +81,14 @@ class Reporter:
             )
         return out
 
-    def target(self, state: EnvState) -> Desired:
+    def target(self, state: Environment) -> Desired:
         """What git says now: the pending commit when auto-sync is off, else the applied one."""
         assert state.desired is not None
         if state.candidate is None:
             return state.desired
         return self.rendered_at(state, state.candidate.sha) or state.desired
 
-    def rendered_at(self, state: EnvState, revision: str) -> Desired | None:
+    def rendered_at(self, state: Environment, revision: str) -> Desired | None:
         key = (state.name, revision)
         if key not in self._rendered:
             try:
@@ -98,7 +98,7 @@ class Reporter:
         return self._rendered[key]
 
     def live_service(
-        self, state: EnvState, name: str, running: list[LiveInstance]
+        self, state: Environment, name: str, running: list[LiveInstance]
     ) -> DesiredService | None:
         """The spec the running instances were started from (their most common release)."""
         if not running:
@@ -113,7 +113,7 @@ class Reporter:
         svc = rendered.service(name) if rendered else None
         return replace(svc, fingerprint=fingerprint) if svc else None
 
-    def env_status(self, state: EnvState, fetch_error: str | None) -> EnvStatus:
+    def env_status(self, state: Environment, fetch_error: str | None) -> EnvStatus:
         record = self.store.get_env(state.name)
         diffs = self.diffs(state)
         services = self.services_status(state, diffs)
@@ -147,7 +147,7 @@ class Reporter:
             services=services,
         )
 
-    def services_status(self, state: EnvState, diffs: list[ServiceDiff]) -> list[ServiceStatus]:
+    def services_status(self, state: Environment, diffs: list[ServiceDiff]) -> list[ServiceStatus]:
         if state.desired is None or state.supervisor is None:
             return []
         live = state.supervisor.live()
@@ -185,7 +185,7 @@ class Reporter:
             )
         return out
 
-    def instance_status(self, state: EnvState, li: LiveInstance) -> InstanceStatus:
+    def instance_status(self, state: Environment, li: LiveInstance) -> InstanceStatus:
         assert state.supervisor is not None
         rec = state.supervisor.instances[li.id].rec
         return InstanceStatus(
@@ -207,15 +207,6 @@ class Reporter:
 
 def commit_status(commit: CommitInfo | None) -> CommitStatus | None:
     return CommitStatus.model_validate(commit_json(commit)) if commit else None
-
-
-def commit_json(commit: CommitInfo) -> dict[str, object]:
-    return {
-        "sha": commit.sha,
-        "author": commit.author,
-        "message": commit.message,
-        "committed_at": commit.committed_at,
-    }
 
 
 def release_health(release: Progress, verdict: Verdict) -> Verdict:

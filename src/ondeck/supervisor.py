@@ -14,12 +14,12 @@ import hashlib
 import logging
 import os
 import socket
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ondeck.clock import SYSTEM_CLOCK, Clock
 from ondeck.errors import RuntimeFailure, UserError
 from ondeck.metrics import Metrics
 from ondeck.runtime.base import ContainerOptions, ExitEvent, Handle, InstanceSpec, Runtime
@@ -115,10 +115,11 @@ class Supervisor:
         runtimes: Mapping[str, Runtime],
         metrics: Metrics,
         wake: Callable[[], None],
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.app, self.env = app, env
         self.state_dir, self.store, self.runtimes = state_dir, store, runtimes
-        self.metrics, self.wake = metrics, wake
+        self.metrics, self.wake, self.clock = metrics, wake, clock
         self.instances: dict[str, Instance] = {}
         self.before_stop: Callable[[InstanceRecord], Awaitable[None]] | None = None
 
@@ -156,7 +157,7 @@ class Supervisor:
             revision=desired.revision,
             release_dir=str(release),
             log_path=str(self.state_dir / "logs" / self.app / self.env / f"{inst_id}.log"),
-            created_at=time.time(),
+            created_at=self.clock.time(),
             **_policy(svc),
         )
         self.store.put_instance(rec)
@@ -215,7 +216,7 @@ class Supervisor:
             pid=inst.handle.pid,
             start_ticks=inst.handle.start_ticks,
             port=port,
-            started_at=time.time(),
+            started_at=self.clock.time(),
             exit_code=None,
             exited_at=None,
             healthy_since=None,
@@ -327,7 +328,7 @@ class Supervisor:
         inst.rec = replace(inst.rec, drift=reason)
         self.store.put_instance(inst.rec)
         self.store.events_add(
-            self.env, inst.rec.service, "drift", f"{inst_id}: {reason}", time.time()
+            self.env, inst.rec.service, "drift", f"{inst_id}: {reason}", self.clock.time()
         )
         log.warning("[%s] drift: %s %s", self.env, inst_id, reason)
         self.wake()
@@ -345,7 +346,7 @@ class Supervisor:
         return True
 
     def _mark_exited(self, inst: Instance, code: int | None, why: str) -> None:
-        now = time.time()
+        now = self.clock.time()
         inst.cancel_tasks()
         inst.judge(ProbeState.PENDING)
         failures = next_failures(
@@ -378,7 +379,7 @@ class Supervisor:
         attempt = 0
         while True:
             result = await self._probe(inst, check)
-            now = time.time()
+            now = self.clock.time()
             started = inst.rec.started_at or now
             if result.ok:
                 inst.probe_failures = 0
@@ -415,7 +416,7 @@ class Supervisor:
             return
         inst.judge(ProbeState.READY)
         if inst.rec.healthy_since is None:
-            inst.rec = replace(inst.rec, healthy_since=time.time())
+            inst.rec = replace(inst.rec, healthy_since=self.clock.time())
             self.store.put_instance(inst.rec)
         log.info("[%s] %s is healthy", self.env, inst.rec.id)
         self.wake()
@@ -427,7 +428,7 @@ class Supervisor:
         inst.rec = replace(inst.rec, last_error=f"health check: {detail}")
         self.store.put_instance(inst.rec)
         self.store.events_add(
-            self.env, inst.rec.service, "unhealthy", f"{inst.rec.id}: {detail}", time.time()
+            self.env, inst.rec.service, "unhealthy", f"{inst.rec.id}: {detail}", self.clock.time()
         )
         log.warning("[%s] %s is unhealthy: %s", self.env, inst.rec.id, detail)
         self.wake()
@@ -464,7 +465,7 @@ class Supervisor:
                     InstanceState.RUNNING,
                     pid=handle.pid,
                     start_ticks=handle.start_ticks,
-                    started_at=time.time(),
+                    started_at=self.clock.time(),
                 )
                 self.store.put_instance(inst.rec)
             log.info("[%s] adopted %s (pid %d)", self.env, rec.id, handle.pid)

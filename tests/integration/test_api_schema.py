@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from ondeck.api.app import create_app
-from ondeck.controller import Controller, Options
+from ondeck.daemon import build_controller
+from ondeck.environment import Options
 
 DOCUMENTED_ENV_KEYS = {"name", "revision", "live_revision", "sync", "health", "error", "services"}
 TOP_KEYS = {"environments", "source", "router", "controller"}
@@ -21,7 +22,7 @@ def _openapi(tmp_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
 
     async def build() -> tuple[dict[str, Any], dict[str, Any]]:
-        controller = Controller(Options(repo=str(repo), state_dir=tmp_path / "state"))
+        controller = build_controller(Options(repo=str(repo), state_dir=tmp_path / "state"))
         try:
             app = create_app(controller, "t" * 32)
             return app.openapi(), controller.status().model_dump(mode="json")
