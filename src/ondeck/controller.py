@@ -103,6 +103,7 @@ class Controller:
         self._status: StatusDoc | None = None
         self._status_key: object = None
         self._exported: StatusDoc | None = None
+        self._status_json: tuple[StatusDoc, dict[str, Any]] | None = None
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -339,6 +340,13 @@ class Controller:
         if self._status is None or key != self._status_key:
             self._status, self._status_key = self._build_status(), key
         return self._status
+
+    def status_json(self) -> dict[str, Any]:
+        """`status()` as JSON-ready data, dumped once per change (callers must not mutate it)."""
+        doc = self.status()
+        if self._status_json is None or self._status_json[0] is not doc:
+            self._status_json = (doc, doc.model_dump(mode="json"))
+        return self._status_json[1]
 
     def diffs(self, env: Environment) -> list[ServiceDiff]:
         return self.report.diffs(env)

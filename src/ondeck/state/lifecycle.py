@@ -38,6 +38,7 @@ class Trigger(StrEnum):
     ROLLBACK = "rollback"
     WEBHOOK = "webhook"
     SELF_HEAL = "self-heal"
+    UI = "ui"  # the dashboard's Sync button
 
 
 class SyncResult(StrEnum):
