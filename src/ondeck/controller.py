@@ -175,7 +175,9 @@ class Controller:
         self._wake_event.clear()
 
     async def _sleep(self) -> None:
-        deadlines = [self.fetch.next_at, self._next_housekeeping]
+        deadlines = [self._next_housekeeping]
+        if self._fetching is None:  # a fetch under way wakes the loop when it is done
+            deadlines.append(self.fetch.next_at)
         deadlines += [s.wake_at for s in self.envs.values() if s.wake_at is not None]
         await self.idle(max(0.0, min(deadlines) - self.clock.time()))
 

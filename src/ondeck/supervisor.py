@@ -394,7 +394,7 @@ class Supervisor:
                 if inst.probe_failures >= check.failure_threshold:
                     self._set_failing(inst, result.detail)
             if inst.ready or inst.failing:
-                await asyncio.sleep(check.interval)
+                await asyncio.sleep(_next_tick(check.interval))
             else:
                 await asyncio.sleep(FAST_PROBES[min(attempt, len(FAST_PROBES) - 1)])
                 attempt += 1
@@ -491,6 +491,16 @@ def _policy(svc: DesiredService) -> dict[str, Any]:
         "drain": svc.spec.rollout.drain,
         "health": health.model_dump(mode="json") if health else None,
     }
+
+
+def _next_tick(interval: float) -> float:
+    """Seconds until the next multiple of `interval` on the loop's clock.
+
+    Instances sharing an interval are probed in the same loop iteration: one
+    wake-up for a hundred idle services instead of a hundred.
+    """
+    now = asyncio.get_running_loop().time()
+    return interval - (now % interval) if interval > 0 else 0.0
 
 
 def _health_of(rec: InstanceRecord) -> HealthCheck | None:
