@@ -49,7 +49,7 @@ from ondeck.errors import (
     UserError,
 )
 from ondeck.metrics import Metrics
-from ondeck.releases import is_complete, prepare, prune, release_dir
+from ondeck.releases import data_dir, is_complete, prepare, prune, release_dir
 from ondeck.rollout.analysis import Measurement, measure
 from ondeck.rollout.strategies import EnvTraffic
 from ondeck.runtime.base import Runtime
@@ -239,12 +239,13 @@ class Environment:
         log.info("[%s] restored %s %s", self.name, rev[:12], commit.message)
 
     async def _apply_revision(self, rev: str, trigger: Trigger, commit: CommitInfo) -> None:
+        started = self.host.clock.time()  # the sync's duration counts its prepare phase
         try:
             desired = await asyncio.to_thread(self.render_revision, rev)
             for step in self.prepare_steps:
                 await step(self, desired)
         except REFUSABLE as err:
-            self._refuse(commit, trigger, err)
+            self._refuse(commit, trigger, err, started)
             return
         if self.op is not None:
             self._finish(SyncResult.ABORTED, f"superseded by {rev[:12]}")
@@ -255,7 +256,7 @@ class Environment:
         if trigger == Trigger.STARTUP and record is not None and record.live_revision == rev:
             self._save_env()  # a restart on the same revision: only drift opens a sync
             return
-        self._open(commit, trigger, changes)
+        self._open(commit, trigger, started, changes)
         log.info("[%s] syncing %s %s (%s)", self.name, rev[:12], commit.message, commit.author)
 
     def render_revision(self, rev: str) -> Desired:
@@ -319,7 +320,7 @@ class Environment:
                 "ONDECK_ENV": self.name,
                 "ONDECK_REVISION": desired.revision,
                 "ONDECK_VERSION": svc.spec.version or "",
-                "ONDECK_DATA_DIR": str(opts.state_dir / "data" / desired.app / self.name),
+                "ONDECK_DATA_DIR": str(data_dir(opts.state_dir, desired.app, self.name)),
             }
             environ = instance_env(svc.spec.env, builtins, os.environ)
             prepare(
@@ -331,16 +332,17 @@ class Environment:
                 environ,
             )
 
-    def _refuse(self, commit: CommitInfo, trigger: Trigger, err: Exception) -> None:
+    def _refuse(self, commit: CommitInfo, trigger: Trigger, err: Exception, started: float) -> None:
         """A bad commit: say why, record it, and leave everything running untouched."""
         message = str(err)
         if isinstance(err, BuildError) and err.log_tail:
             message += "\n--- build log (tail) ---\n" + err.log_tail
         self.error, self.error_commit = message, commit
-        now = self.host.clock.time()
         store = self.host.store
-        op_id = store.begin_sync(self.name, commit.sha, commit.author, commit.message, trigger, now)
-        store.finish_sync(op_id, SyncResult.FAILED, now, message)
+        op_id = store.begin_sync(
+            self.name, commit.sha, commit.author, commit.message, trigger, started
+        )
+        store.finish_sync(op_id, SyncResult.FAILED, self.host.clock.time(), message)
         self.host.metrics.syncs.labels(self.name, SyncResult.FAILED).inc()
         self._save_env()
         log.error("[%s] refused %s (%s): %s", self.name, commit.sha[:12], commit.author, message)
@@ -460,12 +462,13 @@ class Environment:
 
     # -- the sync record ---------------------------------------------------------------
 
-    def _open(self, commit: CommitInfo, trigger: Trigger, changes: list[str] | None = None) -> None:
-        now = self.host.clock.time()
+    def _open(
+        self, commit: CommitInfo, trigger: Trigger, started: float, changes: list[str] | None
+    ) -> None:
         op_id = self.host.store.begin_sync(
-            self.name, commit.sha, commit.author, commit.message, trigger, now, changes
+            self.name, commit.sha, commit.author, commit.message, trigger, started, changes
         )
-        self.op = Operation(op_id, commit.sha, trigger, now)
+        self.op = Operation(op_id, commit.sha, trigger, started)
         self._save_env()
         self.host.wake()
 

@@ -22,6 +22,7 @@ from typing import Any
 from ondeck.clock import SYSTEM_CLOCK, Clock
 from ondeck.errors import RuntimeFailure, UserError
 from ondeck.metrics import Metrics
+from ondeck.releases import data_dir
 from ondeck.runtime.base import ContainerOptions, ExitEvent, Handle, InstanceSpec, Runtime
 from ondeck.runtime.logs import tail
 from ondeck.runtime.probes import ProbeResult, probe_exec, probe_http, probe_tcp
@@ -245,9 +246,9 @@ class Supervisor:
         self, inst: Instance, desired: Desired, svc: DesiredService, port: int | None
     ) -> InstanceSpec:
         container = self._container(svc) if desired.runtime == "container" else None
-        data_dir = CONTAINER_DATA if container else str(self.data_dir)
         if container is None:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            data_dir(self.state_dir, self.app, self.env)  # made 0700 when new
+        data = CONTAINER_DATA if container else str(self.data_dir)
         builtins = {
             # in a container the app listens on its own port; ondeck publishes it on `port`
             "PORT": str(container.container_port or "") if container else str(port or ""),
@@ -257,7 +258,7 @@ class Supervisor:
             "ONDECK_REVISION": inst.rec.revision,
             "ONDECK_VERSION": svc.spec.version or "",
             "ONDECK_INSTANCE": inst.rec.id,
-            "ONDECK_DATA_DIR": data_dir,
+            "ONDECK_DATA_DIR": data,
         }
         environ = instance_env(svc.spec.env, builtins, {} if container else os.environ)
         argv = tuple(expand(arg, environ) for arg in svc.spec.command or ())

@@ -310,3 +310,47 @@ def test_a_slow_build_in_one_environment_does_not_delay_a_restart_in_another(
             print(f"restart after {restarted_after:.2f}s while staging was building")
 
     asyncio.run(scenario())
+
+
+def test_history_measures_the_whole_sync_build_included(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    slow_failing_build = (
+        '    build: ["python3", "-c", "import pathlib, sys, time\\n'
+        "pathlib.Path('BUILDING').touch()\\n"
+        f"while not pathlib.Path('{gate}').exists(): time.sleep(0.05)\\n"
+        'sys.exit(1)"]\n'
+    )
+
+    async def scenario() -> None:
+        async with harness(tmp_path, spec()) as h:
+            await h.until(lambda: h.env().last_result is SyncResult.SUCCEEDED, "first sync")
+            h.repo.commit("a build that fails after a while", spec(extra=slow_failing_build))
+            h.ctl.refresh(Trigger.CLI)
+            releases = tmp_path / "state" / "releases"
+            await h.until(lambda: any(releases.rglob("BUILDING")), "the build under way")
+            h.clock.advance(6.0)  # the build takes six seconds, as the clock sees it
+            gate.touch()
+            await h.until(lambda: h.env().error is not None, "the build refused")
+            record = h.history()[0]
+            assert record.result == "Failed" and "build" in (record.error or "")
+            assert record.finished_at is not None
+            assert record.finished_at - record.started_at == pytest.approx(6.0)
+
+    asyncio.run(scenario())
+
+
+def test_the_data_dir_exists_before_the_first_build_and_is_private(tmp_path: Path) -> None:
+    needs_data_dir = (
+        '    build: ["python3", "-c", "import os, sys; '
+        "sys.exit(0 if os.path.isdir(os.environ['ONDECK_DATA_DIR']) else 9)\"]\n"
+    )
+
+    async def scenario() -> None:
+        async with harness(tmp_path, spec(extra=needs_data_dir)) as h:
+            await h.until(lambda: h.env().last_result is not None or h.env().error, "first sync")
+            assert h.env().error is None
+            assert h.env().last_result is SyncResult.SUCCEEDED
+            data = tmp_path / "state" / "data" / "shop" / "default"
+            assert data.is_dir() and (data.stat().st_mode & 0o777) == 0o700
+
+    asyncio.run(scenario())
