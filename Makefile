@@ -27,6 +27,7 @@ lint: install
 	$(VENV)/bin/ruff check
 	$(VENV)/bin/ruff format --check
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 test: install system-deps lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider

@@ -6,18 +6,12 @@ through the state dir; `--json` output is a stable contract (DESIGN.md).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import fcntl
 import json
 import logging
 import os
-import secrets
-import signal
-import socket
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -37,6 +31,7 @@ from ondeck.units import format_duration, parse_duration
 
 if TYPE_CHECKING:
     from ondeck.router.options import ProxyOptions
+    from ondeck.status import EnvStatus, ServiceStatus
 
 app = typer.Typer(
     help="GitOps for the humble app: a git repo states what runs; ondeck makes this host match it.",
@@ -186,7 +181,7 @@ def up(
     trusted_proxy: TrustedProxy = None,
 ) -> None:
     """Run the controller in the foreground: make this host match the repo, and keep it so."""
-    from ondeck.controller import Options
+    from ondeck.environment import Options
 
     directory = (state_dir or default_state_dir()).resolve()
     _setup_logging()
@@ -205,8 +200,10 @@ def up(
         container_host=container_host,
         trusted_proxies=_router_options(trusted_proxy).trusted_proxies,
     )
-    with _lock(directory):
-        asyncio.run(_serve(opts, api, listen, webhook_secret))
+    from ondeck.api.app import create_app
+    from ondeck.daemon import serve
+
+    serve(opts, api, webhook_secret, create_app)
 
 
 @app.command()
@@ -237,116 +234,6 @@ def _router_options(trusted_proxy: list[str] | None) -> ProxyOptions:
     except ValueError as exc:
         raise UserError(str(exc)) from None
     return ProxyOptions(trusted_proxies=trusted)
-
-
-@contextlib.contextmanager
-def _lock(directory: Path) -> Iterator[None]:
-    """One controller per state dir: a second one would start every instance twice."""
-    directory.mkdir(parents=True, exist_ok=True)
-    with (directory / "lock").open("w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as error:
-            raise UserError(
-                f"another `ondeck up` is already running with state dir {directory}"
-            ) from error
-        yield
-
-
-async def _serve(opts: Any, api: str, listen: str, webhook_secret: str | None) -> None:
-    import uvicorn
-
-    from ondeck.api.app import create_app
-    from ondeck.controller import Controller
-
-    sock = _bind(api)
-    controller = Controller(opts)
-    token = _ensure_token(opts.state_dir)
-    config = uvicorn.Config(
-        create_app(controller, token, webhook_secret),
-        log_level="warning",
-        lifespan="off",
-        access_log=False,
-    )
-    server = _Server(config)
-    loop = asyncio.get_running_loop()
-
-    def shutdown() -> None:
-        logging.getLogger("ondeck").info("stopping the controller; instances keep running")
-        controller.stop()
-        server.should_exit = True
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, shutdown)
-    host, port = sock.getsockname()[:2]
-    url = f"http://{host}:{port}"
-    _write_atomic(opts.state_dir / "api.json", json.dumps({"url": url, "pid": os.getpid()}))
-    logging.getLogger("ondeck").info(
-        "ondeck %s: API on %s, state in %s, watching %s",
-        __version__,
-        url,
-        opts.state_dir,
-        opts.repo,
-    )
-    await asyncio.gather(controller.run(), server.serve(sockets=[sock]))
-
-
-class _Server:
-    """uvicorn without its own signal handling: `ondeck up` owns SIGTERM/SIGINT."""
-
-    def __init__(self, config: Any) -> None:
-        import uvicorn
-
-        class Quiet(uvicorn.Server):
-            @contextlib.contextmanager
-            def capture_signals(self) -> Iterator[None]:
-                yield
-
-        self._server = Quiet(config)
-
-    @property
-    def should_exit(self) -> bool:
-        return bool(self._server.should_exit)
-
-    @should_exit.setter
-    def should_exit(self, value: bool) -> None:
-        self._server.should_exit = value
-
-    async def serve(self, sockets: list[socket.socket]) -> None:
-        await self._server.serve(sockets=sockets)
-
-
-def _bind(address: str) -> socket.socket:
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
-    try:
-        sock = socket.create_server((host, int(port)), reuse_port=False)
-    except ValueError as error:
-        raise UserError(f"--api {address!r}: write HOST:PORT, e.g. 127.0.0.1:7070") from error
-    except OSError as error:
-        raise UserError(
-            f"cannot listen on {address} ({error.strerror}): is another ondeck running? "
-            "Choose another with --api 127.0.0.1:PORT"
-        ) from error
-    return sock
-
-
-def _ensure_token(state_dir: Path) -> str:
-    path = state_dir / "token"
-    if path.exists():
-        return path.read_text().strip()
-    token = secrets.token_urlsafe(32)
-    _write_atomic(path, token + "\n", mode=0o600)
-    return token
-
-
-def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
 
 
 def _setup_logging() -> None:
@@ -384,81 +271,75 @@ def status(
     _print_status(doc)
 
 
-def _print_status(doc: dict[str, Any]) -> None:
-    router = doc.get("router") or {}
-    if router.get("error"):
-        out.print(f"[red]router:[/red] {escape(router['error'])}")
-    elif router.get("listen"):
-        out.print(f"[dim]router: http://{router['listen']}/[/dim]")
-    source = doc.get("source") or {}
-    if source.get("error"):
-        out.print(f"[red]git source error:[/red] {escape(source['error'])} (retrying with backoff)")
-    for env in doc["environments"]:
+def _print_status(raw: dict[str, Any]) -> None:
+    from ondeck.status import StatusDoc  # pydantic: loaded only by the commands that print it
+
+    doc = StatusDoc.model_validate(raw)
+    if doc.router.error:
+        out.print(f"[red]router:[/red] {escape(doc.router.error)}")
+    elif doc.router.listen:
+        out.print(f"[dim]router: http://{doc.router.listen}/[/dim]")
+    if doc.source.error:
+        out.print(
+            f"[red]git source error:[/red] {escape(doc.source.error)} (retrying with backoff)"
+        )
+    for env in doc.environments:
         _print_env(env)
 
 
-def _print_env(env: dict[str, Any]) -> None:
-    sync, health = env["sync"], env["health"]
+def _print_env(env: EnvStatus) -> None:
+    sync, health = env.sync, env.health
     out.print(
-        f"[bold]{env['name']}[/bold]  [{SYNC_STYLE.get(sync, 'white')}]{sync}[/]  "
+        f"[bold]{env.name}[/bold]  [{SYNC_STYLE.get(sync, 'white')}]{sync}[/]  "
         f"[{HEALTH_STYLE.get(health, 'white')}]{health}[/]"
     )
-    for label, key in (
-        ("desired", "commit"),
-        ("live", "live_commit"),
-        ("pending", "pending_commit"),
+    for label, commit in (
+        ("desired", env.commit),
+        ("live", env.live_commit),
+        ("pending", env.pending_commit),
     ):
-        commit = env.get(key)
         if commit:
             out.print(
-                f"  {label:8} {commit['sha'][:12]} {escape(commit['message'])} — {escape(_who(commit['author']))}"
+                f"  {label:8} {commit.sha[:12]} {escape(commit.message)} — {escape(_who(commit.author))}"
             )
-    if env.get("operation"):
-        op = env["operation"]
-        out.print(f"  [cyan]syncing[/cyan] {op['revision'][:12]} ({op['trigger']})")
-    if env.get("error"):
-        culprit = env.get("error_commit")
-        where = (
-            f" (commit {culprit['sha'][:12]} by {escape(_who(culprit['author']))})"
-            if culprit
-            else ""
-        )
-        out.print(f"  [red]error{where}:[/red] {escape(env['error'])}")
+    if env.operation:
+        out.print(f"  [cyan]syncing[/cyan] {env.operation.revision[:12]} ({env.operation.trigger})")
+    if env.error:
+        culprit = env.error_commit
+        where = f" (commit {culprit.sha[:12]} by {escape(_who(culprit.author))})" if culprit else ""
+        out.print(f"  [red]error{where}:[/red] {escape(env.error)}")
         out.print(
             "  [dim]the last good release keeps running; push a fix or revert the commit[/dim]"
         )
-    if env["services"]:
-        out.print(_services_table(env["services"]))
+    if env.services:
+        out.print(_services_table(env.services))
 
 
-def _services_table(services: list[dict[str, Any]]) -> Table:
+def _services_table(services: list[ServiceStatus]) -> Table:
     table = Table(box=None, pad_edge=False, padding=(0, 2, 0, 0))
     for column in ("SERVICE", "SYNC", "HEALTH", "VERSION", "READY"):
         table.add_column(column)
     for svc in services:
         table.add_row(
-            f"[bold]{svc['name']}[/bold]",
-            _styled(svc["sync"], SYNC_STYLE),
-            _styled(svc["health"], HEALTH_STYLE),
-            escape(svc.get("version") or "-"),
-            f"{svc['replicas']['ready']}/{svc['replicas']['desired']}",
+            f"[bold]{svc.name}[/bold]",
+            _styled(svc.sync, SYNC_STYLE),
+            _styled(svc.health, HEALTH_STYLE),
+            escape(svc.version or "-"),
+            f"{svc.replicas.ready}/{svc.replicas.desired}",
         )
-        reasons = [
-            *svc.get("reasons", []),
-            *([svc["health_reason"]] if svc.get("health_reason") else []),
-        ]
+        reasons = [*svc.reasons, *([svc.health_reason] if svc.health_reason else [])]
         for reason in reasons:
             table.add_row("", f"[dim]{escape(reason)}[/dim]")
-        for inst in svc["instances"]:
-            restarts = f"  restarts {inst['restarts']}" if inst["restarts"] else ""
+        for inst in svc.instances:
+            restarts = f"  restarts {inst.restarts}" if inst.restarts else ""
             table.add_row(
-                f"  {inst['id']}",
-                inst.get("state", ""),
-                _styled(inst["health"], HEALTH_STYLE),
-                f"pid {inst['pid'] or '-'}",
-                f"port {inst['port'] or '-'}{restarts}",
+                f"  {inst.id}",
+                inst.state,
+                _styled(inst.health, HEALTH_STYLE),
+                f"pid {inst.pid or '-'}",
+                f"port {inst.port or '-'}{restarts}",
             )
-            for line in (inst.get("log_tail") or "").strip().splitlines()[-5:]:
+            for line in (inst.log_tail or "").strip().splitlines()[-5:]:
                 table.add_row("", f"[dim]  | {escape(line)}[/dim]")
     return table
 

@@ -32,6 +32,18 @@ def release_dir(state_dir: Path, app: str, env: str, service: str, fingerprint: 
     return state_dir / "releases" / app / env / service / fingerprint
 
 
+def data_dir(state_dir: Path, app: str, env: str) -> Path:
+    """The persistent data of an app in an environment (ONDECK_DATA_DIR), made 0700 if new.
+
+    It exists before the first build, so a build step may use it too.
+    """
+    path = state_dir / "data" / app / env
+    if not path.is_dir():
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.chmod(0o700)  # mkdir's mode passes through the umask
+    return path
+
+
 def is_complete(dest: Path) -> bool:
     return (dest / MARKER).is_file()
 

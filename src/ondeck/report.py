@@ -1,63 +1,60 @@
-"""How the controller's state is shown: the status document, reasons and unified diffs.
+"""How an environment's state is shown: the status models, reasons and unified diffs.
 
-Read-only views over a running `Controller`, used by the API (and so by
-`ondeck status`, `ondeck diff` and the metrics). The shape of `status()` is
-a contract (DESIGN.md): extend it, never rename a key.
+Read-only views over `Environment`s, called by the controller once per reconcile
+pass (and by the API for `ondeck diff`). It never imports the controller:
+what it needs of the host (the store, how to render a revision, the strays
+found) is handed to the `Reporter`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
 
+from ondeck.environment import Environment, commit_json
 from ondeck.errors import SourceError, SpecError, UserError
 from ondeck.source.git import CommitInfo
 from ondeck.state.desired import Desired, DesiredService
 from ondeck.state.diff import ServiceDiff, Sync, diff, overall, service_view, unified
 from ondeck.state.health import Health, Verdict, instance_health, service_health, worst
+from ondeck.state.lifecycle import InstanceState
 from ondeck.state.live import LiveInstance, Phase
 from ondeck.state.rollout import Progress, Stage, Traffic
+from ondeck.status import (
+    AnalysisStatus,
+    CommitStatus,
+    EnvStatus,
+    InstanceStatus,
+    OperationStatus,
+    ReleaseStatus,
+    Replicas,
+    ServiceStatus,
+    TrafficStatus,
+)
+from ondeck.store import Store
 
-if TYPE_CHECKING:
-    from ondeck.controller import Controller, EnvState
+Strays = Mapping[str, Mapping[str, list[str]]]  # env -> service -> reasons
 
 
 class Reporter:
-    """Views of one controller; caches specs rendered at older revisions."""
+    """Views of a host's environments; caches specs rendered at older revisions."""
 
-    def __init__(self, controller: Controller) -> None:
-        self.c = controller
+    def __init__(
+        self,
+        store: Store,
+        render_revision: Callable[[Environment, str], Desired],
+        strays: Callable[[], Strays],
+    ) -> None:
+        self.store = store
+        self._render = render_revision
+        self._strays = strays
         self._rendered: dict[tuple[str, str], Desired] = {}  # (env, revision)
 
-    def status(self) -> dict[str, Any]:
-        """The `ondeck status --json` document (its shape is a contract; see DESIGN.md)."""
-        return {
-            "environments": [self.env_status(s) for s in self.c.envs.values()],
-            "source": {
-                "repo": self.c.opts.repo,
-                "branch": self.c.opts.branch,
-                "path": self.c.opts.path,
-                "head": self.c.fetch.head,
-                "error": self.c.fetch.error,
-                "last_fetch": self.c.fetch.last_ok,
-            },
-            "router": {
-                "listen": self.c.opts.listen,
-                "error": self.c.router.error if self.c.router is not None else None,
-            },
-            "controller": {
-                "started_at": self.c.started,
-                "auto_sync": self.c.opts.auto_sync,
-                "self_heal": self.c.opts.self_heal,
-                "poll": self.c.opts.poll,
-            },
-        }
-
-    def diffs(self, state: EnvState) -> list[ServiceDiff]:
+    def diffs(self, state: Environment) -> list[ServiceDiff]:
         if state.desired is None or state.supervisor is None:
             return []
         found = diff(self.target(state), state.supervisor.live())
-        strays = self.c.strays.get(state.name, {})
+        strays = self._strays().get(state.name, {})
         return [
             replace(d, sync=Sync.OUT_OF_SYNC, reasons=(*d.reasons, *strays[d.name]))
             if strays.get(d.name)
@@ -65,7 +62,7 @@ class Reporter:
             for d in found
         ]
 
-    def unified_diffs(self, state: EnvState) -> dict[str, list[str]]:
+    def unified_diffs(self, state: Environment) -> dict[str, list[str]]:
         """Per service, a unified diff of what runs (live) against what git says (desired)."""
         if state.desired is None or state.supervisor is None:
             return {}
@@ -84,24 +81,24 @@ class Reporter:
             )
         return out
 
-    def target(self, state: EnvState) -> Desired:
+    def target(self, state: Environment) -> Desired:
         """What git says now: the pending commit when auto-sync is off, else the applied one."""
         assert state.desired is not None
         if state.candidate is None:
             return state.desired
         return self.rendered_at(state, state.candidate.sha) or state.desired
 
-    def rendered_at(self, state: EnvState, revision: str) -> Desired | None:
+    def rendered_at(self, state: Environment, revision: str) -> Desired | None:
         key = (state.name, revision)
         if key not in self._rendered:
             try:
-                self._rendered[key] = self.c.render_revision(state, revision)
+                self._rendered[key] = self._render(state, revision)
             except (SpecError, UserError, SourceError):
                 return None
         return self._rendered[key]
 
     def live_service(
-        self, state: EnvState, name: str, running: list[LiveInstance]
+        self, state: Environment, name: str, running: list[LiveInstance]
     ) -> DesiredService | None:
         """The spec the running instances were started from (their most common release)."""
         if not running:
@@ -116,43 +113,41 @@ class Reporter:
         svc = rendered.service(name) if rendered else None
         return replace(svc, fingerprint=fingerprint) if svc else None
 
-    def env_status(self, state: EnvState) -> dict[str, Any]:
-        record = self.c.store.get_env(state.name)
+    def env_status(self, state: Environment, fetch_error: str | None) -> EnvStatus:
+        record = self.store.get_env(state.name)
         diffs = self.diffs(state)
         services = self.services_status(state, diffs)
         sync = Sync.UNKNOWN if state.desired is None or state.error is not None else overall(diffs)
         if state.candidate is not None:
             sync = Sync.OUT_OF_SYNC
         health = (
-            worst(Health(s["health"]) for s in services)
+            worst(s.health for s in services)
             if services
             else (Health.HEALTHY if state.desired is not None else Health.UNKNOWN)
         )
-        return {
-            "name": state.name,
-            "revision": state.desired.revision if state.desired else None,
-            "live_revision": record.live_revision if record else None,
-            "sync": sync.value,
-            "health": health.value,
-            "error": state.error
-            or (f"fetch failed: {self.c.fetch.error}" if self.c.fetch.error else None),
-            "error_commit": commit_json(state.error_commit) if state.error_commit else None,
-            "commit": commit_json(state.commit) if state.commit else None,
-            "live_commit": record.extra.get("live_commit") if record else None,
-            "pending_commit": commit_json(state.candidate) if state.candidate else None,
-            "operation": {
-                "revision": state.op.revision,
-                "trigger": state.op.trigger,
-                "started_at": state.op.started,
-            }
+        live_commit = record.live_commit if record else None
+        return EnvStatus(
+            name=state.name,
+            revision=state.desired.revision if state.desired else None,
+            live_revision=record.live_revision if record else None,
+            sync=sync,
+            health=health,
+            error=state.error or (f"fetch failed: {fetch_error}" if fetch_error else None),
+            error_commit=commit_status(state.error_commit),
+            commit=commit_status(state.commit),
+            live_commit=CommitStatus.model_validate(live_commit) if live_commit else None,
+            pending_commit=commit_status(state.candidate),
+            operation=OperationStatus(
+                revision=state.op.revision, trigger=state.op.trigger, started_at=state.op.started
+            )
             if state.op
             else None,
-            "last_result": state.last_result,
-            "app": state.desired.app if state.desired else None,
-            "services": services,
-        }
+            last_result=state.last_result,
+            app=state.desired.app if state.desired else None,
+            services=services,
+        )
 
-    def services_status(self, state: EnvState, diffs: list[ServiceDiff]) -> list[dict[str, Any]]:
+    def services_status(self, state: Environment, diffs: list[ServiceDiff]) -> list[ServiceStatus]:
         if state.desired is None or state.supervisor is None:
             return []
         live = state.supervisor.live()
@@ -170,54 +165,48 @@ class Reporter:
             figures = state.measurements.get(name)
             d = reasons.get(name)
             out.append(
-                {
-                    "name": name,
-                    "sync": d.sync.value if d else Sync.SYNCED.value,
-                    "health": verdict.health.value,
-                    "health_reason": verdict.reason,
-                    "reasons": list(d.reasons) if d else [],
-                    "version": svc.spec.version if svc else None,
-                    "fingerprint": svc.fingerprint if svc else None,
-                    "replicas": {
-                        "desired": svc.replicas if svc else 0,
-                        "ready": sum(1 for i in instances if i.ready),
-                    },
-                    "instances": [self.instance_status(state, i.id) for i in instances],
-                    "release": release.to_json() if release is not None else None,
-                    "traffic": traffic_json(state.traffic.get(name)),
-                    "analysis": figures.__dict__ if figures is not None else None,
-                }
+                ServiceStatus(
+                    name=name,
+                    sync=d.sync if d else Sync.SYNCED,
+                    health=verdict.health,
+                    health_reason=verdict.reason,
+                    reasons=list(d.reasons) if d else [],
+                    version=svc.spec.version if svc else None,
+                    fingerprint=svc.fingerprint if svc else None,
+                    replicas=Replicas(
+                        desired=svc.replicas if svc else 0,
+                        ready=sum(1 for i in instances if i.ready),
+                    ),
+                    instances=[self.instance_status(state, i) for i in instances],
+                    release=ReleaseStatus.model_validate(release.to_json()) if release else None,
+                    traffic=traffic_status(state.traffic.get(name)),
+                    analysis=AnalysisStatus.model_validate(figures.__dict__) if figures else None,
+                )
             )
         return out
 
-    def instance_status(self, state: EnvState, inst_id: str) -> dict[str, Any]:
+    def instance_status(self, state: Environment, li: LiveInstance) -> InstanceStatus:
         assert state.supervisor is not None
-        inst = state.supervisor.instances[inst_id]
-        li = inst.live()
-        return {
-            "id": li.id,
-            "pid": li.pid,
-            "port": li.port,
-            "revision": li.revision,
-            "health": instance_health(li).health.value,
-            "restarts": li.restarts,
-            "state": inst.rec.state,
-            "fingerprint": li.fingerprint,
-            "started_at": li.started_at,
-            "exit_code": li.exit_code,
-            "last_error": li.last_error,
-            "log_tail": inst.rec.extra.get("log_tail") if inst.rec.state == "exited" else None,
-            "log_path": inst.rec.log_path,
-        }
+        rec = state.supervisor.instances[li.id].rec
+        return InstanceStatus(
+            id=li.id,
+            pid=li.pid,
+            port=li.port,
+            revision=li.revision,
+            health=instance_health(li).health,
+            restarts=li.restarts,
+            state=rec.state,
+            fingerprint=li.fingerprint,
+            started_at=li.started_at,
+            exit_code=li.exit_code,
+            last_error=li.last_error,
+            log_tail=rec.log_tail if rec.state is InstanceState.EXITED else None,
+            log_path=rec.log_path,
+        )
 
 
-def commit_json(commit: CommitInfo) -> dict[str, Any]:
-    return {
-        "sha": commit.sha,
-        "author": commit.author,
-        "message": commit.message,
-        "committed_at": commit.committed_at,
-    }
+def commit_status(commit: CommitInfo | None) -> CommitStatus | None:
+    return CommitStatus.model_validate(commit_json(commit)) if commit else None
 
 
 def release_health(release: Progress, verdict: Verdict) -> Verdict:
@@ -232,7 +221,7 @@ def release_health(release: Progress, verdict: Verdict) -> Verdict:
     return verdict
 
 
-def traffic_json(traffic: Traffic | None) -> dict[str, Any] | None:
+def traffic_status(traffic: Traffic | None) -> TrafficStatus | None:
     if traffic is None or traffic.canary is None:
         return None
-    return {"stable": traffic.stable, "canary": traffic.canary, "weight": traffic.weight}
+    return TrafficStatus(stable=traffic.stable, canary=traffic.canary, weight=traffic.weight)

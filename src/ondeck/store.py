@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ondeck.errors import UserError
+from ondeck.state.lifecycle import InstanceState, SyncResult, Trigger
 
 # Forward migrations: index i brings the schema from user_version i to i + 1.
 # Append only; never edit a script that has shipped.
@@ -78,7 +79,7 @@ class InstanceRecord:
     port: int | None = None
     pid: int | None = None
     start_ticks: int | None = None  # /proc/PID/stat starttime: pid + this = one process
-    state: str = "launching"  # launching | running | exited | stopping | stopped
+    state: InstanceState = InstanceState.LAUNCHING  # moved only by lifecycle.transition
     restarts: int = 0
     failures: int = 0  # consecutive crashes, drives the restart backoff
     exit_code: int | None = None
@@ -86,7 +87,21 @@ class InstanceRecord:
     started_at: float | None = None
     exited_at: float | None = None
     healthy_since: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    runtime: str = "process"  # which Runtime runs it: process | container
+    last_error: str | None = None  # why it last exited or failed its health check
+    log_tail: str | None = None  # the end of its log when it last exited
+    drift: str | None = None  # changed by hand since it started (files, environment)
+    env_signature: dict[str, str | None] = field(default_factory=dict)  # name -> value hash
+    # What the instance keeps of its spec even after the spec moves on:
+    stop_signal: str = "TERM"
+    stop_grace: float = 30.0
+    reset_after: float = 600.0  # healthy this long: the crash count starts over
+    drain: float = 30.0  # in-flight requests may finish this long before it is stopped
+    health: dict[str, Any] | None = None  # its HealthCheck, as JSON
+    extra: dict[str, Any] = field(default_factory=dict)  # anything else, kept as is
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "state", InstanceState(self.state))
 
 
 @dataclass(frozen=True)
@@ -117,15 +132,44 @@ class EnvRecord:
     error: str | None
     error_revision: str | None
     updated_at: float
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # anything else, kept as is
+    live_commit: dict[str, Any] | None = None  # the commit last synced: sha, author, message
 
 
 _R = TypeVar("_R")
 
+# Rows written before these were fields kept them in `extra` under these keys.
+_LEGACY_EXTRA: dict[str, dict[str, str]] = {
+    "InstanceRecord": {
+        "runtime": "runtime",
+        "last_error": "last_error",
+        "log_tail": "log_tail",
+        "drift": "drift",
+        "env": "env_signature",
+        "stop_signal": "stop_signal",
+        "stop_grace": "stop_grace",
+        "reset_after": "reset_after",
+        "drain": "drain",
+        "health": "health",
+    },
+    "EnvRecord": {"live_commit": "live_commit"},
+}
+
 
 def _from_json(cls: type[_R], data: str, **columns: Any) -> _R:
-    """Build `cls` from a JSON blob; unknown keys (from a newer ondeck) are dropped."""
+    """Build `cls` from a JSON blob; unknown keys (from a newer ondeck) are dropped.
+
+    Old rows' `extra` keys that are fields now move to their fields.
+    """
     values = {**json.loads(data), **columns}
+    legacy = _LEGACY_EXTRA.get(cls.__name__, {})
+    if legacy and isinstance(values.get("extra"), dict):
+        extra = dict(values["extra"])
+        for key, name in legacy.items():
+            if key in extra:
+                value = extra.pop(key)
+                values.setdefault(name, value)
+        values["extra"] = extra
     names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     return cls(**{k: v for k, v in values.items() if k in names})
 
@@ -141,6 +185,7 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.RLock()
+        self.changes = 0  # bumped by every write: readers cache views until it moves
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, one per write.
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
@@ -198,7 +243,7 @@ class Store:
         revision: str,
         author: str,
         message: str,
-        trigger: str,
+        trigger: Trigger | str,
         started_at: float,
         changes: list[str] | None = None,
     ) -> int:
@@ -228,7 +273,7 @@ class Store:
             db.execute("UPDATE syncs SET data = ? WHERE id = ?", (_to_json(data), sync_id))
 
     def finish_sync(
-        self, sync_id: int, result: str, finished_at: float, error: str | None = None
+        self, sync_id: int, result: SyncResult | str, finished_at: float, error: str | None = None
     ) -> None:
         """Close a sync with its result. Unknown sync_id: KeyError."""
         with self._write() as db:
@@ -328,6 +373,7 @@ class Store:
         """One write transaction, taken with the lock; rolled back on any error."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
+            self.changes += 1
             try:
                 yield self._db
                 self._db.execute("COMMIT")

@@ -14,14 +14,15 @@ import hashlib
 import logging
 import os
 import socket
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ondeck.clock import SYSTEM_CLOCK, Clock
 from ondeck.errors import RuntimeFailure, UserError
 from ondeck.metrics import Metrics
+from ondeck.releases import data_dir
 from ondeck.runtime.base import ContainerOptions, ExitEvent, Handle, InstanceSpec, Runtime
 from ondeck.runtime.logs import tail
 from ondeck.runtime.probes import ProbeResult, probe_exec, probe_http, probe_tcp
@@ -30,6 +31,7 @@ from ondeck.spec.model import HealthCheck
 from ondeck.spec.template import BUILTIN, PASSTHROUGH, expand, instance_env
 from ondeck.state.desired import Desired, DesiredService
 from ondeck.state.health import exit_text, next_failures
+from ondeck.state.lifecycle import InstanceState, ProbeState, transition
 from ondeck.state.live import Live, LiveInstance, Phase
 from ondeck.store import InstanceRecord, Store
 
@@ -50,14 +52,31 @@ class Instance:
 
     rec: InstanceRecord
     handle: Handle | None = None
-    ready: bool = False
-    failing: bool = False
+    probe: ProbeState = ProbeState.PENDING
     probe_failures: int = 0
     probe_detail: str | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    version: int = 0  # bumped by every move and verdict: status views cache until it moves
+
+    @property
+    def ready(self) -> bool:
+        return self.probe is ProbeState.READY
+
+    @property
+    def failing(self) -> bool:
+        return self.probe is ProbeState.FAILING
+
+    def move(self, state: InstanceState, **changes: Any) -> None:
+        """The record in `state` (if its lifecycle allows) with `changes` applied."""
+        self.rec = replace(self.rec, state=transition(self.rec.state, state), **changes)
+        self.version += 1
+
+    def judge(self, probe: ProbeState, detail: str | None = None) -> None:
+        self.probe, self.probe_detail = transition(self.probe, probe), detail
+        self.version += 1
 
     def live(self) -> LiveInstance:
-        phase = {"exited": Phase.EXITED, "stopping": Phase.STOPPING}.get(
+        phase = {InstanceState.EXITED: Phase.EXITED, InstanceState.STOPPING: Phase.STOPPING}.get(
             self.rec.state, Phase.RUNNING
         )
         return LiveInstance(
@@ -75,8 +94,8 @@ class Instance:
             exit_code=self.rec.exit_code,
             started_at=self.rec.started_at,
             exited_at=self.rec.exited_at,
-            last_error=self.rec.extra.get("last_error"),
-            drift=self.rec.extra.get("drift"),
+            last_error=self.rec.last_error,
+            drift=self.rec.drift,
         )
 
     def cancel_tasks(self) -> None:
@@ -97,10 +116,11 @@ class Supervisor:
         runtimes: Mapping[str, Runtime],
         metrics: Metrics,
         wake: Callable[[], None],
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.app, self.env = app, env
         self.state_dir, self.store, self.runtimes = state_dir, store, runtimes
-        self.metrics, self.wake = metrics, wake
+        self.metrics, self.wake, self.clock = metrics, wake, clock
         self.instances: dict[str, Instance] = {}
         self.before_stop: Callable[[InstanceRecord], Awaitable[None]] | None = None
 
@@ -113,6 +133,11 @@ class Supervisor:
 
     def live(self) -> Live:
         return Live(self.env, tuple(i.live() for i in self.instances.values()))
+
+    @property
+    def changes(self) -> tuple[tuple[str, int], ...]:
+        """Changes whenever an instance moves, is judged, comes or goes."""
+        return tuple((i, inst.version) for i, inst in self.instances.items())
 
     def used_ports(self) -> set[int]:
         return {i.rec.port for i in self.instances.values() if i.rec.port}
@@ -133,8 +158,8 @@ class Supervisor:
             revision=desired.revision,
             release_dir=str(release),
             log_path=str(self.state_dir / "logs" / self.app / self.env / f"{inst_id}.log"),
-            created_at=time.time(),
-            extra=_policy_extra(svc),
+            created_at=self.clock.time(),
+            **_policy(svc),
         )
         self.store.put_instance(rec)
         inst = self.instances[inst_id] = Instance(rec)
@@ -151,8 +176,8 @@ class Supervisor:
         """Begin a graceful stop in the background; the record goes when the process has."""
         inst = self.instances[inst_id]
         inst.cancel_tasks()
-        inst.ready = False
-        inst.rec = replace(inst.rec, state="stopping")
+        inst.judge(ProbeState.PENDING)
+        inst.move(InstanceState.STOPPING)
         self.store.put_instance(inst.rec)
         log.info("[%s] stop %s (%s)", self.env, inst_id, reason)
         inst.tasks.append(asyncio.create_task(self._stop(inst)))
@@ -167,9 +192,9 @@ class Supervisor:
             if self.before_stop is not None and inst.handle is not None:
                 await self.before_stop(inst.rec)  # leave the router's pool, let requests finish
             if inst.handle is not None:
-                signal = str(inst.rec.extra.get("stop_signal", "TERM"))
-                grace = float(inst.rec.extra.get("stop_grace", 30.0))
-                await self._runtime(inst).stop(inst.handle, signal, grace)
+                await self._runtime(inst).stop(
+                    inst.handle, inst.rec.stop_signal, inst.rec.stop_grace
+                )
         finally:
             self.instances.pop(inst.rec.id, None)
             self.store.delete_instance(inst.rec.id)
@@ -180,24 +205,23 @@ class Supervisor:
         try:
             spec = self._instance_spec(inst, desired, svc, port)
             kind = "container" if spec.container else "process"
-            inst.rec = replace(inst.rec, extra={**inst.rec.extra, "runtime": kind})
+            inst.rec = replace(inst.rec, runtime=kind)
             inst.handle = await self.runtimes[kind].start(spec)
         except (RuntimeFailure, UserError) as err:
             self._mark_exited(inst, 127, str(err))
             return
-        inst.ready = inst.failing = False
+        inst.judge(ProbeState.PENDING)
         inst.probe_failures = 0
-        inst.rec = replace(
-            inst.rec,
+        inst.move(
+            InstanceState.RUNNING,
             pid=inst.handle.pid,
             start_ticks=inst.handle.start_ticks,
             port=port,
-            state="running",
-            started_at=time.time(),
+            started_at=self.clock.time(),
             exit_code=None,
             exited_at=None,
             healthy_since=None,
-            extra={**inst.rec.extra, "last_error": None},
+            last_error=None,
         )
         self.store.put_instance(inst.rec)
         self._remember_env(inst, {k: v for k, v in spec.environ.items() if k in _owned(svc)})
@@ -222,9 +246,9 @@ class Supervisor:
         self, inst: Instance, desired: Desired, svc: DesiredService, port: int | None
     ) -> InstanceSpec:
         container = self._container(svc) if desired.runtime == "container" else None
-        data_dir = CONTAINER_DATA if container else str(self.data_dir)
         if container is None:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            data_dir(self.state_dir, self.app, self.env)  # made 0700 when new
+        data = CONTAINER_DATA if container else str(self.data_dir)
         builtins = {
             # in a container the app listens on its own port; ondeck publishes it on `port`
             "PORT": str(container.container_port or "") if container else str(port or ""),
@@ -234,7 +258,7 @@ class Supervisor:
             "ONDECK_REVISION": inst.rec.revision,
             "ONDECK_VERSION": svc.spec.version or "",
             "ONDECK_INSTANCE": inst.rec.id,
-            "ONDECK_DATA_DIR": data_dir,
+            "ONDECK_DATA_DIR": data,
         }
         environ = instance_env(svc.spec.env, builtins, {} if container else os.environ)
         argv = tuple(expand(arg, environ) for arg in svc.spec.command or ())
@@ -274,7 +298,7 @@ class Supervisor:
         )
 
     def _runtime(self, inst: Instance) -> Runtime:
-        return self.runtimes[str(inst.rec.extra.get("runtime", "process"))]
+        return self.runtimes[inst.rec.runtime]
 
     # -- drift ------------------------------------------------------------------
 
@@ -284,13 +308,13 @@ class Supervisor:
         Only the spec's own variables and the builtins count: a wrapper such as a
         pyenv shim may add or adjust host variables before the app starts.
         """
-        inst.rec = replace(inst.rec, extra={**inst.rec.extra, "env": _env_signature(environ)})
+        inst.rec = replace(inst.rec, env_signature=_env_signature(environ))
         self.store.put_instance(inst.rec)
 
     def env_drift(self, inst: Instance) -> str | None:
         """Does the running process have the environment ondeck gave it?"""
-        expected = inst.rec.extra.get("env")
-        if not expected or inst.rec.pid is None or inst.rec.state != "running":
+        expected = inst.rec.env_signature
+        if not expected or inst.rec.pid is None or inst.rec.state is not InstanceState.RUNNING:
             return None
         actual = read_environ(inst.rec.pid)
         if actual is None or MARKER not in actual:
@@ -300,12 +324,12 @@ class Supervisor:
 
     def mark_drift(self, inst_id: str, reason: str) -> None:
         inst = self.instances.get(inst_id)
-        if inst is None or inst.rec.extra.get("drift"):
+        if inst is None or inst.rec.drift:
             return
-        inst.rec = replace(inst.rec, extra={**inst.rec.extra, "drift": reason})
+        inst.rec = replace(inst.rec, drift=reason)
         self.store.put_instance(inst.rec)
         self.store.events_add(
-            self.env, inst.rec.service, "drift", f"{inst_id}: {reason}", time.time()
+            self.env, inst.rec.service, "drift", f"{inst_id}: {reason}", self.clock.time()
         )
         log.warning("[%s] drift: %s %s", self.env, inst_id, reason)
         self.wake()
@@ -317,26 +341,26 @@ class Supervisor:
         inst = self.instances.get(event.id)
         if inst is None or inst.handle is None or inst.handle.pid != event.pid:
             return False
-        if inst.rec.state == "stopping":
+        if inst.rec.state is InstanceState.STOPPING:
             return True
         self._mark_exited(inst, event.exit_code, exit_text(event.exit_code))
         return True
 
     def _mark_exited(self, inst: Instance, code: int | None, why: str) -> None:
-        now = time.time()
+        now = self.clock.time()
         inst.cancel_tasks()
-        inst.ready = False
-        reset_after = float(inst.rec.extra.get("reset_after", 600.0))
-        failures = next_failures(inst.rec.failures, inst.rec.healthy_since, now, reset_after)
-        log_tail = tail(Path(inst.rec.log_path), LOG_TAIL_LINES)
-        inst.rec = replace(
-            inst.rec,
-            state="exited",
+        inst.judge(ProbeState.PENDING)
+        failures = next_failures(
+            inst.rec.failures, inst.rec.healthy_since, now, inst.rec.reset_after
+        )
+        inst.move(
+            InstanceState.EXITED,
             exit_code=code,
             exited_at=now,
             failures=failures,
             healthy_since=None,
-            extra={**inst.rec.extra, "last_error": why, "log_tail": log_tail},
+            last_error=why,
+            log_tail=tail(Path(inst.rec.log_path), LOG_TAIL_LINES),
         )
         self.store.put_instance(inst.rec)
         self.store.events_add(self.env, inst.rec.service, "exit", f"{inst.rec.id} {why}", now)
@@ -348,7 +372,7 @@ class Supervisor:
     def _watch(self, inst: Instance) -> None:
         check = _health_of(inst.rec)
         if check is None:
-            self._set_ready(inst, True, None)
+            self._set_ready(inst)
             return
         inst.tasks.append(asyncio.create_task(self._probe_loop(inst, check)))
 
@@ -356,11 +380,11 @@ class Supervisor:
         attempt = 0
         while True:
             result = await self._probe(inst, check)
-            now = time.time()
+            now = self.clock.time()
             started = inst.rec.started_at or now
             if result.ok:
                 inst.probe_failures = 0
-                self._set_ready(inst, True, None)
+                self._set_ready(inst)
             elif not inst.ready and inst.rec.healthy_since is None:
                 # never ready yet: failing only once its allowance is spent
                 allowance = check.start_period + check.failure_threshold * check.interval
@@ -371,7 +395,7 @@ class Supervisor:
                 if inst.probe_failures >= check.failure_threshold:
                     self._set_failing(inst, result.detail)
             if inst.ready or inst.failing:
-                await asyncio.sleep(check.interval)
+                await asyncio.sleep(_next_tick(check.interval))
             else:
                 await asyncio.sleep(FAST_PROBES[min(attempt, len(FAST_PROBES) - 1)])
                 attempt += 1
@@ -388,12 +412,12 @@ class Supervisor:
             return await probe_tcp(port, check.timeout)
         return ProbeResult(False, "health check needs a port: set `port: true`", 0.0)
 
-    def _set_ready(self, inst: Instance, ready: bool, detail: str | None) -> None:
-        if inst.ready == ready and not inst.failing:
+    def _set_ready(self, inst: Instance) -> None:
+        if inst.ready:
             return
-        inst.ready, inst.failing, inst.probe_detail = ready, False, detail
+        inst.judge(ProbeState.READY)
         if inst.rec.healthy_since is None:
-            inst.rec = replace(inst.rec, healthy_since=time.time())
+            inst.rec = replace(inst.rec, healthy_since=self.clock.time())
             self.store.put_instance(inst.rec)
         log.info("[%s] %s is healthy", self.env, inst.rec.id)
         self.wake()
@@ -401,13 +425,11 @@ class Supervisor:
     def _set_failing(self, inst: Instance, detail: str) -> None:
         if inst.failing:
             return
-        inst.ready, inst.failing, inst.probe_detail = False, True, detail
-        inst.rec = replace(
-            inst.rec, extra={**inst.rec.extra, "last_error": f"health check: {detail}"}
-        )
+        inst.judge(ProbeState.FAILING, detail)
+        inst.rec = replace(inst.rec, last_error=f"health check: {detail}")
         self.store.put_instance(inst.rec)
         self.store.events_add(
-            self.env, inst.rec.service, "unhealthy", f"{inst.rec.id}: {detail}", time.time()
+            self.env, inst.rec.service, "unhealthy", f"{inst.rec.id}: {detail}", self.clock.time()
         )
         log.warning("[%s] %s is unhealthy: %s", self.env, inst.rec.id, detail)
         self.wake()
@@ -422,12 +444,12 @@ class Supervisor:
             alive = (
                 handle is not None
                 and (rec.pid in (None, handle.pid))
-                and self.runtimes[str(rec.extra.get("runtime", "process"))].adopt(handle)
+                and self.runtimes[rec.runtime].adopt(handle)
             )
-            if rec.state == "exited":
+            if rec.state is InstanceState.EXITED:
                 continue
             if not alive or handle is None:
-                if rec.state in ("stopping", "launching"):
+                if rec.state in (InstanceState.STOPPING, InstanceState.LAUNCHING):
                     self.forget(rec.id)
                 else:
                     self._mark_exited(inst, None, "exited while the controller was down")
@@ -435,18 +457,20 @@ class Supervisor:
             inst.handle = handle
             # It served before the restart: it keeps serving until a probe says otherwise,
             # so a slow health check never empties the router's pool.
-            inst.ready = rec.state == "running" and rec.healthy_since is not None
-            if rec.state == "launching":  # spawned, but the controller died before recording it
-                inst.rec = replace(
-                    rec,
+            if rec.state is InstanceState.RUNNING and rec.healthy_since is not None:
+                inst.judge(ProbeState.READY)
+            if (
+                rec.state is InstanceState.LAUNCHING
+            ):  # spawned; the controller died before recording it
+                inst.move(
+                    InstanceState.RUNNING,
                     pid=handle.pid,
                     start_ticks=handle.start_ticks,
-                    state="running",
-                    started_at=time.time(),
+                    started_at=self.clock.time(),
                 )
                 self.store.put_instance(inst.rec)
             log.info("[%s] adopted %s (pid %d)", self.env, rec.id, handle.pid)
-            if inst.rec.state == "stopping":
+            if inst.rec.state is InstanceState.STOPPING:
                 inst.tasks.append(asyncio.create_task(self._stop(inst)))
             else:
                 self._watch(inst)
@@ -456,7 +480,7 @@ class Supervisor:
             inst.cancel_tasks()
 
 
-def _policy_extra(svc: DesiredService) -> dict[str, Any]:
+def _policy(svc: DesiredService) -> dict[str, Any]:
     """What an instance must remember of its spec even after the spec moves on."""
     health = svc.spec.health
     if health is None and svc.spec.port:
@@ -470,9 +494,18 @@ def _policy_extra(svc: DesiredService) -> dict[str, Any]:
     }
 
 
+def _next_tick(interval: float) -> float:
+    """Seconds until the next multiple of `interval` on the loop's clock.
+
+    Instances sharing an interval are probed in the same loop iteration: one
+    wake-up for a hundred idle services instead of a hundred.
+    """
+    now = asyncio.get_running_loop().time()
+    return interval - (now % interval) if interval > 0 else 0.0
+
+
 def _health_of(rec: InstanceRecord) -> HealthCheck | None:
-    raw = rec.extra.get("health")
-    return HealthCheck.model_validate(raw) if raw else None
+    return HealthCheck.model_validate(rec.health) if rec.health else None
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,11 @@ import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ondeck.rollout.strategies import EnvTraffic, router_config, same_routing
-from ondeck.router.control import RouterControl, RouterRefused, RouterUnavailable
+from ondeck.router.control import RouterControl as ControlSocket
+from ondeck.router.control import RouterRefused, RouterUnavailable
 from ondeck.router.table import RouterConfig
 from ondeck.runtime.logs import tail
 from ondeck.store import InstanceRecord
@@ -30,13 +31,39 @@ START_TIMEOUT = 10.0
 DRAIN_POLL = 0.05
 
 
+class RouterControl(Protocol):
+    """What the controller needs of the router: `RouterLink`, or a test's stand-in."""
+
+    error: str | None  # why the router cannot serve, shown in the status
+
+    async def ensure(self) -> bool:
+        """A router answers: the running one, or one started now."""
+        ...
+
+    async def push(self, envs: Iterable[EnvTraffic]) -> None:
+        """Route as `envs` say (sent only when the routing changed)."""
+        ...
+
+    async def drain(self, rec: InstanceRecord, envs: Iterable[EnvTraffic]) -> None:
+        """Take an instance out of the pools and let its requests finish."""
+        ...
+
+    async def stats(self) -> dict[str, Any]:
+        """Per-backend counters (requests, errors, latency buckets) for analysis."""
+        ...
+
+    async def metrics(self) -> str:
+        """The router's Prometheus text, appended to the controller's."""
+        ...
+
+
 class RouterLink:
     """One router, reached over its control socket in the state dir."""
 
     def __init__(self, state_dir: Path, listen: str, trusted_proxies: tuple[str, ...] = ()) -> None:
         self.state_dir, self.listen = state_dir, listen
         self.trusted_proxies = trusted_proxies
-        self.control = RouterControl(state_dir / "router.sock")
+        self.control = ControlSocket(state_dir / "router.sock")
         self.config: RouterConfig | None = None
         self.generation = 0
         self.error: str | None = None
@@ -110,7 +137,7 @@ class RouterLink:
     async def drain(self, rec: InstanceRecord, envs: Iterable[EnvTraffic]) -> None:
         """Take `rec` out of the pools, then wait (up to its `drain`) for its requests."""
         await self.push(envs)
-        deadline = time.monotonic() + float(rec.extra.get("drain", 30.0))
+        deadline = time.monotonic() + rec.drain
         while time.monotonic() < deadline:
             try:
                 stats = await self.control.stats()

@@ -36,7 +36,7 @@ services:
 environments:
   staging:
     services:
-      web: {replicas: 1}
+      web: {replicas: 1, routes: [{host: staging.shop.localhost}]}
   production: {}
 """
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from ondeck.errors import UserError
+from ondeck.state.lifecycle import InstanceState
 from ondeck.store import MIGRATIONS, EnvRecord, InstanceRecord, Store
 
 
@@ -168,6 +170,73 @@ def test_fields_missing_from_old_rows_take_their_defaults(store: Store) -> None:
     store.put_instance(instance(restarts=3))
     store._db.execute("UPDATE instances SET data = json_remove(data, '$.restarts', '$.extra')")
     assert store.get_instance("web-1") == instance()
+
+
+def test_rows_written_before_extra_keys_became_fields_still_load(store: Store) -> None:
+    """An instance row as ondeck wrote it when runtime, errors and policy lived in `extra`."""
+    old = {
+        "id": "web-1",
+        "app": "shop",
+        "env": "production",
+        "service": "web",
+        "fingerprint": "f" * 12,
+        "revision": "a" * 40,
+        "release_dir": "/r",
+        "log_path": "/l",
+        "state": "exited",
+        "restarts": 1,
+        "failures": 2,
+        "created_at": 1.0,
+        "extra": {
+            "runtime": "container",
+            "last_error": "killed by signal 9",
+            "log_tail": "boom\n",
+            "drift": "edited",
+            "env": {"PORT": "abc"},
+            "stop_signal": "INT",
+            "stop_grace": 5.0,
+            "reset_after": 60.0,
+            "drain": 2.0,
+            "health": {"tcp": True},
+            "unknown": 1,
+        },
+    }
+    store._db.execute(
+        "INSERT INTO instances (id, app, env, service, created_at, data) VALUES (?,?,?,?,?,?)",
+        ("web-1", "shop", "production", "web", 1.0, json.dumps(old)),
+    )
+    rec = store.get_instance("web-1")
+    assert rec is not None
+    assert rec.state is InstanceState.EXITED
+    assert (rec.runtime, rec.last_error, rec.log_tail, rec.drift) == (
+        "container",
+        "killed by signal 9",
+        "boom\n",
+        "edited",
+    )
+    assert rec.env_signature == {"PORT": "abc"}
+    assert (rec.stop_signal, rec.stop_grace, rec.reset_after, rec.drain) == ("INT", 5.0, 60.0, 2.0)
+    assert rec.health == {"tcp": True}
+    assert rec.extra == {"unknown": 1}  # what is not a field stays where it was
+
+
+def test_env_rows_with_live_commit_in_extra_still_load(store: Store) -> None:
+    commit = {"sha": "b" * 40, "author": "A", "message": "m", "committed_at": 1.0}
+    old = {
+        "env": "production",
+        "desired_revision": "b" * 40,
+        "live_revision": "b" * 40,
+        "error": None,
+        "error_revision": None,
+        "updated_at": 2.0,
+        "extra": {"live_commit": commit},
+    }
+    store._db.execute(
+        "INSERT INTO envs (env, updated_at, data) VALUES (?, ?, ?)",
+        ("production", 2.0, json.dumps(old)),
+    )
+    rec = store.get_env("production")
+    assert rec is not None and rec.live_commit == commit and rec.extra == {}
 
 
 # -- syncs ------------------------------------------------------------------

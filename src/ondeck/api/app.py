@@ -11,7 +11,7 @@ import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
@@ -23,11 +23,26 @@ from ondeck.api.openapi import describe_errors
 from ondeck.api.secrets import secrets_router
 from ondeck.api.ui import ui_router
 from ondeck.api.webhooks import PushEvent, webhook_router
-from ondeck.controller import Controller, Trigger
+from ondeck.controller import Controller
 from ondeck.errors import UserError
 from ondeck.gitops import set_field
 from ondeck.runtime.container import decode_cri_log
 from ondeck.runtime.logs import tail
+from ondeck.state.lifecycle import Trigger
+from ondeck.status import (
+    DeployAnswer,
+    DiffDoc,
+    EnvDiff,
+    EventEntry,
+    EventsDoc,
+    HistoryDoc,
+    ReleaseStatus,
+    RolloutAnswer,
+    ServiceDiffStatus,
+    StatusDoc,
+    SyncAnswer,
+    SyncEntry,
+)
 from ondeck.store import SyncRecord
 from ondeck.tokens import ADMIN, Scope, TokenInfo, Tokens, allows, visible_envs
 
@@ -46,7 +61,9 @@ class SyncBody(Body):
     env: str | None = None
     wait: bool = False
     timeout: float = 300.0
-    trigger: Literal["cli", "rollback"] = "cli"  # what history records as the cause
+    trigger: Literal[Trigger.CLI, Trigger.ROLLBACK] = (
+        Trigger.CLI
+    )  # what history records as the cause
 
 
 def create_app(
@@ -113,21 +130,22 @@ def create_app(
         return Response(body, media_type=content_type)
 
     @api.get("/status")
-    def status(info: Caller) -> dict[str, Any]:
+    def status(info: Caller) -> StatusDoc:
         doc = controller.status()
         names = set(shown(info, None))
-        doc["environments"] = [e for e in doc["environments"] if e["name"] in names]
-        return doc
+        return doc.model_copy(
+            update={"environments": [e for e in doc.environments if e.name in names]}
+        )
 
     @api.post("/sync")
-    async def sync(body: SyncBody, info: Caller) -> dict[str, Any]:
+    async def sync(body: SyncBody, info: Caller) -> SyncAnswer:
         require(info, Scope.SYNC, body.env)
         try:
             future = controller.request_sync(body.env, body.trigger)
         except UserError as err:
             raise HTTPException(404, str(err)) from err
         if not body.wait:
-            return {"accepted": True}
+            return SyncAnswer()
         try:
             return await asyncio.wait_for(asyncio.shield(future), body.timeout)
         except TimeoutError as err:
@@ -136,7 +154,7 @@ def create_app(
             ) from err
 
     @api.post("/deploy")
-    async def deploy(body: DeployBody, info: Caller) -> dict[str, Any]:
+    async def deploy(body: DeployBody, info: Caller) -> DeployAnswer:
         """CI without git credentials: a scoped token commits a new version or image."""
         require(info, Scope.DEPLOY, body.env)
         field: Literal["image", "version"] = "image" if body.image else "version"
@@ -159,12 +177,12 @@ def create_app(
         except UserError as err:
             raise HTTPException(409, str(err)) from err
         controller.refresh(Trigger.CLI)
-        return {"commit": result.sha, "message": result.message, "pushed": result.pushed}
+        return DeployAnswer(commit=result.sha, message=result.message, pushed=result.pushed)
 
     @api.post("/rollout/{service}/{action}")
     def rollout_action(
         service: str, action: str, info: Caller, env: str | None = None
-    ) -> dict[str, Any]:
+    ) -> RolloutAnswer:
         if action not in ("promote", "abort"):
             raise HTTPException(404, f"unknown rollout action {action!r}: use promote or abort")
         require(info, Scope.DEPLOY, env)
@@ -172,37 +190,38 @@ def create_app(
             progress = controller.rollout_action(env, service, action)
         except UserError as err:
             raise HTTPException(409, str(err)) from err
-        return {"release": progress.to_json()}
+        return RolloutAnswer(release=ReleaseStatus.model_validate(progress.to_json()))
 
     @api.get("/diff")
-    def diff(info: Caller, env: str | None = None) -> dict[str, Any]:
+    def diff(info: Caller, env: str | None = None) -> DiffDoc:
         """Per service: sync, the reasons, and a unified diff live -> desired (secrets masked)."""
         out = []
         for name in shown(info, env):
             state = controller.envs[name]
             texts = controller.unified_diffs(state)
             services = [
-                {
-                    "name": d.name,
-                    "sync": d.sync.value,
-                    "reasons": list(d.reasons),
-                    "diff": "\n".join(texts.get(d.name, [])),
-                }
+                ServiceDiffStatus(
+                    name=d.name,
+                    sync=d.sync,
+                    reasons=list(d.reasons),
+                    diff="\n".join(texts.get(d.name, [])),
+                )
                 for d in controller.diffs(state)
             ]
-            out.append({"name": name, "services": services})
-        return {"environments": out}
+            out.append(EnvDiff(name=name, services=services))
+        return DiffDoc(environments=out)
 
     @api.get("/history")
-    def history(info: Caller, env: str | None = None, limit: Limit = 50) -> dict[str, Any]:
+    def history(info: Caller, env: str | None = None, limit: Limit = 50) -> HistoryDoc:
         names = set(shown(info, env))
         rows = [r for r in controller.store.history(env, limit) if r.env in names]
-        return {"syncs": [_sync_json(r) for r in rows]}
+        return HistoryDoc(syncs=[_sync_entry(r) for r in rows])
 
     @api.get("/events")
-    def events(info: Caller, env: str | None = None, limit: Limit = 100) -> dict[str, Any]:
+    def events(info: Caller, env: str | None = None, limit: Limit = 100) -> EventsDoc:
         names = set(shown(info, env))
-        return {"events": [e for e in controller.store.events(env, limit) if e["env"] in names]}
+        found = [e for e in controller.store.events(env, limit) if e["env"] in names]
+        return EventsDoc(events=[EventEntry.model_validate(e) for e in found])
 
     @api.get("/logs/{service}", response_class=PlainTextResponse)
     def logs(
@@ -228,22 +247,22 @@ def create_app(
     return app
 
 
-def _sync_json(r: SyncRecord) -> dict[str, Any]:
-    return {
-        "id": r.id,
-        "env": r.env,
-        "revision": r.revision,
-        "author": r.author,
-        "message": r.message,
-        "trigger": r.trigger,
-        "result": r.result,
-        "started_at": r.started_at,
-        "finished_at": r.finished_at,
-        "duration": (r.finished_at - r.started_at) if r.finished_at else None,
-        "actions": r.actions,
-        "changes": r.changes,
-        "error": r.error,
-    }
+def _sync_entry(r: SyncRecord) -> SyncEntry:
+    return SyncEntry(
+        id=r.id,
+        env=r.env,
+        revision=r.revision,
+        author=r.author,
+        message=r.message,
+        trigger=r.trigger,
+        result=r.result,
+        started_at=r.started_at,
+        finished_at=r.finished_at,
+        duration=(r.finished_at - r.started_at) if r.finished_at else None,
+        actions=r.actions,
+        changes=r.changes,
+        error=r.error,
+    )
 
 
 @dataclass(frozen=True)
@@ -263,7 +282,7 @@ def _log_paths(controller: Controller, service: str, envs: list[str]) -> list[Lo
             continue
         for inst in state.supervisor.instances.values():
             if inst.rec.service == service:
-                cri = inst.rec.extra.get("runtime") == "container"
+                cri = inst.rec.runtime == "container"
                 found.append(LogSource(inst.rec.id, Path(inst.rec.log_path), cri))
     return found
 

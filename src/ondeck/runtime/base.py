@@ -7,7 +7,7 @@ instances. Everything here is data or a protocol so tests and other runtimes
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -78,3 +78,47 @@ class Runtime(Protocol):
     def scan(self) -> dict[str, Handle]: ...
 
     def is_alive(self, handle: Handle) -> bool: ...
+
+    def close(self) -> None:
+        """Stop watching; the instances keep running for the next controller to adopt."""
+
+
+RuntimeFactory = Callable[[ExitCallback], Runtime]
+
+
+class Runtimes(Mapping[str, Runtime]):
+    """The runtimes of one controller by kind (`process`, `container`, ...), made on first use.
+
+    Each is built by its factory with one exit callback that forwards to
+    whoever `listen`s (the controller), so runtimes can exist before it does.
+    Iterating shows only the runtimes made so far.
+    """
+
+    def __init__(self, factories: Mapping[str, RuntimeFactory]) -> None:
+        self._factories = dict(factories)
+        self._made: dict[str, Runtime] = {}
+        self._listener: ExitCallback | None = None
+
+    def listen(self, callback: ExitCallback) -> None:
+        self._listener = callback
+
+    def _on_exit(self, event: ExitEvent) -> None:
+        if self._listener is not None:
+            self._listener(event)
+
+    def __getitem__(self, kind: str) -> Runtime:
+        if kind not in self._made:
+            if kind not in self._factories:
+                raise KeyError(f"no {kind!r} runtime on this host")
+            self._made[kind] = self._factories[kind](self._on_exit)
+        return self._made[kind]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._made))
+
+    def __len__(self) -> int:
+        return len(self._made)
+
+    def close(self) -> None:
+        for runtime in self._made.values():
+            runtime.close()

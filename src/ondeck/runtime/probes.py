@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -36,7 +37,8 @@ async def probe_http(port: int, path: str, timeout: float, host: str = "127.0.0.
     """GET `path`; any 2xx or 3xx answer within `timeout` is healthy."""
     started = time.monotonic()
     try:
-        status = await asyncio.wait_for(_http_status(host, port, path), timeout)
+        async with asyncio.timeout(timeout):
+            status = await _http_status(host, port, path)
     except (OSError, TimeoutError, ValueError) as exc:
         return ProbeResult(False, _failure(exc, timeout), time.monotonic() - started)
     return ProbeResult(200 <= status < 400, f"HTTP {status}", time.monotonic() - started)
@@ -63,15 +65,22 @@ def _parse_status(line: bytes) -> int:
 
 
 async def probe_tcp(port: int, timeout: float, host: str = "127.0.0.1") -> ProbeResult:
-    """Healthy when a TCP connection opens within `timeout`."""
+    """Healthy when a TCP connection opens within `timeout`.
+
+    A bare non-blocking socket, no stream objects and no extra task: a host
+    probes every instance every couple of seconds, so each probe must be cheap.
+    """
     started = time.monotonic()
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        async with asyncio.timeout(timeout):
+            await asyncio.get_running_loop().sock_connect(sock, (host, port))
     except (OSError, TimeoutError) as exc:
         return ProbeResult(False, _failure(exc, timeout), time.monotonic() - started)
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
+    finally:
+        sock.close()
     return ProbeResult(True, "connected", time.monotonic() - started)
 
 

@@ -37,6 +37,7 @@ from ondeck.api.ui.charts import chart, chart_start, latest
 from ondeck.api.ui.live import KEEPALIVE, LogSource, Sampler, StatusFeed, follow_logs, sse
 from ondeck.errors import OndeckError, UserError
 from ondeck.gitops import rollback
+from ondeck.state.lifecycle import Trigger
 from ondeck.tokens import Scope, Tokens
 
 if TYPE_CHECKING:
@@ -56,8 +57,8 @@ SECURITY_HEADERS = {
 LOGIN_COOKIE = "ondeck_login"  # double-submit token of the login form (login CSRF)
 SYNC_WAIT = 300.0  # seconds an action waits for a sync's outcome
 STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
-TRIGGER = "ui"  # what history records as the cause of a sync asked for here
-REFRESH_TRIGGER = "poll"  # the controller's Trigger.POLL: fetch, sync only if auto-sync is on
+TRIGGER = Trigger.UI  # what history records as the cause of a sync asked for here
+REFRESH_TRIGGER = Trigger.POLL  # fetch, sync only if auto-sync is on
 FORM_TYPE = "application/x-www-form-urlencoded"
 MAX_FORM = 64 * 1024
 REFRESH_AGES = 5.0  # seconds: re-render at least this often, so ages move
@@ -232,8 +233,8 @@ class Dashboard:
 
 def ui_router(controller: Controller, token: str, public_read: bool = False) -> APIRouter:
     """The dashboard at `/`; the traffic sampler starts with it (in the running loop)."""
-    sampler = Sampler(_router_stats(controller), controller.status)
-    feed = StatusFeed(controller.status, sampler.learn)
+    sampler = Sampler(_router_stats(controller), controller.status_json)
+    feed = StatusFeed(controller.status_json, sampler.learn)
     if controller.router is not None:
         _keep(asyncio.get_running_loop().create_task(sampler.run()))
     ui = Dashboard(controller, feed, sampler)
@@ -430,9 +431,10 @@ def ui_router(controller: Controller, token: str, public_read: bool = False) -> 
                 answer = await asyncio.wait_for(asyncio.shield(future), SYNC_WAIT)
             except TimeoutError:
                 return f"still syncing after {SYNC_WAIT:.0f}s: the page updates when it is done"
-            if answer.get("error"):
-                raise UserError(f"sync failed: {answer['error']}")
-            return _sync_outcome(answer["status"], env)
+            if answer.error:
+                raise UserError(f"sync failed: {answer.error}")
+            assert answer.status is not None  # a waited-for answer carries the status
+            return _sync_outcome(answer.status.model_dump(mode="json"), env)
 
         return await act(request, Scope.SYNC, work)
 
@@ -455,7 +457,7 @@ def ui_router(controller: Controller, token: str, public_read: bool = False) -> 
             )
             if result.sha is None:
                 return result.message
-            controller.request_sync(env, "rollback")
+            controller.request_sync(env, Trigger.ROLLBACK)
             return f"committed {result.sha[:7]}: {result.message.splitlines()[0]}; syncing it now"
 
         return await act(request, Scope.DEPLOY, work)
@@ -507,9 +509,7 @@ def _log_sources(controller: Controller, env: str, service: str) -> list[LogSour
     if state.supervisor is None:
         return []
     return [
-        LogSource(
-            inst.rec.id, Path(inst.rec.log_path), inst.rec.extra.get("runtime") == "container"
-        )
+        LogSource(inst.rec.id, Path(inst.rec.log_path), inst.rec.runtime == "container")
         for inst in state.supervisor.instances.values()
         if inst.rec.service == service
     ]

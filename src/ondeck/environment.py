@@ -1,0 +1,691 @@
+"""One environment's path from a revision to a sync result.
+
+The host loop (controller.py) offers each `Environment` the repo's head after
+every fetch and calls `reconcile` once per pass. An offered revision goes
+through the *prepare phase* in a background task (render the spec, then each
+`prepare_steps` entry: signature check, image pull, release export and build),
+so slow work never delays a pass; only when every step passed does the
+environment switch its desired state and open a sync. A pass plans from
+desired and live, carries out the actions through its `Supervisor`, and lets
+`state.verdict` close the sync.
+
+Hook points for features that add to a sync (each a list; append to it):
+
+- `prepare_steps: list[PrepareStep]`, `async step(env, desired) -> None`: run
+  in order in the background task, before anything running is touched; run
+  blocking work with `asyncio.to_thread`. Raise a `UserError` (or `SpecError`,
+  `SourceError`, `RuntimeFailure`) to refuse the revision: it is recorded as a
+  failed sync and what runs is left alone. For secrets resolution, release
+  tasks before instances start, a backup before deploy, certificates.
+- `pass_hooks: list[PassHook]`, `async hook(env, now) -> None`: on the loop at
+  the start of every pass; must be quick (start a task for slow work and call
+  `env.host.wake()` when it is done). For jobs scheduling, renewals.
+- `finish_hooks: list[FinishHook]`, `hook(env, op, result, error) -> None`:
+  when a sync ends. For notifications.
+- `Host.runtimes`: a `Runtimes` registry; a new runtime (kubernetes) is one
+  more factory there and a `Desired.runtime` value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from ondeck.clock import Clock
+from ondeck.errors import (
+    BuildError,
+    OndeckError,
+    RuntimeFailure,
+    SourceError,
+    SpecError,
+    UserError,
+)
+from ondeck.metrics import Metrics
+from ondeck.releases import data_dir, is_complete, prepare, prune, release_dir
+from ondeck.rollout.analysis import Measurement, measure
+from ondeck.rollout.strategies import EnvTraffic
+from ondeck.runtime.base import Runtime
+from ondeck.runtime.container import ContainerRuntime
+from ondeck.runtime.logs import rotate
+from ondeck.source.base import Source
+from ondeck.source.git import CommitInfo
+from ondeck.source.verify import verify_commit
+from ondeck.source.write import add_note, push_notes
+from ondeck.spec.load import parse, render_spec
+from ondeck.spec.template import instance_env
+from ondeck.state import rollout
+from ondeck.state.desired import Desired, render
+from ondeck.state.diff import summarize
+from ondeck.state.lifecycle import SyncResult, Trigger
+from ondeck.state.plan import Action, Forget, Plan, Restart, Start, Stop, plan
+from ondeck.state.rollout import Progress, Stage, Traffic
+from ondeck.state.verdict import analysis_step, verdict
+from ondeck.store import EnvRecord, InstanceRecord, Store
+from ondeck.supervisor import Supervisor
+from ondeck.traffic import RouterControl
+
+log = logging.getLogger("ondeck")
+
+SPEC_FILE = "ondeck.yaml"
+HOUSEKEEPING_EVERY = 30.0
+REBUILD_RETRY = 30.0  # a release that failed to rebuild is tried again after this long
+REFUSABLE = (SpecError, UserError, SourceError, RuntimeFailure)
+
+
+@dataclass(frozen=True)
+class Options:
+    """How `ondeck up` was asked to run (its command-line flags)."""
+
+    repo: str
+    state_dir: Path
+    branch: str | None = None
+    path: str = ""
+    envs: tuple[str, ...] = ()
+    poll: float = 10.0
+    auto_sync: bool = True
+    self_heal: bool = True
+    log_max_bytes: int = 10 * 1024 * 1024
+    log_keep: int = 3
+    listen: str | None = None  # where the router serves users; None: no router
+    trusted_proxies: tuple[str, ...] = ()  # peers whose X-Forwarded-* the router keeps
+    drift_check: float = HOUSEKEEPING_EVERY  # how often release files, envs and strays are checked
+    container_host: str | None = None  # Docker API URL; default $DOCKER_HOST, else Podman
+
+
+@dataclass
+class Host:
+    """What the environments of one controller share; the controller builds it once."""
+
+    opts: Options
+    store: Store
+    source: Source
+    runtimes: Mapping[str, Runtime]
+    metrics: Metrics
+    clock: Clock
+    router: RouterControl | None
+    wake: Callable[[], None]  # ask the host loop for a pass soon
+    routing: Callable[[], list[EnvTraffic]]  # who serves what, across every environment
+
+
+@dataclass
+class Operation:
+    """A sync in progress: from a new desired state until live matches it."""
+
+    id: int
+    revision: str
+    trigger: Trigger
+    started: float
+
+
+PrepareStep = Callable[["Environment", Desired], Awaitable[None]]
+PassHook = Callable[["Environment", float], Awaitable[None]]
+FinishHook = Callable[["Environment", Operation, SyncResult, str | None], None]
+
+
+class Environment:
+    """One environment of one app on this host: its desired state, its instances, its sync."""
+
+    def __init__(self, name: str, overlay: str | None, host: Host) -> None:
+        self.name, self.overlay, self.host = name, overlay, host
+        self.supervisor: Supervisor | None = None
+        self.desired: Desired | None = None
+        self.commit: CommitInfo | None = None
+        self.candidate: CommitInfo | None = None  # a newer revision not applied (auto-sync off)
+        self.seen: str | None = None  # the last head offered
+        self.error: str | None = None
+        self.error_commit: CommitInfo | None = None
+        self.op: Operation | None = None
+        self.last_result: SyncResult | None = None
+        self.wake_at: float | None = None
+        self.manual = False  # a person asked for a sync: act even with self-heal off
+        self.releases: dict[str, Progress] = {}  # blue/green, canary in flight
+        self.traffic: dict[str, Traffic] = {}
+        self.measurements: dict[str, Measurement] = {}
+        self.snapshots: dict[str, tuple[float, dict[str, Any]]] = {}
+        self.prepare_steps: list[PrepareStep] = [
+            Environment.check_signature,
+            Environment.pull_images,
+            Environment.build_releases,
+        ]
+        self.pass_hooks: list[PassHook] = []
+        self.finish_hooks: list[FinishHook] = []
+        self._loading: asyncio.Task[None] | None = None
+        self._queued: tuple[str, Trigger] | None = None
+        self._rebuilding: asyncio.Task[None] | None = None
+        self._rebuild_after = 0.0
+        self._crash: BaseException | None = None
+        self._load_releases()
+
+    @property
+    def loading(self) -> bool:
+        """A revision is in its prepare phase (or queued behind one)."""
+        return self._loading is not None or self._queued is not None
+
+    def check(self) -> None:
+        """Re-raise, on the host loop, a bug that ended a background task."""
+        if self._crash is not None:
+            raise self._crash
+
+    # -- revision -> desired (the prepare phase, in the background) ------------------
+
+    def offer(self, head: str, trigger: Trigger) -> None:
+        """The repo's head after a fetch: prepare it in the background when it is new here."""
+        manual = trigger not in (Trigger.POLL, Trigger.STARTUP)
+        self.manual = self.manual or manual
+        if self._loading is not None:
+            self._queued = (head, trigger)  # the newest wins, once the one in flight is done
+            return
+        if head == self.seen:
+            if manual and self.candidate is not None and self.candidate.sha == head:
+                self._start(self._apply_revision(head, trigger, self.candidate))
+            return
+        self.seen = head
+        if self.desired is not None and self.desired.revision == head and self.error is None:
+            return  # restored from the state dir: nothing new
+        self._start(self._consider(head, trigger, manual))
+
+    def _start(self, work: Awaitable[None]) -> None:
+        async def run() -> None:
+            try:
+                await work
+            except OndeckError as err:
+                log.warning("[%s] could not read the new revision: %s", self.name, err)
+                self.seen = None  # try again on the next fetch
+            except BaseException as err:
+                self._crash = err
+                raise
+            finally:
+                self._loading = None
+                queued, self._queued = self._queued, None
+                if queued is not None:
+                    self.offer(*queued)
+                self.host.wake()
+
+        self._loading = asyncio.get_running_loop().create_task(run())
+
+    async def _consider(self, head: str, trigger: Trigger, manual: bool) -> None:
+        commit = await asyncio.to_thread(self.host.source.commit_info, head)
+        if self.host.opts.auto_sync or manual or self.desired is None:
+            await self._apply_revision(head, trigger, commit)
+        else:
+            self.candidate = commit
+            log.info("[%s] %s is new; auto-sync is off: run `ondeck sync`", self.name, head[:12])
+
+    async def restore(self) -> None:
+        """Render what was last applied from the local mirror, before any fetch.
+
+        So a controller restarted while the remote is unreachable still
+        supervises (restarts, heals) what it had deployed.
+        """
+        record = self.host.store.get_env(self.name)
+        if record is None or not record.desired_revision:
+            return
+        rev = record.desired_revision
+        try:
+            desired = await asyncio.to_thread(self.render_revision, rev)
+            await asyncio.to_thread(self.prepare_releases, desired)
+            commit = await asyncio.to_thread(self.host.source.commit_info, rev)
+        except (SpecError, UserError, SourceError) as err:
+            log.warning("[%s] cannot restore %s from the mirror: %s", self.name, rev[:12], err)
+            return
+        self.desired, self.commit = desired, commit
+        log.info("[%s] restored %s %s", self.name, rev[:12], commit.message)
+
+    async def _apply_revision(self, rev: str, trigger: Trigger, commit: CommitInfo) -> None:
+        started = self.host.clock.time()  # the sync's duration counts its prepare phase
+        try:
+            desired = await asyncio.to_thread(self.render_revision, rev)
+            for step in self.prepare_steps:
+                await step(self, desired)
+        except REFUSABLE as err:
+            self._refuse(commit, trigger, err, started)
+            return
+        if self.op is not None:
+            self._finish(SyncResult.ABORTED, f"superseded by {rev[:12]}")
+        changes = summarize(self.desired, desired)
+        self.desired, self.commit, self.candidate = desired, commit, None
+        self.error = self.error_commit = None
+        record = self.host.store.get_env(self.name)
+        if trigger == Trigger.STARTUP and record is not None and record.live_revision == rev:
+            self._save_env()  # a restart on the same revision: only drift opens a sync
+            return
+        self._open(commit, trigger, started, changes)
+        log.info("[%s] syncing %s %s (%s)", self.name, rev[:12], commit.message, commit.author)
+
+    def render_revision(self, rev: str) -> Desired:
+        """The desired state of this environment at `rev`, read from the local mirror."""
+        path = self.host.opts.path.strip("/")
+        spec_path = f"{path}/{SPEC_FILE}".lstrip("/")
+        text = self.host.source.read_file(rev, spec_path)
+        if text is None:
+            raise UserError(
+                f"{spec_path}: not found at {rev[:12]}; add an ondeck.yaml there (`ondeck init`)"
+            )
+        spec = render_spec(parse(text, spec_path), self.overlay)
+        code_id = self.host.source.tree_id(rev, path, frozenset({SPEC_FILE}))
+        return render(spec, self.name, rev, code_id)
+
+    async def check_signature(self, desired: Desired) -> None:
+        """`protect.signed_by`: the running release's rules and the new one's both apply."""
+        allowed = sorted({*desired.signed_by, *(self.desired.signed_by if self.desired else ())})
+        if not allowed:
+            return
+        home = self.host.opts.state_dir / "gnupg"
+        found = await asyncio.to_thread(
+            verify_commit,
+            self.host.source.mirror_dir,
+            desired.revision,
+            allowed,
+            home if home.is_dir() else None,
+        )
+        if not found.ok:
+            raise UserError(
+                f"{self.name} deploys only commits signed by an allowed key; "
+                f"{desired.revision[:12]}: {found.reason}. Sign it (git commit -S) with an allowed key"
+            )
+        log.info("[%s] %s %s", self.name, desired.revision[:12], found.reason)
+
+    async def pull_images(self, desired: Desired) -> None:
+        """Every image of a container release is here before anything is touched."""
+        if desired.runtime != "container":
+            return
+        runtimes = self.host.runtimes
+        engine = cast(ContainerRuntime, await asyncio.to_thread(runtimes.__getitem__, "container"))
+        for svc in desired.services:
+            assert svc.spec.image is not None  # validated
+            await engine.ensure_image(
+                svc.spec.image, svc.spec.pull, progress=lambda line: log.info("pull %s", line)
+            )
+
+    async def build_releases(self, desired: Desired) -> None:
+        await asyncio.to_thread(self.prepare_releases, desired)
+
+    def prepare_releases(self, desired: Desired) -> None:
+        """Export and build every service's release (blocking: call it in a worker thread)."""
+        if desired.runtime != "process":
+            return  # an image is the release: nothing to export or build
+        opts = self.host.opts
+        for svc in desired.services:
+            dest = release_dir(opts.state_dir, desired.app, self.name, svc.name, svc.fingerprint)
+            builtins = {
+                "ONDECK_APP": desired.app,
+                "ONDECK_SERVICE": svc.name,
+                "ONDECK_ENV": self.name,
+                "ONDECK_REVISION": desired.revision,
+                "ONDECK_VERSION": svc.spec.version or "",
+                "ONDECK_DATA_DIR": str(data_dir(opts.state_dir, desired.app, self.name)),
+            }
+            environ = instance_env(svc.spec.env, builtins, os.environ)
+            prepare(
+                self.host.source,
+                desired.revision,
+                opts.path.strip("/"),
+                dest,
+                svc.spec.build,
+                environ,
+            )
+
+    def _refuse(self, commit: CommitInfo, trigger: Trigger, err: Exception, started: float) -> None:
+        """A bad commit: say why, record it, and leave everything running untouched."""
+        message = str(err)
+        if isinstance(err, BuildError) and err.log_tail:
+            message += "\n--- build log (tail) ---\n" + err.log_tail
+        self.error, self.error_commit = message, commit
+        store = self.host.store
+        op_id = store.begin_sync(
+            self.name, commit.sha, commit.author, commit.message, trigger, started
+        )
+        store.finish_sync(op_id, SyncResult.FAILED, self.host.clock.time(), message)
+        self.host.metrics.syncs.labels(self.name, SyncResult.FAILED).inc()
+        self._save_env()
+        log.error("[%s] refused %s (%s): %s", self.name, commit.sha[:12], commit.author, message)
+
+    # -- desired -> live (one pass, on the host loop) -----------------------------------
+
+    def ensure_supervisor(self, app: str) -> Supervisor:
+        if self.supervisor is None:
+            h = self.host
+            self.supervisor = Supervisor(
+                app, self.name, h.opts.state_dir, h.store, h.runtimes, h.metrics, h.wake, h.clock
+            )
+            self.supervisor.before_stop = self._drain
+        return self.supervisor
+
+    async def reconcile(self) -> None:
+        """One pass: plan from desired and live, act, and judge the open sync."""
+        self.check()
+        desired = self.desired
+        if desired is None:
+            return
+        sup = self.ensure_supervisor(desired.app)
+        sup.app = desired.app  # a renamed app rolls: the app is part of every fingerprint
+        started = time.perf_counter()
+        now = self.host.clock.time()
+        for hook in self.pass_hooks:
+            await hook(self, now)
+        await self._analyze(now)
+        steps = plan(desired, sup.live(), now, self.releases)
+        self.wake_at = _earliest(steps.wake_at, self._next_analysis(), self._rebuild_at())
+        acting = self.op is not None or self.host.opts.self_heal or self.manual
+        trigger = Trigger.CLI if self.manual else Trigger.SELF_HEAL
+        self.manual = False
+        if acting:
+            self._keep_progress(steps)
+        if acting and steps.actions:
+            if self.op is None and any(not isinstance(a, Restart) for a in steps.actions):
+                self._open_heal_op(steps, trigger)
+            await self._execute(sup, desired, steps.actions)
+            self.host.wake()  # observe the result and plan again at once
+        elif self.op is not None:
+            self._settle(steps, now)
+        self.host.metrics.reconcile_duration.labels(self.name).observe(
+            time.perf_counter() - started
+        )
+
+    async def _execute(
+        self, sup: Supervisor, desired: Desired, actions: tuple[Action, ...]
+    ) -> None:
+        op = self.op  # a revision applied meanwhile opens another; these actions are this one's
+        done: list[str] = []
+        state_dir = self.host.opts.state_dir
+        for action in actions:
+            svc = desired.service(action.service)
+            if isinstance(action, Start) and svc is not None:
+                dest = release_dir(state_dir, desired.app, self.name, svc.name, svc.fingerprint)
+                if not self._release_ready(desired, dest):
+                    continue
+                inst_id = await sup.start(desired, svc, dest)
+                done.append(f"start {inst_id}")
+                continue
+            if isinstance(action, Restart) and svc is not None:
+                where = Path(sup.instances[action.instance].rec.release_dir)
+                if not self._release_ready(desired, where):
+                    continue
+                await sup.restart(desired, svc, action.instance)
+            elif isinstance(action, Stop):
+                sup.stop(action.instance, action.reason)
+            elif isinstance(action, Forget):
+                sup.forget(action.instance)
+            done.append(_describe(action))
+        if op is not None and done:
+            self.host.store.add_sync_actions(op.id, done)
+
+    def _release_ready(self, desired: Desired, dest: Path) -> bool:
+        """Is `dest` complete? If not (drifted, removed), rebuild it in the background."""
+        if desired.runtime != "process" or is_complete(dest):
+            return True
+        now = self.host.clock.time()
+        if self._rebuilding is None and now >= self._rebuild_after:
+            self._rebuilding = asyncio.get_running_loop().create_task(self._rebuild(desired))
+        return False
+
+    async def _rebuild(self, desired: Desired) -> None:
+        try:
+            await asyncio.to_thread(self.prepare_releases, desired)
+        except REFUSABLE as err:
+            self._rebuild_after = self.host.clock.time() + REBUILD_RETRY
+            log.error(
+                "[%s] cannot rebuild a release (retry in %.0fs): %s", self.name, REBUILD_RETRY, err
+            )
+        except BaseException as err:
+            self._crash = err
+            raise
+        finally:
+            self._rebuilding = None
+            self.host.wake()
+
+    def _rebuild_at(self) -> float | None:
+        return self._rebuild_after if self._rebuild_after > self.host.clock.time() else None
+
+    def _settle(self, steps: Plan, now: float) -> None:
+        """Close the open sync once live matches, or fail it when it cannot get there."""
+        assert self.op is not None and self.supervisor is not None and self.desired is not None
+        current = {s.name: s.fingerprint for s in self.desired.services}
+        found = verdict(
+            current,
+            self.supervisor.live(),
+            self.releases,
+            steps.done,
+            steps.waiting,
+            self.op.started,
+            now,
+        )
+        if found.result is not None:
+            self._finish(found.result, found.reason)
+
+    # -- the sync record ---------------------------------------------------------------
+
+    def _open(
+        self, commit: CommitInfo, trigger: Trigger, started: float, changes: list[str] | None
+    ) -> None:
+        op_id = self.host.store.begin_sync(
+            self.name, commit.sha, commit.author, commit.message, trigger, started, changes
+        )
+        self.op = Operation(op_id, commit.sha, trigger, started)
+        self._save_env()
+        self.host.wake()
+
+    def _open_heal_op(self, steps: Plan, trigger: Trigger) -> None:
+        assert self.desired is not None and self.commit is not None
+        c = self.commit
+        now = self.host.clock.time()
+        op_id = self.host.store.begin_sync(self.name, c.sha, c.author, c.message, trigger, now)
+        self.op = Operation(op_id, c.sha, trigger, now)
+        log.info("[%s] drift: %s", self.name, "; ".join(_describe(a) for a in steps.actions))
+
+    def _finish(self, result: SyncResult, error: str | None = None) -> None:
+        op = self.op
+        if op is None:
+            return
+        now = self.host.clock.time()
+        metrics = self.host.metrics
+        self.host.store.finish_sync(op.id, result, now, error)
+        metrics.syncs.labels(self.name, result).inc()
+        metrics.sync_duration.labels(self.name).observe(now - op.started)
+        self.op, self.last_result = None, result
+        if result is SyncResult.SUCCEEDED:
+            self._save_env(live=op.revision)
+            asyncio.get_running_loop().run_in_executor(None, self._note, op.revision, now)
+        log_fn = log.info if result is SyncResult.SUCCEEDED else log.warning
+        log_fn(
+            "[%s] sync %s %s in %.2fs%s",
+            self.name,
+            op.revision[:12],
+            result,
+            now - op.started,
+            f": {error}" if error else "",
+        )
+        for hook in self.finish_hooks:
+            hook(self, op, result, error)
+
+    def _note(self, revision: str, at: float) -> None:
+        """The deploy ledger in git itself: `git log --notes=ondeck` shows what ran where."""
+        source = self.host.source
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+        text = f"ondeck: live in {self.name} on {socket.gethostname()} since {when}"
+        try:
+            add_note(source.mirror_dir, revision, text)
+        except (SourceError, UserError) as err:
+            log.warning("[%s] could not record the git note: %s", self.name, err)
+            return
+        if not push_notes(source.mirror_dir, remote=source.url):
+            log.debug("[%s] notes not pushed: no write access to %s", self.name, source.url)
+
+    def _save_env(self, live: str | None = None) -> None:
+        store = self.host.store
+        old = store.get_env(self.name)
+        live_commit = old.live_commit if old else None
+        if live is not None and self.commit is not None:
+            live_commit = commit_json(self.commit)
+        store.put_env(
+            EnvRecord(
+                env=self.name,
+                desired_revision=self.desired.revision if self.desired else None,
+                live_revision=live or (old.live_revision if old else None),
+                error=self.error,
+                error_revision=self.error_commit.sha if self.error_commit else None,
+                updated_at=self.host.clock.time(),
+                extra=dict(old.extra) if old else {},
+                live_commit=live_commit,
+            )
+        )
+
+    # -- progressive releases ------------------------------------------------------------
+
+    async def _drain(self, rec: InstanceRecord) -> None:
+        if self.host.router is not None:
+            await self.host.router.drain(rec, self.host.routing())
+
+    def _keep_progress(self, steps: Plan) -> None:
+        """Store every release step before acting on it, so a crash resumes from here."""
+        self.traffic.update(steps.traffic)
+        changed = False
+        for name, progress in steps.progress.items():
+            if progress is None:
+                changed |= self.releases.pop(name, None) is not None
+                self.measurements.pop(name, None)
+            elif self.releases.get(name) != progress:
+                self.releases[name], changed = progress, True
+        if changed:
+            self._save_releases()
+
+    def _save_releases(self) -> None:
+        blob = {name: p.to_json() for name, p in self.releases.items()}
+        self.host.store.set_kv(f"releases/{self.name}", json.dumps(blob))
+
+    def _load_releases(self) -> None:
+        raw = self.host.store.get_kv(f"releases/{self.name}")
+        if raw:
+            self.releases = {n: Progress.from_json(p) for n, p in json.loads(raw).items()}
+
+    def _next_analysis(self) -> float | None:
+        times = []
+        for name, progress in self.releases.items():
+            spec = self._analysis_spec(name, progress)
+            if spec is not None and name in self.snapshots:
+                times.append(self.snapshots[name][0] + spec.interval)
+        return min(times, default=None)
+
+    def _analysis_spec(self, name: str, progress: Progress) -> Any:
+        svc = self.desired.service(name) if self.desired else None
+        if svc is None or progress.canary != svc.fingerprint or progress.weight == 0:
+            return None
+        if progress.stage not in (Stage.PROGRESSING, Stage.PAUSED):
+            return None
+        return svc.spec.rollout.analysis
+
+    async def _analyze(self, now: float) -> None:
+        """Measure each new version under traffic; abort it after too many bad figures."""
+        router = self.host.router
+        if router is None or self.supervisor is None:
+            return
+        stats: dict[str, Any] | None = None
+        for name, progress in list(self.releases.items()):
+            spec = self._analysis_spec(name, progress)
+            last = self.snapshots.get(name)
+            if spec is None or (last is not None and now - last[0] < spec.interval):
+                continue
+            stats = stats if stats is not None else await router.stats()
+            self.snapshots[name] = (now, stats)
+            if last is None:
+                continue
+            ids = [
+                i.id for i in self.supervisor.live().of(name) if i.fingerprint == progress.canary
+            ]
+            figures = measure(last[1], stats, ids, spec)
+            if figures is None:
+                continue
+            self.measurements[name] = figures
+            if not figures.ok:
+                self._analysis_failed(name, progress, figures, spec.failure_limit, now)
+
+    def _analysis_failed(
+        self, name: str, before: Progress, figures: Measurement, limit: int, now: float
+    ) -> None:
+        progress = analysis_step(before, figures.ok, figures.reason, limit, now)
+        log.warning(
+            "[%s] %s analysis failed (%d/%d): %s",
+            self.name,
+            name,
+            progress.failures,
+            limit + 1,
+            figures.reason,
+        )
+        if progress.stage is Stage.ABORTED and before.stage is not Stage.ABORTED:
+            self.host.store.events_add(self.name, name, "abort", progress.reason or "", now)
+            log.error("[%s] %s release aborted: %s", self.name, name, progress.reason)
+        self.releases[name] = progress
+        self._save_releases()
+
+    def rollout_action(self, service: str, action: str) -> Progress:
+        """`ondeck rollout promote|abort SERVICE`: a person steps in."""
+        progress = self.releases.get(service)
+        if progress is None:
+            raise UserError(f"no release of {service!r} is in progress; see `ondeck status`")
+        now = self.host.clock.time()
+        if action == "promote":
+            progress = rollout.promote(progress, now)
+        else:
+            progress = rollout.abort(progress, "aborted by a person (ondeck rollout abort)", now)
+        self.releases[service] = progress
+        self._save_releases()
+        self.host.store.events_add(
+            self.name, service, action, f"{service}: {action} by a person", now
+        )
+        log.info("[%s] %s: %s", self.name, service, action)
+        self.host.wake()
+        return progress
+
+    def close(self) -> None:
+        """Stop watching; the instances keep running for the next controller to adopt."""
+        for task in (self._loading, self._rebuilding):
+            if task is not None:
+                task.cancel()
+        if self.supervisor is not None:
+            self.supervisor.close()
+
+    # -- housekeeping (in a worker thread) ---------------------------------------------
+
+    def housekeeping(self) -> None:
+        """Rotate the instances' logs; prune releases nothing runs or wants."""
+        sup, opts = self.supervisor, self.host.opts
+        if sup is None:
+            return
+        for inst in list(sup.instances.values()):
+            rotate(Path(inst.rec.log_path), opts.log_max_bytes, opts.log_keep)
+        if self.op is None and self.desired is not None and not self.loading:
+            keep = {Path(i.rec.release_dir) for i in list(sup.instances.values())}
+            keep |= {
+                release_dir(opts.state_dir, self.desired.app, self.name, s.name, s.fingerprint)
+                for s in self.desired.services
+            }
+            prune(opts.state_dir / "releases" / self.desired.app / self.name, keep)
+
+
+def commit_json(commit: CommitInfo) -> dict[str, Any]:
+    return {
+        "sha": commit.sha,
+        "author": commit.author,
+        "message": commit.message,
+        "committed_at": commit.committed_at,
+    }
+
+
+def _describe(action: Action) -> str:
+    if isinstance(action, Start):
+        return f"start {action.service}"
+    if isinstance(action, Stop):
+        return f"stop {action.instance} ({action.reason})"
+    return f"{type(action).__name__.lower()} {action.instance}"
+
+
+def _earliest(*times: float | None) -> float | None:
+    return min((t for t in times if t is not None), default=None)
