@@ -261,7 +261,10 @@ class Controller:
         found = (
             self.env(env)
             if env
-            else next((e for e in self.envs.values() if service in e.releases), None)
+            else next(
+                (e for e in self.envs.values() if service in e.releases or e.rolling(service)),
+                None,
+            )
         )
         if found is None:
             raise UserError(f"no release of {service!r} is in progress; see `ondeck status`")

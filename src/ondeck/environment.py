@@ -65,6 +65,7 @@ from ondeck.state import rollout
 from ondeck.state.desired import Desired, render
 from ondeck.state.diff import summarize
 from ondeck.state.lifecycle import SyncResult, Trigger
+from ondeck.state.live import Phase
 from ondeck.state.plan import Action, Forget, Plan, Restart, Start, Stop, plan
 from ondeck.state.rollout import Progress, Stage, Traffic
 from ondeck.state.verdict import analysis_step, verdict
@@ -76,6 +77,7 @@ log = logging.getLogger("ondeck")
 
 SPEC_FILE = "ondeck.yaml"
 HOUSEKEEPING_EVERY = 30.0
+DEFAULT_DEADLINE = 300.0  # rollout.deadline's default
 REBUILD_RETRY = 30.0  # a release that failed to rebuild is tried again after this long
 REFUSABLE = (SpecError, UserError, SourceError, RuntimeFailure)
 
@@ -449,6 +451,7 @@ class Environment:
         """Close the open sync once live matches, or fail it when it cannot get there."""
         assert self.op is not None and self.supervisor is not None and self.desired is not None
         current = {s.name: s.fingerprint for s in self.desired.services}
+        deadlines = {s.name: s.spec.rollout.deadline for s in self.desired.services}
         found = verdict(
             current,
             self.supervisor.live(),
@@ -457,6 +460,8 @@ class Environment:
             steps.waiting,
             self.op.started,
             now,
+            max(deadlines.values(), default=DEFAULT_DEADLINE),
+            deadlines,
         )
         if found.result is not None:
             self._finish(found.result, found.reason)
@@ -627,10 +632,8 @@ class Environment:
 
     def rollout_action(self, service: str, action: str) -> Progress:
         """`ondeck rollout promote|abort SERVICE`: a person steps in."""
-        progress = self.releases.get(service)
-        if progress is None:
-            raise UserError(f"no release of {service!r} is in progress; see `ondeck status`")
         now = self.host.clock.time()
+        progress = self.releases.get(service) or self._rolling_release(service, action, now)
         if action == "promote":
             progress = rollout.promote(progress, now)
         else:
@@ -651,6 +654,29 @@ class Environment:
                 task.cancel()
         if self.supervisor is not None:
             self.supervisor.close()
+
+    def rolling(self, service: str) -> bool:
+        """Is a rolling or recreate release of `service` under way (one `rollout abort` stops)?"""
+        svc = self.desired.service(service) if self.desired else None
+        if svc is None or self.op is None or self.supervisor is None:
+            return False
+        live = [i for i in self.supervisor.live().of(service) if i.phase is Phase.RUNNING]
+        new_ready = sum(1 for i in live if i.fingerprint == svc.fingerprint and i.ready)
+        return any(i.fingerprint != svc.fingerprint for i in live) or new_ready < svc.replicas
+
+    def _rolling_release(self, service: str, action: str, now: float) -> Progress:
+        """A release of a service without stored progress (rolling, recreate): only abort."""
+        svc = self.desired.service(service) if self.desired else None
+        if svc is None or not self.rolling(service):
+            raise UserError(f"no release of {service!r} is in progress; see `ondeck status`")
+        if action != "abort":
+            raise UserError(
+                f"{service} rolls out {svc.spec.rollout.strategy}: there is no pause to promote;"
+                f" `ondeck rollout abort {service}` stops it"
+            )
+        assert self.supervisor is not None  # rolling() checked it
+        old = [i for i in self.supervisor.live().of(service) if i.fingerprint != svc.fingerprint]
+        return rollout.start(svc, old, None, now)
 
     # -- housekeeping (in a worker thread) ---------------------------------------------
 

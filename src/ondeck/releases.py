@@ -190,14 +190,35 @@ def taint(dest: Path) -> Path:
     return aside
 
 
-def prune(root: Path, keep: set[Path]) -> list[Path]:
-    """Remove release dirs under `root` (…/SERVICE/FINGERPRINT) that are not in `keep`."""
+KEEP_RECENT = 3  # complete releases kept per service beyond the running ones: instant rollback
+
+
+def prune(root: Path, keep: set[Path], recent: int = KEEP_RECENT) -> list[Path]:
+    """Remove release dirs under `root` (…/SERVICE/FINGERPRINT) nothing needs any more.
+
+    Kept: those in `keep` (running or desired) and, per service, the `recent`
+    newest complete others, so a rollback finds its release already built.
+    Incomplete leftovers and releases set aside as drifted go once unused.
+    """
     removed: list[Path] = []
     if not root.is_dir():
         return removed
     for service_dir in root.iterdir():
-        for release in service_dir.iterdir() if service_dir.is_dir() else []:
-            if release not in keep:
+        releases = [r for r in service_dir.iterdir() if r.is_dir()] if service_dir.is_dir() else []
+        spare = sorted(
+            (r for r in releases if r not in keep and is_complete(r) and ".drifted-" not in r.name),
+            key=_built_at,
+            reverse=True,
+        )[:recent]
+        for release in releases:
+            if release not in keep and release not in spare:
                 shutil.rmtree(release, ignore_errors=True)
                 removed.append(release)
     return removed
+
+
+def _built_at(release: Path) -> float:
+    try:
+        return float(json.loads((release / MARKER).read_text()).get("at", 0.0))
+    except (OSError, ValueError):
+        return 0.0

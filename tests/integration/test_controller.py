@@ -221,19 +221,25 @@ def test_a_crash_looping_release_fails_its_sync(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
-def test_a_sync_not_done_by_its_deadline_fails(tmp_path: Path) -> None:
-    never_ready = spec(extra='    health: {exec: ["false"], interval: 1s, start_period: 1h}\n')
+def test_a_sync_not_done_by_its_rollout_deadline_fails(tmp_path: Path) -> None:
+    never_ready = spec(
+        extra='    health: {exec: ["false"], interval: 1s, start_period: 1h}\n'
+        "    rollout: {deadline: 1m}\n"
+    )
 
     async def scenario() -> None:
         async with harness(tmp_path, never_ready) as h:
             await h.until(lambda: h.env().op is not None and running(h), "a sync under way")
             await h.steps(10)
             assert h.env().op is not None  # the instance runs but never gets ready
-            h.clock.advance(601.0)
+            h.clock.advance(59.0)
+            await h.steps(5)
+            assert h.env().op is not None  # within its deadline
+            h.clock.advance(2.0)
             await h.until(lambda: h.env().op is None, "the sync's verdict")
             record = h.history()[0]
             assert record.result == "Failed"
-            assert record.error is not None and record.error.startswith("not done after 600s")
+            assert record.error == "not done after 60s: web: 0/1 ready"
 
     asyncio.run(scenario())
 
@@ -352,5 +358,34 @@ def test_the_data_dir_exists_before_the_first_build_and_is_private(tmp_path: Pat
             assert h.env().last_result is SyncResult.SUCCEEDED
             data = tmp_path / "state" / "data" / "shop" / "default"
             assert data.is_dir() and (data.stat().st_mode & 0o777) == 0o700
+
+    asyncio.run(scenario())
+
+
+def test_rollout_abort_stops_a_rolling_release(tmp_path: Path) -> None:
+    never_ready = '    health: {exec: ["false"], interval: 1s, start_period: 1h}\n'
+
+    async def scenario() -> None:
+        async with harness(tmp_path, spec()) as h:
+            await h.until(lambda: h.env().last_result is SyncResult.SUCCEEDED, "first sync")
+            (old,) = running(h)
+            h.repo.commit("v2 never gets ready", spec(extra=never_ready + '    env: {V: "2"}\n'))
+            h.ctl.refresh(Trigger.CLI)
+            await h.until(lambda: len(running(h)) == 2, "the new instance beside the old")
+            assert h.env().op is not None
+            progress = h.ctl.rollout_action(None, "web", "abort")
+            assert progress.stage == "aborted"
+            await h.until(lambda: h.env().op is None, "the sync's verdict")
+            record = h.history()[0]
+            assert record.result == "Aborted"
+            assert record.error == "web: aborted by a person (ondeck rollout abort)"
+            await h.until(
+                lambda: [i.rec.id for i in h.instances()] == [old.rec.id],
+                "only the old instance left",
+            )
+            await h.steps(5)
+            assert [i.rec.id for i in h.instances()] == [old.rec.id]  # nothing restarts it
+            health = h.ctl.status().environments[0].services[0]
+            assert health.health == "Degraded" and "aborted" in (health.health_reason or "")
 
     asyncio.run(scenario())

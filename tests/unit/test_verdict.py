@@ -20,7 +20,7 @@ from ondeck.state.verdict import CONTINUE, PROGRESS_DEADLINE, analysis_step, ver
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "verdict"
 KEYS = {"name", "now", "started", "deadline", "desired", "live", "releases", "plan", "expect"}
-KEYS |= {"analysis"}
+KEYS |= {"analysis", "deadlines"}
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -66,6 +66,7 @@ def test_verdict(path: Path) -> None:
         data["started"],
         data["now"],
         data.get("deadline", PROGRESS_DEADLINE),
+        data.get("deadlines"),
     )
     expect = data["expect"]
     assert (found.result.value if found.result else None) == expect["result"], found

@@ -209,6 +209,9 @@ class Rollout(Strict):
     steps: list[Step] = Field(default_factory=list, description="Canary steps, in order.")
     analysis: Analysis | None = Field(None, description="Automatic abort on bad figures.")
     match: Match | None = Field(None, description="A/B: who always gets the new version.")
+    deadline: Duration = Field(
+        300.0, description="A release of this service not done by then fails its sync, saying why."
+    )
 
     @model_validator(mode="after")
     def _progress(self) -> Rollout:

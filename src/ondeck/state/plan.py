@@ -129,11 +129,14 @@ def _plan_service(
         if inst.phase is Phase.EXITED:
             out.actions.append(Forget(svc.name, inst.id))
     old = [i for i in old if i.phase is Phase.RUNNING]
+    strategy = svc.spec.rollout.strategy
+    release = out.releases.get(svc.name)
+    if strategy not in PROGRESSIVE and _halted(release, svc):
+        _hold(svc, new, release, out)
+        return
     new = _trim(svc, new, out)
     for inst in new:
         _heal_exited(svc, inst, now, out)
-    strategy = svc.spec.rollout.strategy
-    release = out.releases.get(svc.name)
     if strategy in PROGRESSIVE and (old or _unfinished(release, svc)):
         _progressive(svc, new, old, release, now, out)
         return
@@ -236,6 +239,27 @@ def _rolling(
     out.actions.extend(actions)
     if not actions:
         out.waiting.append(f"{svc.name}: rolling, {len(_serving(new))}/{svc.replicas} new ready")
+
+
+def _halted(release: Progress | None, svc: DesiredService) -> bool:
+    """A person aborted the rolling (or recreate) release of this very version."""
+    return (
+        release is not None and release.stage is Stage.ABORTED and release.canary == svc.fingerprint
+    )
+
+
+def _hold(
+    svc: DesiredService, new: list[LiveInstance], release: Progress | None, out: _Builder
+) -> None:
+    """An aborted rolling release: its new instances go, what is left of the old set stays."""
+    reason = release.reason if release is not None else None
+    for inst in new:
+        if inst.phase is Phase.RUNNING:
+            out.actions.append(Stop(svc.name, inst.id, f"release aborted: {reason}"))
+        elif inst.phase is Phase.EXITED:
+            out.actions.append(Forget(svc.name, inst.id))
+    out.progress[svc.name] = release
+    out.traffic[svc.name] = Traffic(None)
 
 
 def _unfinished(release: Progress | None, svc: DesiredService) -> bool:

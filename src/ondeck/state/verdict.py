@@ -47,13 +47,16 @@ def verdict(
     started: float,
     now: float,
     deadline: float = PROGRESS_DEADLINE,
+    deadlines: Mapping[str, float] | None = None,
 ) -> SyncVerdict:
     """The verdict on an open sync.
 
     `current` maps each desired service to its fingerprint; `done` and
     `waiting` are the plan's. A done plan succeeds unless the release it
     reached was aborted; an unfinished one fails when an instance of the new
-    release crash-loops or when the deadline has passed.
+    release crash-loops or when a deadline has passed: a service's own (its
+    `rollout.deadline`, from `deadlines`) for what it waits on, `deadline` for
+    a reason that names no service.
     """
     if done:
         aborted = [
@@ -73,11 +76,26 @@ def verdict(
         return SyncVerdict(
             SyncResult.FAILED, f"{looping[0].id} is crash-looping: {looping[0].last_error}"
         )
-    if now - started > deadline:
+    late: dict[float, list[str]] = {}
+    for reason in waiting:
+        service = _service_of(reason, current)
+        limit = (deadlines or {}).get(service, deadline) if service else deadline
+        if now - started > limit:
+            late.setdefault(limit, []).append(reason)
+    if late:
+        limit = min(late)
         return SyncVerdict(
-            SyncResult.FAILED, f"not done after {deadline:.0f}s: {'; '.join(waiting)}"
+            SyncResult.FAILED, f"not done after {limit:.0f}s: {'; '.join(late[limit])}"
         )
+    if not waiting and now - started > deadline:
+        return SyncVerdict(SyncResult.FAILED, f"not done after {deadline:.0f}s")
     return CONTINUE
+
+
+def _service_of(reason: str, services: Mapping[str, str]) -> str | None:
+    """The service a plan's waiting reason is about (`web: ...`, or an instance id `web-...`)."""
+    named = [s for s in services if reason.startswith((f"{s}:", f"{s}-"))]
+    return max(named, key=len, default=None)
 
 
 def analysis_step(progress: Progress, ok: bool, reason: str, limit: int, now: float) -> Progress:
