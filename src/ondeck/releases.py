@@ -22,6 +22,7 @@ from ondeck.runtime.logs import tail
 
 MARKER = ".ondeck-release.json"
 BUILD_LOG = ".ondeck-build.log"
+SPEC_FILE = "ondeck.yaml"
 
 
 class Exporter(Protocol):
@@ -52,6 +53,9 @@ def prepare(
         shutil.rmtree(dest)  # an earlier attempt died half-way: start over
     dest.parent.mkdir(parents=True, exist_ok=True)
     source.export(revision, path, dest)
+    spec = dest / SPEC_FILE
+    if spec.is_file() and not spec.is_symlink():
+        spec.chmod(0o600)  # env values and routes: nobody else's business; before the manifest
     if build:
         _build(dest, build, environ, timeout)
     _write_marker(dest, revision, build)
