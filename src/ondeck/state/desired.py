@@ -13,7 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from ondeck.spec.model import Service, Spec, Tls
+from ondeck.spec.model import Backup, Service, Spec, Tls
 
 DEFAULT_ENV = "default"
 
@@ -38,6 +38,7 @@ class Desired:
     services: tuple[DesiredService, ...]
     signed_by: tuple[str, ...] = ()  # keys allowed to sign what this environment deploys
     tls: Tls | None = None  # HTTPS for the hosts this environment routes
+    backups: tuple[tuple[str, Backup], ...] = ()  # databases backed up, by name
 
     @property
     def hosts(self) -> tuple[str, ...]:
@@ -85,5 +86,8 @@ def render(spec: Spec, env: str, revision: str, code_id: str, secrets_id: str = 
         for name, service in sorted(spec.services.items())
     )
     signed_by = tuple(spec.protect.signed_by) if spec.protect else ()
-    desired = Desired(spec.app, env, revision, spec.runtime.value, services, signed_by)
+    backups = tuple(sorted(spec.backups.items()))
+    desired = Desired(
+        spec.app, env, revision, spec.runtime.value, services, signed_by, None, backups
+    )
     return dataclasses.replace(desired, tls=spec.tls) if spec.tls else desired

@@ -1,0 +1,102 @@
+"""One environment's backups as its sync drives them: the schedule, the gate before a deploy, status.
+
+The environment calls `follow` with what it deploys, `tick` on its passes
+(cheap: the work runs on the backup service's thread) and awaits
+`before_deploy` in its prepare phase: a sync that would change a service
+first takes the `before_deploy` backups of what runs now (verified when
+`verify`); if one fails, the sync does not start and the error says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ondeck.backup.service import BackupMetrics, BackupService, Place
+from ondeck.errors import BackupFailure, UserError
+from ondeck.state.desired import Desired
+
+Secrets = Callable[[str, str], Mapping[str, str]]  # (app, env) -> the host secrets that apply
+
+
+class BackupGateFailed(UserError):
+    """A `before_deploy` backup failed: the sync must not start."""
+
+
+def changes_a_service(current: Desired | None, new: Desired) -> bool:
+    """Whether deploying `new` over `current` would start, stop or replace an instance."""
+    if current is None:
+        return False  # nothing deployed yet: no data of it to protect
+    before = {s.name: (s.fingerprint, s.replicas) for s in current.services}
+    after = {s.name: (s.fingerprint, s.replicas) for s in new.services}
+    return before != after
+
+
+class EnvBackups:
+    """Owns the `BackupService` of one environment, rebuilt when its app or backups change."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        env: str,
+        metrics: BackupMetrics | None,
+        secrets: Secrets,
+        log: Callable[[str], None] = lambda _msg: None,
+    ) -> None:
+        self.state_dir, self.env, self.metrics = state_dir, env, metrics
+        self.secrets, self.log = secrets, log
+        self.service: BackupService | None = None
+        self._app: str | None = None
+
+    def follow(self, desired: Desired) -> None:
+        """What the environment runs now: its backups are the ones scheduled."""
+        backups = dict(desired.backups)
+        if self.service is None or self._app != desired.app:
+            self.close()
+            if not backups:
+                return
+            place = Place(
+                desired.app, self.env, self.state_dir, self.secrets(desired.app, self.env)
+            )
+            self.service = BackupService(place, backups, self.metrics, log=self.log)
+            self._app = desired.app
+        self.service.update(backups, desired.revision)
+
+    def tick(self) -> list[str]:
+        return self.service.tick() if self.service is not None else []
+
+    async def before_deploy(self, current: Desired | None, new: Desired, skip: bool) -> list[str]:
+        """Take the gate backups (those of what runs now); the ids taken. Raises `BackupGateFailed`."""
+        if current is None or not changes_a_service(current, new):
+            return []
+        wanted = [name for name, spec in current.backups if spec.before_deploy]
+        if not wanted:
+            return []
+        if skip:
+            self.log(
+                f"[{self.env}] before_deploy backups skipped (--skip-backup): {', '.join(wanted)}"
+            )
+            return []
+        self.follow(current)
+        assert self.service is not None  # follow built it: `current` has backups
+        taken = []
+        for future in self.service.before_deploy():
+            try:
+                manifest = await asyncio.wrap_future(future)
+            except BackupFailure as err:
+                raise BackupGateFailed(
+                    f"the backup before this deploy failed, so the sync did not start: {err}. "
+                    "Fix it, or deploy without it: `ondeck sync --skip-backup`"
+                ) from err
+            taken.append(manifest.id)
+        return taken
+
+    def status(self) -> list[dict[str, Any]]:
+        return self.service.status() if self.service is not None else []
+
+    def close(self) -> None:
+        if self.service is not None:
+            self.service.close()
+        self.service, self._app = None, None
