@@ -10,11 +10,12 @@ first takes the `before_deploy` backups of what runs now (verified when
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ondeck.backup.service import BackupMetrics, BackupService, Place
+from ondeck.backup.manifest import Manifest
+from ondeck.backup.service import Action, BackupMetrics, BackupService, Place, Trigger
 from ondeck.errors import BackupFailure, UserError
 from ondeck.state.desired import Desired
 
@@ -92,6 +93,39 @@ class EnvBackups:
                 ) from err
             taken.append(manifest.id)
         return taken
+
+    async def restore(
+        self,
+        name: str,
+        backup_id: str | None,
+        while_running: bool,
+        pause: Callable[[], Awaitable[None]],
+        resume: Callable[[], Awaitable[None]],
+    ) -> tuple[Manifest, Manifest]:
+        """Back up the current state, stop the services (`pause`, unless `while_running`),
+        restore, start them again (`resume`: it waits for health). (restored, safety backup)."""
+        if self.service is None or name not in self.service.backups:
+            raise BackupFailure(f"no backup named {name!r} in {self.env}")
+        service = self.service
+        chosen = service.pick(name, backup_id)  # before the safety backup becomes the newest
+        try:
+            safety = await asyncio.wrap_future(
+                service.submit(name, Action.RUN, Trigger.BEFORE_RESTORE)
+            )
+        except BackupFailure as err:
+            raise BackupFailure(
+                f"the backup of the current state failed, so nothing was restored: {err}"
+            ) from err
+        if not while_running:
+            await pause()
+        try:
+            restored = await asyncio.wrap_future(
+                service.submit(name, Action.RESTORE, Trigger.MANUAL, chosen.id)
+            )
+        finally:
+            if not while_running:
+                await resume()
+        return restored, safety
 
     def status(self) -> list[dict[str, Any]]:
         return self.service.status() if self.service is not None else []

@@ -243,6 +243,10 @@ class BackupService:
         future = self._running.get(name)
         return future is not None and not future.done()
 
+    def pick(self, name: str, backup_id: str | None) -> Manifest:
+        """What a restore would take: `backup_id`, else the latest verified backup."""
+        return runner.pick(self._static_target(name), backup_id, verified_only=backup_id is None)
+
     def manifests(self, name: str) -> list[Manifest]:
         return runner.backups(self._target(name))
 
@@ -285,7 +289,9 @@ class BackupService:
         try:
             target = self._target(name)
             if action is Action.RUN:
-                manifest = runner.take(target, self.revision, self.clock)
+                # a restore's safety backup must not retire the backup about to be restored
+                retain = trigger is not Trigger.BEFORE_RESTORE
+                manifest = runner.take(target, self.revision, self.clock, retain=retain)
             elif action is Action.VERIFY:
                 manifest = runner.verify(target, backup_id, self.clock)
             else:

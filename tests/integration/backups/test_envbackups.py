@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from ondeck.backup.envbackups import BackupGateFailed, EnvBackups, changes_a_service
-from ondeck.backup.service import BackupMetrics
+from ondeck.backup.service import Action, BackupMetrics
 from ondeck.spec.model import Backup, Service
 from ondeck.state.desired import Desired, DesiredService
 
@@ -88,5 +88,51 @@ def test_skip_backup_deploys_without_it_and_says_so(tmp_path: Path) -> None:
             asyncio.run(env.before_deploy(_desired("a", GATED), _desired("b", GATED), True)) == []
         )
         assert any("skipped (--skip-backup)" in line for line in logged)
+    finally:
+        env.close()
+
+
+def _rows(state: Path) -> list[int]:
+    conn = sqlite3.connect(state / "data" / "shop" / "production" / "shop.db")
+    rows = [r[0] for r in conn.execute("SELECT x FROM t ORDER BY x")]
+    conn.close()
+    return rows
+
+
+def test_restore_backs_up_the_current_state_first_and_runs_between_pause_and_resume(
+    tmp_path: Path,
+) -> None:
+    _db(tmp_path)
+    env = _env(tmp_path)
+    keep_one = {
+        "db": Backup(sqlite="shop.db", keep={"last": 1, "daily": 0, "weekly": 0, "monthly": 0})
+    }
+    env.follow(_desired("aaa", keep_one))
+    assert env.service is not None
+    good = env.service.submit("db", Action.RUN).result(timeout=60)
+    conn = sqlite3.connect(tmp_path / "data" / "shop" / "production" / "shop.db")
+    conn.execute("INSERT INTO t VALUES (2)")  # a bad migration, say
+    conn.commit()
+    conn.close()
+    seen: list[tuple[str, list[int]]] = []
+
+    async def pause() -> None:
+        seen.append(("pause", _rows(tmp_path)))
+
+    async def resume() -> None:
+        seen.append(("resume", _rows(tmp_path)))
+
+    try:
+        restored, safety = asyncio.run(env.restore("db", None, False, pause, resume))
+        assert restored.id == good.id  # the latest verified before the safety backup
+        assert seen == [("pause", [1, 2]), ("resume", [1])]
+        assert safety.figures.tables == {"t": 2} and safety.verified is True
+        ids = [m.id for m in env.service.manifests("db")]
+        assert good.id in ids and safety.id in ids  # the safety backup retired nothing
+        seen.clear()
+        asyncio.run(
+            env.restore("db", safety.id, True, pause, resume)
+        )  # undo: --id, --while-running
+        assert seen == [] and _rows(tmp_path) == [1, 2]
     finally:
         env.close()
