@@ -17,6 +17,7 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from common import save_results
@@ -39,7 +40,7 @@ CASES: dict[str, str] = {
     "billion laughs (9 levels)": _laughs(9),
     "20,000 environments": "app: a\nenvironments:\n"
     + "".join(f"  e{i}: {{}}\n" for i in range(20000)),
-    "a real spec": open("tests/fixtures/specs/example.yaml").read(),
+    "a real spec": (Path(__file__).parent.parent / "tests/fixtures/specs/example.yaml").read_text(),
 }
 
 CHILD = r"""
