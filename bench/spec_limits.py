@@ -110,7 +110,7 @@ def main() -> None:
             path = f"{tmp}/case.yaml"
             with open(path, "w") as f:
                 f.write(text)
-            row = {"bytes": len(text.encode())}
+            row: dict[str, Any] = {"bytes": len(text.encode())}
             for which in ("ondeck", "ruamel"):
                 row[which] = measure(which, path)
                 got = row[which]
