@@ -155,10 +155,14 @@ def drift(dest: Path) -> list[str]:
     stays cheap for large trees; a touch that changes no byte is not drift,
     and neither is a file the app adds at run time.
     """
+    if not dest.is_dir():
+        return ["the release directory was deleted"]  # its instances run from a ghost cwd
     try:
         recorded: dict[str, list[Any]] = json.loads((dest / MARKER).read_text())["manifest"]
+    except FileNotFoundError:
+        return [f"{MARKER} removed"]
     except (OSError, ValueError, KeyError):
-        return []  # a release from before manifests, or gone: nothing to compare
+        return []  # a release from before manifests: nothing to compare
     now = _files(dest)
     # New files are not drift: apps leave caches and logs beside their code, and
     # replacing an instance for that would only make it write them again.
@@ -177,6 +181,8 @@ def drift(dest: Path) -> list[str]:
 
 def taint(dest: Path) -> Path:
     """Move a drifted release aside (running processes keep their cwd) for a fresh one."""
+    if not dest.is_dir():
+        return dest  # deleted by hand: nothing to move, the next start prepares it again
     aside = dest.with_name(f"{dest.name}.drifted-{int(time.time())}")
     dest.rename(aside)
     return aside
