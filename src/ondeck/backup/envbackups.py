@@ -68,12 +68,16 @@ class EnvBackups:
     def tick(self) -> list[str]:
         return self.service.tick() if self.service is not None else []
 
-    async def before_deploy(self, current: Desired | None, new: Desired, skip: bool) -> list[str]:
-        """Take the gate backups (those of what runs now); the ids taken. Raises `BackupGateFailed`."""
+    def gated(self, current: Desired | None, new: Desired) -> list[str]:
+        """The backups a deploy of `new` over `current` must take first (by name)."""
         if current is None or not changes_a_service(current, new):
             return []
-        wanted = [name for name, spec in current.backups if spec.before_deploy]
-        if not wanted:
+        return [name for name, spec in current.backups if spec.before_deploy]
+
+    async def before_deploy(self, current: Desired | None, new: Desired, skip: bool) -> list[str]:
+        """Take the gate backups (those of what runs now); the ids taken. Raises `BackupGateFailed`."""
+        wanted = self.gated(current, new)
+        if current is None or not wanted:
             return []
         if skip:
             self.log(
@@ -126,6 +130,11 @@ class EnvBackups:
             if not while_running:
                 await resume()
         return restored, safety
+
+    @property
+    def version(self) -> tuple[int, int]:
+        """Changes when the backups' status may have: part of the controller's status key."""
+        return (id(self.service), self.service.version) if self.service is not None else (0, 0)
 
     def status(self) -> list[dict[str, Any]]:
         return self.service.status() if self.service is not None else []

@@ -135,6 +135,6 @@ def render(
     signed_by = tuple(spec.protect.signed_by) if spec.protect else ()
     backups = tuple(sorted(spec.backups.items()))
     desired = Desired(
-        spec.app, env, revision, spec.runtime.value, tuple(services), signed_by, None, backups
+        spec.app, env, revision, spec.runtime.value, tuple(services), signed_by, backups=backups
     )
     return dataclasses.replace(desired, tls=spec.tls) if spec.tls else desired
