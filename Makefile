@@ -49,6 +49,7 @@ bench: install system-deps bench-deps
 	$(PY) bench/zero_downtime.py
 	$(PY) bench/container_start.py
 	$(PY) bench/dashboard.py
+	$(PY) bench/backup.py
 
 docs: install
 	$(PY) -m ondeck.spec.docs > docs/spec.md

@@ -39,6 +39,23 @@ class Target:
     name: str
     port: int
     describe: str
+    pid: int = 0  # the process (tree) whose CPU time is charged to this target
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of `pid` and its descendants (nginx workers, router workers)."""
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+    return total
 
 
 def free_port() -> int:
@@ -131,10 +148,12 @@ class Servers:
     def __init__(self, work: Path) -> None:
         self.work = work
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.pids: dict[str, int] = {}
 
     def spawn(self, name: str, argv: list[str]) -> None:
         log = (self.work / f"{name}.log").open("wb")
         self.procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT))
+        self.pids[name] = self.procs[-1].pid
 
     def nginx(self, name: str, conf: str) -> None:
         (self.work / name).mkdir()
@@ -156,7 +175,7 @@ class Servers:
         self.start_ondeck("ondeck-2w", ports["ondeck-2w"], ports["direct"], workers=2)
         for port in ports.values():
             wait_port(port)
-        return {
+        targets = {
             "direct": Target(
                 "direct", ports["direct"], "nginx 1 worker, `return 200` (the upstream)"
             ),
@@ -170,6 +189,9 @@ class Servers:
             "haproxy": Target("haproxy", ports["haproxy"], "haproxy, default nbthread (all cores)"),
             "nginx": Target("nginx", ports["nginx"], "nginx proxy_pass, worker_processes auto"),
         }
+        for name, target in targets.items():
+            target.pid = self.pids["upstream" if name == "direct" else name]
+        return targets
 
     def start_ondeck(self, name: str, port: int, upstream: int, workers: int, *flags: str) -> None:
         state = self.work / name
@@ -215,6 +237,7 @@ def _ms(text: str) -> float:
 def parse_wrk(output: str) -> dict[str, float]:
     """Requests/s, p50/p99 (ms) and error counts from `wrk --latency` output."""
     rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    done = re.search(r"(\d+) requests in", output)
     p50 = re.search(r"^\s+50%\s+(\S+)", output, re.M)
     p99 = re.search(r"^\s+99%\s+(\S+)", output, re.M)
     if not (rps and p50 and p99):
@@ -225,6 +248,7 @@ def parse_wrk(output: str) -> dict[str, float]:
     )
     return {
         "rps": float(rps.group(1)),
+        "requests": float(done.group(1)) if done else 0.0,
         "p50_ms": _ms(p50.group(1)),
         "p99_ms": _ms(p99.group(1)),
         "non_2xx": float(non2xx.group(1)) if non2xx else 0.0,
@@ -251,15 +275,23 @@ def throughput(targets: dict[str, Target], args: argparse.Namespace) -> dict[str
         wrk(target.port, 1, args.threads, args.connections)  # warm-up: connections, caches
     for round_ in range(args.rounds):
         for name, target in targets.items():
+            cpu = cpu_seconds(target.pid)
             result = wrk(target.port, args.seconds, args.threads, args.connections)
+            used = cpu_seconds(target.pid) - cpu
+            result["cpu_us_per_request"] = round(used / max(result["requests"], 1) * 1e6, 2)
             rounds[name].append(result)
-            print(f"  round {round_ + 1} {name:12} {result['rps']:>9.0f} req/s", flush=True)
+            print(
+                f"  round {round_ + 1} {name:12} {result['rps']:>9.0f} req/s"
+                f"  {result['cpu_us_per_request']:>6.1f} us CPU/request",
+                flush=True,
+            )
     summary: dict[str, Any] = {}
     for name, results in rounds.items():
         summary[name] = {
             "rps": statistics.median(r["rps"] for r in results),
             "p50_ms": statistics.median(r["p50_ms"] for r in results),
             "p99_ms": statistics.median(r["p99_ms"] for r in results),
+            "cpu_us_per_request": statistics.median(r["cpu_us_per_request"] for r in results),
             "errors": sum(r["non_2xx"] + r["socket_errors"] for r in results),
             "rounds": results,
         }
@@ -393,6 +425,10 @@ def verdict(tp: dict[str, Any], fr: dict[str, Any]) -> dict[str, Any]:
         "haproxy_added_p99_ms_at_fixed_rate": added("p99_ms", "haproxy"),
         # The access log's cost: one process with it (the default) against one without.
         "access_log_throughput_cost": round(1 - tp["ondeck"]["rps"] / tp["ondeck-nolog"]["rps"], 3),
+        # CPU per request barely moves with the machine's load, unlike req/s.
+        "access_log_cpu_us_per_request": round(
+            tp["ondeck"]["cpu_us_per_request"] - tp["ondeck-nolog"]["cpu_us_per_request"], 2
+        ),
         # Judged on one process only: two workers are reported, never the verdict.
         "goal_half_of_haproxy": ratio["ondeck"] >= 0.5,
         "goal_added_p99_under_1ms": added("p99_ms") < 1.0,
@@ -404,13 +440,14 @@ def print_summary(
 ) -> None:
     print(
         f"\n{'target':12} {'req/s':>9} {'vs haproxy':>10} {'p50 ms':>8} {'p99 ms':>8}"
-        f" {'@rate p50':>10} {'@rate p99':>10}"
+        f" {'@rate p50':>10} {'@rate p99':>10} {'CPU us/req':>10}"
     )
     for name in tp:
         ratio = result["ratio_to_haproxy"][name]
         print(
             f"{name:12} {tp[name]['rps']:>9.0f} {ratio:>10.2f} {tp[name]['p50_ms']:>8.2f}"
             f" {tp[name]['p99_ms']:>8.2f} {fr[name]['p50_ms']:>10.3f} {fr[name]['p99_ms']:>10.3f}"
+            f" {tp[name]['cpu_us_per_request']:>10.1f}"
         )
     ratios = result["ratio_to_haproxy"]
     print(
@@ -423,7 +460,8 @@ def print_summary(
         f" haproxy adds {result['haproxy_added_p99_ms_at_fixed_rate']:+.3f} ms)"
         f" (goal < 1 ms: {'met' if result['goal_added_p99_under_1ms'] else 'NOT met'})"
         f"\naccess log: {result['access_log_throughput_cost']:+.1%} of one process's throughput"
-        f" ({tp['ondeck']['rps']:.0f} req/s with it, {tp['ondeck-nolog']['rps']:.0f} without)"
+        f" ({tp['ondeck']['rps']:.0f} req/s with it, {tp['ondeck-nolog']['rps']:.0f} without),"
+        f" {result['access_log_cpu_us_per_request']:+.1f} us CPU per request"
     )
 
 

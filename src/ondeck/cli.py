@@ -108,7 +108,9 @@ def validate(
     file = path / "ondeck.yaml" if path.is_dir() else path
     if not file.is_file():
         raise UserError(f"{file}: no such file; run `ondeck init` to scaffold one")
-    problems = check(file.read_bytes(), str(file))
+    from ondeck.commands.secret import known_secrets
+
+    problems = check(file.read_bytes(), str(file), known_secrets(file.parent))
     for problem in problems:
         print(problem)
     if problems:
@@ -458,6 +460,9 @@ def logs(
         bool, typer.Option("-f", "--follow", help="Keep printing new lines.")
     ] = False,
     lines: Annotated[int, typer.Option("-n", "--lines")] = 100,
+    release: Annotated[
+        bool, typer.Option("--release", help="The whole output of its latest release task.")
+    ] = False,
     state_dir: StateDir = None,
     api: ApiUrl = None,
     token: Token = None,
@@ -472,6 +477,9 @@ def logs(
         show((state_dir or default_state_dir()).resolve(), service, env, lines, follow, sys.stdout)
         return
     client = _client(state_dir, api, token)
+    if release:
+        sys.stdout.write(client.get(f"/api/v1/release-task/{service}", env=env))
+        return
     if not follow:
         sys.stdout.write(client.get(f"/api/v1/logs/{service}", env=env, lines=lines))
         return

@@ -22,6 +22,7 @@ from ondeck.runtime.logs import tail
 
 MARKER = ".ondeck-release.json"
 BUILD_LOG = ".ondeck-build.log"
+SPEC_FILE = "ondeck.yaml"
 
 
 class Exporter(Protocol):
@@ -64,6 +65,9 @@ def prepare(
         shutil.rmtree(dest)  # an earlier attempt died half-way: start over
     dest.parent.mkdir(parents=True, exist_ok=True)
     source.export(revision, path, dest)
+    spec = dest / SPEC_FILE
+    if spec.is_file() and not spec.is_symlink():
+        spec.chmod(0o600)  # env values and routes: nobody else's business; before the manifest
     if build:
         _build(dest, build, environ, timeout)
     _write_marker(dest, revision, build)
@@ -163,10 +167,14 @@ def drift(dest: Path) -> list[str]:
     stays cheap for large trees; a touch that changes no byte is not drift,
     and neither is a file the app adds at run time.
     """
+    if not dest.is_dir():
+        return ["the release directory was deleted"]  # its instances run from a ghost cwd
     try:
         recorded: dict[str, list[Any]] = json.loads((dest / MARKER).read_text())["manifest"]
+    except FileNotFoundError:
+        return [f"{MARKER} removed"]
     except (OSError, ValueError, KeyError):
-        return []  # a release from before manifests, or gone: nothing to compare
+        return []  # a release from before manifests: nothing to compare
     now = _files(dest)
     # New files are not drift: apps leave caches and logs beside their code, and
     # replacing an instance for that would only make it write them again.
@@ -185,6 +193,8 @@ def drift(dest: Path) -> list[str]:
 
 def taint(dest: Path) -> Path:
     """Move a drifted release aside (running processes keep their cwd) for a fresh one."""
+    if not dest.is_dir():
+        return dest  # deleted by hand: nothing to move, the next start prepares it again
     aside = dest.with_name(f"{dest.name}.drifted-{int(time.time())}")
     dest.rename(aside)
     return aside

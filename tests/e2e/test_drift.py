@@ -117,3 +117,36 @@ def test_environment_changed_by_hand_is_drift(repo: Repo, ondeck: Callable[..., 
 
     wait_for(reported, "the environment drift to be reported", timeout=60)
     assert _instance(od)["pid"] == first["pid"]
+
+
+def test_a_deleted_release_directory_is_reported_then_rebuilt(
+    repo: Repo, ondeck: Callable[..., Ondeck]
+) -> None:
+    import shutil
+
+    sha = repo.commit("one web", ONE)
+    od = ondeck(repo.path, "--no-self-heal")
+    od.wait_synced(sha)
+    first = _instance(od)
+    release = _release_dir(od, str(first["id"]))
+    shutil.rmtree(release)  # under the running instance
+
+    def reported() -> list[str] | None:
+        web = od.service("web")
+        assert web is not None
+        found = [r for r in web["reasons"] if "the release directory was deleted" in r]
+        return found if web["sync"] == "OutOfSync" else None
+
+    wait_for(reported, "the deleted release to be reported", timeout=60)
+    assert _instance(od)["pid"] == first["pid"]  # reported, not touched
+    od.stop()
+
+    healing = ondeck(repo.path)  # the same state dir, now with self-heal
+
+    def replaced() -> dict[str, object] | None:
+        inst = _instance(healing)
+        ok = inst["id"] != first["id"] and inst["health"] == "Healthy"
+        return inst if ok and healing.env_status()["sync"] == "Synced" else None
+
+    wait_for(replaced, "the instance to be replaced from a fresh release", timeout=90)
+    assert (_release_dir(healing, str(_instance(healing)["id"])) / "web.py").is_file()

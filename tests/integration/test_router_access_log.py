@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from test_router_proxy import WAIT, Client, Upstream, build, eventually, run, running_router
 
-from ondeck.router.accesslog import AccessLog, log_path
+from ondeck.router.accesslog import AccessLog, Formatter, Record, line, log_path
 from ondeck.router.table import Backend, Pool, Route, RouterConfig
 
 pytestmark = pytest.mark.timeout(120)
@@ -129,3 +129,32 @@ def test_ondeck_logs_access_shows_and_follows_one_service(tmp_path: Path) -> Non
             client.close()
 
     run(scenario())
+
+
+def test_fast_lines_are_the_json_of_each_record() -> None:
+    """The cached formatter writes exactly what `line` describes, escapes included."""
+    backend = Backend("web-1", "127.0.0.1", 1, 100, "1.4.2", "f00d")
+    records: list[Record] = [
+        (
+            100.25,
+            "production/web",
+            backend,
+            b"GET",
+            '/a"b\\c\u00e9\x01',
+            200,
+            12,
+            0.0012,
+            0.0009,
+            None,
+        ),
+        (100.5, "production/admin", None, b"PURGE", "/", 503, 0, 0.0001, -1.0, "client"),
+    ]
+    offset = 1_764_640_000.0
+    text = Formatter().lines(records, offset)
+    assert text.endswith("\n") and text.count("\n") == 2
+    for written, record in zip(text.splitlines(), records, strict=True):
+        expected = line(record, offset)
+        parsed = json.loads(written)
+        assert list(parsed) == list(expected)
+        for key, value in expected.items():
+            assert parsed[key] == (pytest.approx(value) if isinstance(value, float) else value), key

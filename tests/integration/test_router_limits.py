@@ -110,6 +110,9 @@ def test_over_the_memory_budget_the_connection_holding_most_is_cut(tmp_path: Pat
             assert up.targets == ["/user", "/user"]
             assert r.router.shed_count == 1
             await eventually(lambda: r.router.held == 0, "held bytes not released")
+            metrics = await control_call(tmp_path / "router.sock", {"op": "metrics"})
+            assert "\nondeck_router_shed_connections_total 1\n" in metrics["text"]
+            assert "\nondeck_router_held_bytes 0\n" in metrics["text"]
 
     run(scenario())
 

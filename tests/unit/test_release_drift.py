@@ -43,3 +43,20 @@ def test_a_touch_caches_and_new_files_are_not_drift(tmp_path: Path) -> None:
     (dest / "__pycache__" / "app.cpython-311.pyc").write_bytes(b"\0")
     (dest / "app.log").write_text("written by the app\n")
     assert drift(dest) == []
+
+
+def test_a_deleted_release_directory_is_drift_and_taint_leaves_it(tmp_path: Path) -> None:
+    import shutil
+
+    from ondeck.releases import taint
+
+    dest = _release(tmp_path)
+    shutil.rmtree(dest)
+    assert drift(dest) == ["the release directory was deleted"]
+    assert taint(dest) == dest  # nothing to move aside
+
+
+def test_a_removed_marker_is_drift(tmp_path: Path) -> None:
+    dest = _release(tmp_path)
+    (dest / MARKER).unlink()
+    assert drift(dest) == [f"{MARKER} removed"]

@@ -173,13 +173,19 @@ def test_a_literal_dollar_brace_passes_validation() -> None:
 
 
 def test_secrets_are_known_names_when_given() -> None:
-    doc = parse('app: shop\nservices: {web: {command: [run, "${DATABASE_URL}"]}}\n')
-    with pytest.raises(SpecError):
+    doc = parse('app: shop\nservices: {web: {command: [run], env: {URL: "${DATABASE_URL}"}}}\n')
+    with pytest.raises(SpecError, match="secret set DATABASE_URL"):
         render_spec(doc)
-    assert render_spec(doc, secrets=["DATABASE_URL"]).services["web"].command == [
-        "run",
-        "${DATABASE_URL}",
-    ]
+    spec = render_spec(doc, secrets=["DATABASE_URL"])
+    assert spec.services["web"].env == {"URL": "${DATABASE_URL}"}
+
+
+def test_a_secret_in_a_command_is_refused_at_its_position() -> None:
+    doc = parse('app: shop\nservices: {web: {command: [run, "${DATABASE_URL}"]}}\n')
+    with pytest.raises(
+        SpecError, match=r"2:33: services.web.command\[1\]: \$\{DATABASE_URL\} is a"
+    ):
+        render_spec(doc, secrets=["DATABASE_URL"])
 
 
 # --- files ---------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from ondeck.spec.template import (
     expand,
     instance_env,
     names,
+    secrets_used,
 )
 
 ENV = {"PORT": "8080", "HOME": "/home/app", "X": "x"}
@@ -95,11 +96,11 @@ def _spec(**service: object) -> Spec:
             [
                 (
                     ("services", "web", "build", 3),
-                    "PORT is not known at build time (it is set per instance)",
+                    "PORT is not known at build or release time (it is set per instance)",
                 ),
                 (
                     ("services", "web", "build", 4),
-                    "ONDECK_INSTANCE is not known at build time (it is set per instance)",
+                    "ONDECK_INSTANCE is not known at build or release time (it is set per instance)",
                 ),
             ],
         ),
@@ -109,10 +110,62 @@ def test_check_references(service: dict[str, object], found: list[object]) -> No
     assert check_references(_spec(**service)) == found
 
 
-def test_secrets_are_known_everywhere() -> None:
-    spec = _spec(command=["${DB}"], build=["${DB}"], env={"URL": "${DB}"})
-    assert len(check_references(spec)) == 3
+def test_a_secret_is_known_in_env_values_only() -> None:
+    spec = _spec(command=["run"], env={"URL": "postgres://app:${DB}@localhost/app"})
     assert check_references(spec, secrets=["DB"]) == []
+    assert secrets_used(spec.services["web"].env, ["DB", "OTHER"]) == ["DB"]
+
+
+@pytest.mark.parametrize(
+    ("service", "where", "secret"),
+    [
+        ({"command": ["run", "--password=${DB}"]}, ("command", 1), "${DB} is a secret:"),
+        ({"command": ["run"], "build": ["fetch", "${DB}"]}, ("build", 1), "${DB} is a secret:"),
+        # Through an env key: the argv would still hold the value.
+        (
+            {"command": ["run", "${PW}"], "env": {"PW": "${DB}"}},
+            ("command", 1),
+            "${DB} is a secret (env PW carries it)",
+        ),
+        (
+            {"command": ["run", "${DB}"], "env": {"DB": "x-${DB}"}},
+            ("command", 1),
+            "${DB} is a secret:",
+        ),
+    ],
+)
+def test_a_secret_on_a_command_line_is_refused(
+    service: dict[str, object], where: tuple[str, int], secret: str
+) -> None:
+    found = check_references(_spec(**service), secrets=["DB"])
+    assert len(found) == 1
+    path, message = found[0]
+    assert path == ("services", "web", *where)
+    assert message.startswith(secret)
+    assert "/proc" in message and 'env: {DB: "${DB}"}' in message
+
+
+def test_an_env_key_shadowing_a_secret_with_a_plain_value_may_be_an_argument() -> None:
+    spec = _spec(command=["run", "${DB}"], env={"DB": "plain"})
+    assert check_references(spec, secrets=["DB"]) == []
+
+
+def test_a_missing_secret_names_itself_and_how_to_set_it() -> None:
+    spec = _spec(command=["run"], env={"URL": "${DB_PASSWORD}", "TYPO": "${ONDECK_ENVV}"})
+    found = dict(check_references(spec, secrets=["API_KEY"], env="production"))
+    message = found[("services", "web", "env", "URL")]
+    assert message.startswith("secret ${DB_PASSWORD} is not set for environment 'production'")
+    assert "ondeck secret set DB_PASSWORD --env production" in message
+    assert "ondeck secret edit" in message
+    # Close to a known name: a typo, not a missing secret.
+    assert "did you mean ${ONDECK_ENV}?" in found[("services", "web", "env", "TYPO")]
+
+
+def test_an_instance_gets_only_the_secrets_its_env_refers_to() -> None:
+    secrets = {"DB": "hunter2", "UNUSED": "other"}
+    env = instance_env({"DATABASE_URL": "pg://u:${DB}@h/d"}, {"PORT": "1"}, {}, secrets)
+    assert env == {"DATABASE_URL": "pg://u:hunter2@h/d", "PORT": "1"}
+    assert "other" not in env.values()
 
 
 def test_instance_env_precedence() -> None:
@@ -124,7 +177,6 @@ def test_instance_env_precedence() -> None:
         "PATH": "/usr/bin",
         "HOME": "/root",
         "TOKEN": "t",
-        "DB": "db",
         "BIND": "127.0.0.1:40123",
         "WHERE": "/root",
         "PORT": "40123",

@@ -20,6 +20,7 @@ from ondeck import __version__
 from ondeck.api import guard
 from ondeck.api.guard import MAX_LIMIT, Body
 from ondeck.api.openapi import describe_errors
+from ondeck.api.releasetasks import release_task_router
 from ondeck.api.secrets import secrets_router
 from ondeck.api.ui import ui_router
 from ondeck.api.webhooks import PushEvent, webhook_router
@@ -241,7 +242,10 @@ def create_app(
         return StreamingResponse(_follow(paths, lines), media_type="text/plain")
 
     app.include_router(api)
-    app.include_router(secrets_router(opts.state_dir, authorized, require))
+    app.include_router(
+        secrets_router(opts.state_dir, authorized, require, lambda: controller.refresh(Trigger.CLI))
+    )
+    app.include_router(release_task_router(opts.state_dir, authorized, require, shown))
     app.include_router(ui_router(controller, token, public_read))  # the dashboard at /
     describe_errors(app)
     return app

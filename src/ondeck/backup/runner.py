@@ -56,8 +56,10 @@ def last_verified(manifests: list[Manifest]) -> Manifest | None:
     return proven[-1] if proven else None
 
 
-def take(target: Target, revision: str | None = None, clock: Clock = _now) -> Manifest:
-    """Dump, store, prove (when `verify`), apply retention; the stored manifest."""
+def take(
+    target: Target, revision: str | None = None, clock: Clock = _now, *, retain: bool = True
+) -> Manifest:
+    """Dump, store, prove (when `verify`), apply retention (unless not `retain`); the manifest."""
     with locked(target.storage.index):
         sweep(target.storage.index)
         created = clock()
@@ -88,26 +90,28 @@ def take(target: Target, revision: str | None = None, clock: Clock = _now) -> Ma
         manifest = target.storage.commit(manifest, partial)
         if target.verify:
             manifest = _prove(target, manifest, clock)
-        _retain(target)
+        if retain:
+            _retain(target)
         return manifest
 
 
 def verify(target: Target, backup_id: str | None = None, clock: Clock = _now) -> Manifest:
     """Prove one backup (the newest unless `backup_id`) and record the verdict."""
     with locked(target.storage.index):
-        return _prove(target, _pick(target, backup_id, verified_only=False), clock)
+        return _prove(target, pick(target, backup_id, verified_only=False), clock)
 
 
 def restore(target: Target, backup_id: str | None = None, clock: Clock = _now) -> Manifest:
     """Put a backup (the newest verified unless `backup_id`) back into the live database."""
     with locked(target.storage.index):
-        manifest = _pick(target, backup_id, verified_only=backup_id is None)
+        manifest = pick(target, backup_id, verified_only=backup_id is None)
         with tempfile.TemporaryDirectory(prefix="ondeck-restore-") as scratch:
             target.engine.restore(target.storage.fetch(manifest, Path(scratch)))
         return manifest
 
 
-def _pick(target: Target, backup_id: str | None, *, verified_only: bool) -> Manifest:
+def pick(target: Target, backup_id: str | None, *, verified_only: bool) -> Manifest:
+    """The backup `backup_id`, else the newest (verified, when `verified_only`) one."""
     manifests = backups(target)
     if backup_id is not None:
         for manifest in manifests:

@@ -15,6 +15,7 @@ import datetime
 import json
 import os
 import threading
+import weakref
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -132,6 +133,14 @@ def due(schedule: str, last: datetime.datetime, now: datetime.datetime) -> Trigg
 class BackupMetrics:
     """`ondeck_backup_*` in the controller's registry."""
 
+    @classmethod
+    def of(cls, registry: CollectorRegistry) -> BackupMetrics:
+        """The one set of backup metrics of `registry` (every environment shares it)."""
+        found = _METRICS.get(registry)
+        if found is None:
+            found = _METRICS[registry] = cls(registry)
+        return found
+
     def __init__(self, registry: CollectorRegistry) -> None:
         labels = ["app", "env", "backup"]
         self.last_success = Gauge(
@@ -150,6 +159,9 @@ class BackupMetrics:
             "ondeck_backup_failures", "Backups, verifications and restores that failed.",
             [*labels, "action"], registry=registry,
         )  # fmt: skip
+
+
+_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, BackupMetrics] = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -192,6 +204,7 @@ class BackupService:
         self.revision: str | None = None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"backup-{place.app}-{place.env}")
         self._running: dict[str, Future[Manifest]] = {}
+        self.version = 0  # bumped when a run starts or ends: the status shows something new
         self._lock = threading.Lock()
 
     def update(self, backups: Mapping[str, Backup], revision: str | None) -> None:
@@ -229,6 +242,8 @@ class BackupService:
         with self._lock:
             future = self._pool.submit(self._do, name, action, trigger, backup_id)
             self._running[name] = future
+            self.version += 1
+        future.add_done_callback(lambda _f: self._bump())
         return future
 
     def before_deploy(self) -> list[Future[Manifest]]:
@@ -239,9 +254,17 @@ class BackupService:
             if spec.before_deploy
         ]
 
+    def _bump(self) -> None:
+        with self._lock:
+            self.version += 1
+
     def running(self, name: str) -> bool:
         future = self._running.get(name)
         return future is not None and not future.done()
+
+    def pick(self, name: str, backup_id: str | None) -> Manifest:
+        """What a restore would take: `backup_id`, else the latest verified backup."""
+        return runner.pick(self._static_target(name), backup_id, verified_only=backup_id is None)
 
     def manifests(self, name: str) -> list[Manifest]:
         return runner.backups(self._target(name))
@@ -285,7 +308,9 @@ class BackupService:
         try:
             target = self._target(name)
             if action is Action.RUN:
-                manifest = runner.take(target, self.revision, self.clock)
+                # a restore's safety backup must not retire the backup about to be restored
+                retain = trigger is not Trigger.BEFORE_RESTORE
+                manifest = runner.take(target, self.revision, self.clock, retain=retain)
             elif action is Action.VERIFY:
                 manifest = runner.verify(target, backup_id, self.clock)
             else:

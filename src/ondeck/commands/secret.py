@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -24,10 +25,13 @@ from rich.console import Console
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from ondeck.client import default_state_dir
-from ondeck.errors import UserError
+from ondeck.client import Client, default_state_dir
+from ondeck.errors import OndeckError, UserError
 from ondeck.secrets import agefile
 from ondeck.secrets.hoststore import HostStore
+from ondeck.secrets.resolve import file_names, secrets_file
+from ondeck.spec.load import Document
+from ondeck.state.desired import DEFAULT_ENV
 
 secret_app = typer.Typer(
     help="Secrets: the host's store (value on stdin) and the age-encrypted file in git.",
@@ -86,6 +90,7 @@ def secret_set(
     info = HostStore(_state(state_dir)).set(name, read_value(name), app=app, env=env)
     where = f"environment {env}" if env else "every environment"
     err.print(f"[green]secret {name}[/green] set for {where} (fingerprint {info.fingerprint})")
+    _nudge(state_dir)
 
 
 @secret_app.command("unset")
@@ -95,6 +100,16 @@ def secret_unset(
     """Forget a secret in exactly that scope."""
     HostStore(_state(state_dir)).unset(name, app=app, env=env)
     err.print(f"[green]secret {name}[/green] unset")
+    _nudge(state_dir)
+
+
+def _nudge(state_dir: Path | None) -> None:
+    """Wake a controller on this host: the services that use the secret roll at once."""
+    try:
+        Client(_state(state_dir)).post("/api/v1/sync", {"trigger": "cli"}, timeout=10)
+    except OndeckError:
+        return  # none running: it reads the store when it starts
+    err.print("the local ondeck rolls the services that use it: `ondeck status`")
 
 
 @secret_app.command("list")
@@ -231,3 +246,19 @@ def _text(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return "" if value is None else str(value)
+
+
+def known_secrets(spec_dir: Path) -> Callable[[Document, str | None], list[str]]:
+    """For `ondeck validate`: the names of an environment's secrets, from the host store of
+    the state dir (when there is one) and from the spec's age file (names are in clear)."""
+    store = HostStore(default_state_dir().resolve())
+
+    def names(doc: Document, env: str | None) -> list[str]:
+        app = doc.data.get("app")
+        found = set(store.values(app, env or DEFAULT_ENV)) if isinstance(app, str) else set()
+        name = secrets_file(doc.data, env)
+        if name is not None and (spec_dir / name).is_file():
+            found.update(file_names((spec_dir / name).read_bytes(), name))
+        return sorted(found)
+
+    return names

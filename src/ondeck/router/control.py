@@ -19,7 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from ondeck.errors import TemporaryError
-from ondeck.router.metrics import BackendStats, merge_snapshots, render_prometheus
+from ondeck.router.metrics import (
+    LIMIT_METRICS,
+    BackendStats,
+    merge_snapshots,
+    render_prometheus,
+)
 from ondeck.router.proxy import Router
 from ondeck.router.table import EMPTY_CONFIG, RouterConfig, RouterConfigError
 
@@ -289,7 +294,8 @@ def _render(stats: dict[str, Any]) -> str:
         for backend_id, s in stats["backends"].items()
     }
     local = {int(k): int(v) for k, v in stats["local"].items()}
-    return render_prometheus(backends, local, int(stats["generation"]))
+    limits = {key: int(stats.get(key, 0)) for key in LIMIT_METRICS}
+    return render_prometheus(backends, local, int(stats["generation"]), limits)
 
 
 async def _refuse_if_live(path: Path) -> None:

@@ -148,10 +148,32 @@ def _labels(pairs: Mapping[str, str]) -> str:
     return ",".join(f'{k}="{_escape(v)}"' for k, v in pairs.items())
 
 
+# The router's own protection counters (Router.stats keys): metric, type, help.
+LIMIT_METRICS = {
+    "connections": ("ondeck_router_connections", "gauge", "Open client connections."),
+    "held_bytes": (
+        "ondeck_router_held_bytes",
+        "gauge",
+        "Bytes held in unfinished request heads and buffered bodies (budget: max_held_total).",
+    ),
+    "shed": (
+        "ondeck_router_shed_connections_total",
+        "counter",
+        "Connections cut because all connections together held too much.",
+    ),
+    "pressure_closed": (
+        "ondeck_router_pressure_closed_total",
+        "counter",
+        "Idle keep-alive connections closed early because descriptors ran short.",
+    ),
+}
+
+
 def render_prometheus(
     backends: Mapping[str, tuple[Mapping[str, str], BackendStats]],
     local: Mapping[int, int],
     generation: int,
+    limits: Mapping[str, int] | None = None,
 ) -> str:
     """Prometheus text exposition: `backends` maps id -> (labels, counters)."""
     out: list[str] = []
@@ -182,6 +204,10 @@ def render_prometheus(
         out.append(f'ondeck_router_local_responses_total{{code="{status}"}} {n}\n')
     family("ondeck_router_config_generation", "gauge", "Generation of the served config.")
     out.append(f"ondeck_router_config_generation {generation}\n")
+    for key, value in (limits or {}).items():
+        name, kind, help_text = LIMIT_METRICS[key]
+        family(name, kind, help_text)
+        out.append(f"{name} {value}\n")
     return "".join(out)
 
 

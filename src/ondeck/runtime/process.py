@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ondeck.errors import RuntimeFailure
+from ondeck.permissions import log_access
 from ondeck.runtime.base import ExitCallback, ExitEvent, Handle, InstanceSpec
 
 MARKER = "ONDECK_SUPERVISOR"
@@ -115,6 +116,7 @@ class ProcessRuntime:
     def __init__(self, state_dir: Path, on_exit: ExitCallback) -> None:
         self._supervisor = supervisor_id(state_dir)
         self._on_exit = on_exit
+        self._logs = log_access()
         self._watches: dict[str, _Watch] = {}
 
     async def start(self, spec: InstanceSpec) -> Handle:
@@ -132,8 +134,11 @@ class ProcessRuntime:
         created = not spec.log_path.exists()
         # O_APPEND: every write lands at the current end, so `rotate` may truncate under us.
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-        log_fd = os.open(spec.log_path, flags, 0o644)
+        log_fd = os.open(spec.log_path, flags, 0o600)  # apps log what they should not
         try:
+            if created and self._logs.gid is not None:
+                os.fchown(log_fd, -1, self._logs.gid)
+                os.fchmod(log_fd, self._logs.file_mode)
             return subprocess.Popen(
                 spec.argv,
                 cwd=spec.cwd,

@@ -10,43 +10,27 @@ without ever holding it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from ondeck.errors import UserError
 from ondeck.secrets import agefile
 from ondeck.secrets.hoststore import HostStore, fingerprint, host_key
-
-HOST = "host"
-
-
-@dataclass(frozen=True)
-class Secrets:
-    """Name -> value, and for each name its keyed fingerprint and where it came from."""
-
-    values: Mapping[str, str] = field(default_factory=dict)
-    prints: Mapping[str, str] = field(default_factory=dict)
-    sources: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def names(self) -> frozenset[str]:
-        return frozenset(self.values)
-
-    def only(self, names: Iterable[str]) -> dict[str, str]:
-        """The values of `names` (those a service refers to), and nothing else."""
-        return {n: self.values[n] for n in names if n in self.values}
-
-    def identity(self, names: Iterable[str]) -> str:
-        """A stable id of the values of `names`: part of a service's fingerprint."""
-        return ",".join(f"{n}={self.prints[n]}" for n in sorted(set(names)) if n in self.prints)
-
-    def changed(self, other: Secrets, names: Iterable[str]) -> list[str]:
-        """The names among `names` whose value differs between `other` and this."""
-        return sorted(n for n in set(names) if self.prints.get(n) != other.prints.get(n))
+from ondeck.state.desired import NO_SECRETS, SecretEnv
 
 
-NONE = Secrets()
+def secrets_file(data: Mapping[str, Any], env: str | None) -> str | None:
+    """The age file a parsed spec names for `env` (an overlay's wins), before validation;
+    a malformed value is left for validation to report."""
+    environments = data.get("environments")
+    overlay = environments.get(env) if env and isinstance(environments, dict) else None
+    for where in (overlay, data):
+        block = where.get("secrets") if isinstance(where, dict) else None
+        if isinstance(block, dict) and "file" in block:
+            name = block["file"]
+            return name if isinstance(name, str) else None
+    return None
 
 
 def file_names(text: bytes, filename: str) -> list[str]:
@@ -54,22 +38,19 @@ def file_names(text: bytes, filename: str) -> list[str]:
     return sorted(agefile.parse(text, filename).values)
 
 
-def load(state_dir: Path, app: str, env: str, file: tuple[str, bytes] | None = None) -> Secrets:
+def load(state_dir: Path, app: str, env: str, file: tuple[str, bytes] | None = None) -> SecretEnv:
     """Every secret `app` may use in `env`: the host store's, then the age file's (which win)."""
     values: dict[str, str] = HostStore(state_dir).values(app, env)
-    sources = dict.fromkeys(values, HOST)
     if file is not None:
         filename, text = file
         doc = agefile.parse(text, filename)
         if doc.values:
-            decrypted = agefile.decrypt(doc, _identities(state_dir, filename), filename)
-            values.update(decrypted)
-            sources.update(dict.fromkeys(decrypted, filename))
+            values.update(agefile.decrypt(doc, _identities(state_dir, filename), filename))
     if not values:
-        return NONE
+        return NO_SECRETS
     key = host_key(state_dir)
     prints = {name: fingerprint(key, name, value) for name, value in values.items()}
-    return Secrets(values, prints, sources)
+    return SecretEnv(values, prints)
 
 
 def _identities(state_dir: Path, filename: str) -> list[agefile.Identity]:

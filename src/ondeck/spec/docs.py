@@ -61,10 +61,17 @@ error when the spec is validated, not when the instance starts.
 
 | in | may use |
 | --- | --- |
-| `command` | builtins, host variables passed through, secrets, the service's `env` keys |
+| `command` | builtins, host variables passed through, the service's `env` keys; never a secret |
 | `env` values | builtins, host variables passed through, secrets (not other `env` keys) |
 | `build` | the same as `command` except `PORT` and `ONDECK_INSTANCE`, unknown at build time |
+
+A secret is refused in `command` and `build`, directly or through an `env`
+key that carries it: every local user can read a process's arguments in
+`/proc`. Pass it through `env` (`env: {DB_PASSWORD: "${DB_PASSWORD}"}`) and
+read it from the environment. An `env` value naming a secret that is set
+nowhere for the environment is an error that names it and says how to set it.
 """
+
 
 OVERLAYS = """\
 ## Environments and overlays
@@ -98,8 +105,9 @@ def _environment_section() -> str:
     return (
         "## Environment of an instance\n\n"
         f"From the host, only {passed}\n"
-        "are passed through; then come the host's secrets (`ondeck secret set`), then\n"
-        "the service's `env`, then these builtins, which always win:\n\n"
+        "are passed through; then comes the service's `env`, where `${NAME}` may name a\n"
+        "secret (an instance receives only the secrets its `env` refers to), then these\n"
+        "builtins, which always win:\n\n"
         "| variable | meaning |\n| --- | --- |\n" + rows
     )
 

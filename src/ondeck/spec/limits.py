@@ -24,7 +24,7 @@ MAX_DEPTH = 32
 """Mappings and lists nested deeper than this (the deepest real key is ~8 levels)."""
 MAX_ALIASES = 1000
 """`*name` references in one file."""
-MAX_NODES = 20_000
+MAX_NODES = 10_000
 """Keys, values and items once every alias is expanded (a large real spec has a few hundred)."""
 MAX_ENVIRONMENTS = 64
 """Each environment is rendered and validated on its own: the cost is environments x size."""

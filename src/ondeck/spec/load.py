@@ -15,7 +15,7 @@ import difflib
 import re
 import types
 import typing
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -372,7 +372,7 @@ def render_spec(doc: Document, env: str | None = None, *, secrets: Iterable[str]
         spec = Spec.model_validate(data)
     except ValidationError as err:
         raise SpecError(problems + _validation_problems(err, data, locator)) from err
-    problems += [locator.problem(path, text) for path, text in check_references(spec, secrets)]
+    problems += [locator.problem(path, text) for path, text in check_references(spec, secrets, env)]
     if problems:
         raise SpecError(problems)
     return spec
@@ -626,8 +626,15 @@ def _child(tp: Any, key: Key) -> Any:
 # --- entry points --------------------------------------------------------------------------
 
 
-def validate(text: str | bytes, filename: str = "ondeck.yaml") -> list[Problem]:
-    """Every distinct problem of the base and of each environment, by position; [] when valid."""
+def validate(
+    text: str | bytes,
+    filename: str = "ondeck.yaml",
+    secrets: Callable[[Document, str | None], Iterable[str]] | None = None,
+) -> list[Problem]:
+    """Every distinct problem of the base and of each environment, by position; [] when valid.
+
+    `secrets(doc, env)` names the secrets known for an environment (None: none are).
+    """
     try:
         doc = parse(text, filename)
     except SpecError as err:
@@ -636,7 +643,7 @@ def validate(text: str | bytes, filename: str = "ondeck.yaml") -> list[Problem]:
     rendered: dict[str, Spec] = {}
     for env in [None, *environment_names(doc)]:
         try:
-            spec = render_spec(doc, env)
+            spec = render_spec(doc, env, secrets=secrets(doc, env) if secrets else ())
         except SpecError as err:
             for problem in err.problems:
                 found.setdefault((problem.line, problem.col, problem.message), problem)

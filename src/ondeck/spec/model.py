@@ -277,6 +277,15 @@ class Service(Strict):
     routes: list[Route] = Field(
         default_factory=list, description="Where the router sends users to this service."
     )
+    release: Argv | None = Field(
+        None,
+        description="Release task (e.g. migrations): run once per release, in the new release "
+        "with its environment and secrets, after `build` and before any of its instances "
+        "starts; a failure fails the sync and the running version keeps serving.",
+    )
+    release_timeout: Duration = Field(
+        600.0, description="A release task still running after this is killed and fails."
+    )
     pull: Literal["always", "missing", "never"] = Field(
         "missing", description="Container runtime: when to pull the image."
     )
@@ -598,6 +607,23 @@ class NotifyTarget(Strict):
         return value
 
 
+class SecretsFile(Strict):
+    """Secrets kept in git, encrypted with age: names in clear, values only to the recipients."""
+
+    file: str = Field(
+        description="The age secrets file, relative to the directory of ondeck.yaml; write it "
+        "with `ondeck secret edit FILE` (the host decrypts it with `ondeck secret keygen`'s key)."
+    )
+
+    @field_validator("file")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        parts = value.split("/")
+        if not value or value.startswith("/") or ".." in parts:
+            raise ValueError("a secrets file is a path inside the repo, relative to ondeck.yaml")
+        return value
+
+
 class RuntimeKind(StrEnum):
     """Where instances run."""
 
@@ -618,6 +644,9 @@ class Spec(Strict):
         default_factory=dict, description="Databases to back up, by name."
     )
     protect: Protect | None = Field(None, description="Signed-commit rule for deploys.")
+    secrets: SecretsFile | None = Field(
+        None, description="An age-encrypted secrets file in the repo (an overlay may name another)."
+    )
     tls: Tls | None = Field(
         None,
         description="HTTPS at the router: ACME or your own certificates "
@@ -680,6 +709,22 @@ class Spec(Strict):
         return self
 
     @model_validator(mode="after")
+    def _secrets_release_not_yet(self) -> Spec:
+        # Nothing inert: until the controller decrypts the file and runs release tasks, refuse.
+        if self.secrets is not None:
+            raise ValueError(
+                "secrets: not supported yet (ondeck would not read the file); remove `secrets:` "
+                "until it is"
+            )
+        for name, service in self.services.items():
+            if service.release is not None:
+                raise ValueError(
+                    f"service {name!r}: release tasks are not supported yet (ondeck would run "
+                    "none); remove `release:` until they are"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _jobs_notify_not_yet(self) -> Spec:
         # Nothing inert: until jobs run and notifications are sent by the controller, refuse.
         if self.jobs:
@@ -722,5 +767,12 @@ class Spec(Strict):
                 raise ValueError(
                     f"service {name!r} runs as a container: give the port it listens on "
                     "inside the container, e.g. port: 8080 (ondeck publishes it on loopback)"
+                )
+            if self.runtime is not RuntimeKind.PROCESS and service.release is not None:
+                # Nothing inert: only the process runtime runs release tasks so far.
+                raise ValueError(
+                    f"service {name!r}: release tasks are not supported yet with the "
+                    f"{self.runtime.value} runtime (process only); remove `release:` and run "
+                    "the task by hand"
                 )
         return self

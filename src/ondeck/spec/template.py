@@ -1,4 +1,4 @@
-"""`${NAME}` expansion in `command`, `build` and `env` values, without a shell.
+"""`${NAME}` expansion in `command`, `build`, `release` and `env` values, without a shell.
 
 `check_references` runs at validation time (called by `load.render_spec`) so an
 unknown name is a located spec error; `expand` and `instance_env` run when a
@@ -96,40 +96,114 @@ def _check(value: str, known: set[str], explain: Mapping[str, str]) -> Iterator[
             yield explain.get(text) or _unknown(text, known)
 
 
+def _in_argv(name: str, via: str | None = None) -> str:
+    carried = f" (env {via} carries it)" if via else ""
+    return (
+        f"${{{name}}} is a secret{carried}: an argument is readable by every local user "
+        f"(/proc/PID/cmdline), so pass it through env instead, e.g. "
+        f'env: {{{name}: "${{{name}}}"}}, and read it from the environment'
+    )
+
+
+def _argv_secrets(
+    arg: str, own: Mapping[str, str], secrets: set[str], carriers: Mapping[str, str]
+) -> Iterator[str]:
+    """A message for each secret `arg` would put on a command line."""
+    for name in names(arg):
+        if name in carriers:
+            yield _in_argv(carriers[name], name if carriers[name] != name else None)
+        elif name in secrets and name not in own:
+            yield _in_argv(name)
+
+
 def _service_refs(
     name: str,
     command: list[str] | None,
     build: list[str] | None,
+    release: list[str] | None,
     env: Mapping[str, str],
     base: set[str],
+    secrets: set[str],
+    missing: Mapping[str, str],
 ) -> Iterator[tuple[Path, str]]:
     here: Path = ("services", name)
     own = set(env)
+    # env keys whose value holds a secret: the secret they carry, by key
+    carriers = {k: s for k, v in env.items() for s in names(v) if s in secrets and s not in BUILTIN}
     for i, arg in enumerate(command or []):
         for message in _check(arg, base | own, _EMPTY):
             yield (*here, "command", i), message
+        for message in _argv_secrets(arg, env, secrets, carriers):
+            yield (*here, "command", i), message
     at_build = (base - set(PER_INSTANCE)) | own
-    not_yet = {n: f"{n} is not known at build time (it is set per instance)" for n in PER_INSTANCE}
-    for i, arg in enumerate(build or []):
-        for message in _check(arg, at_build, not_yet):
-            yield (*here, "build", i), message
+    not_yet = {
+        n: f"{n} is not known at build or release time (it is set per instance)"
+        for n in PER_INSTANCE
+    }
+    for field, argv in (("build", build), ("release", release)):
+        for i, arg in enumerate(argv or []):
+            for message in _check(arg, at_build, not_yet):
+                yield (*here, field, i), message
+            for message in _argv_secrets(arg, env, secrets, carriers):
+                yield (*here, field, i), message
     siblings = {
         n: f"${{{n}}} refers to another env key: env values may use only builtins, "
         "host variables passed through and secrets"
         for n in own - base
     }
     for key, value in env.items():
-        for message in _check(value, base, siblings):
+        for message in _check(value, base, {**missing, **siblings}):
             yield (*here, "env", key), message
 
 
-def check_references(spec: Spec, secrets: Iterable[str] = ()) -> list[tuple[Path, str]]:
-    """(path, message) for every `${NAME}` in `spec` that could not resolve."""
-    base = set(BUILTIN) | set(PASSTHROUGH) | set(secrets)
+def _not_set(name: str, env: str | None) -> str:
+    scope = f" --env {env}" if env else ""
+    where = f"environment {env!r}" if env else "this environment"
+    return (
+        f"secret ${{{name}}} is not set for {where}: set it on the host with "
+        f"`ondeck secret set {name}{scope}` (value on stdin), or add it to the spec's "
+        "secrets file with `ondeck secret edit FILE`"
+    )
+
+
+def check_references(
+    spec: Spec, secrets: Iterable[str] = (), env: str | None = None
+) -> list[tuple[Path, str]]:
+    """(path, message) for every `${NAME}` in `spec` that could not resolve, and every secret
+    that would reach an argv. An unknown name in an `env` value reads as a missing secret of
+    `env`, unless it is close to a known name (a typo)."""
+    known = set(secrets)
+    base = set(BUILTIN) | set(PASSTHROUGH) | known
     problems: list[tuple[Path, str]] = []
     for name, service in spec.services.items():
-        problems.extend(_service_refs(name, service.command, service.build, service.env, base))
+        missing = {
+            ref: _not_set(ref, env)
+            for value in service.env.values()
+            for ref in names(value)
+            if ref not in base
+            and ref not in service.env
+            and not difflib.get_close_matches(ref, sorted(base), n=1)
+        }
+        problems.extend(
+            _service_refs(
+                name,
+                service.command,
+                service.build,
+                service.release,
+                service.env,
+                base,
+                known,
+                missing,
+            )
+        )
     return problems
+
+
+def secrets_used(spec_env: Mapping[str, str], secrets: Iterable[str]) -> list[str]:
+    """The secrets a service's `env` values refer to: all an instance of it may receive."""
+    known = set(secrets) - set(BUILTIN)
+    used = {ref for value in spec_env.values() for ref in names(value) if ref in known}
+    return sorted(used)
 
 
 def instance_env(
@@ -138,10 +212,12 @@ def instance_env(
     host: Mapping[str, str],
     secrets: Mapping[str, str] = _EMPTY,
 ) -> dict[str, str]:
-    """The whole environment of one instance; builtins win, nothing else leaks from the host."""
+    """The whole environment of one instance; builtins win, nothing else leaks from the host.
+
+    A secret reaches the environment only through an `env` value that refers to it.
+    """
     env = {name: host[name] for name in PASSTHROUGH if name in host}
-    env.update(secrets)
-    context = {**env, **builtins}
+    context = {**env, **secrets, **builtins}
     env.update({key: expand(value, context) for key, value in service_env.items()})
     env.update(builtins)
     return env

@@ -11,11 +11,44 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
-from ondeck.spec.model import Service, Spec, Tls
+from ondeck.spec.model import Backup, Service, Spec, Tls
+from ondeck.spec.template import secrets_used
 
 DEFAULT_ENV = "default"
+
+
+@dataclass(frozen=True, repr=False)
+class SecretEnv:
+    """Secret values by name, with their keyed fingerprints; its repr names them, nothing more.
+
+    Carried by a desired service for the secrets its `env` refers to, so the runtime can
+    build an instance's environment; everything shown to people uses `prints` only.
+    """
+
+    values: Mapping[str, str] = field(default_factory=dict)
+    prints: Mapping[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"SecretEnv({sorted(self.values)})"
+
+    def only(self, names: Iterable[str]) -> SecretEnv:
+        wanted = set(names)
+        return SecretEnv(
+            MappingProxyType({n: v for n, v in self.values.items() if n in wanted}),
+            MappingProxyType({n: p for n, p in self.prints.items() if n in wanted}),
+        )
+
+    @property
+    def identity(self) -> str:
+        """A stable id of these values (their fingerprints): part of a service's fingerprint."""
+        return ",".join(f"{n}={self.prints[n]}" for n in sorted(self.prints))
+
+
+NO_SECRETS = SecretEnv()
 
 
 @dataclass(frozen=True)
@@ -23,6 +56,7 @@ class DesiredService:
     name: str
     spec: Service
     fingerprint: str
+    secrets: SecretEnv = field(default=NO_SECRETS, compare=False)  # only those its env uses
 
     @property
     def replicas(self) -> int:
@@ -38,6 +72,7 @@ class Desired:
     services: tuple[DesiredService, ...]
     signed_by: tuple[str, ...] = ()  # keys allowed to sign what this environment deploys
     tls: Tls | None = None  # HTTPS for the hosts this environment routes
+    backups: tuple[tuple[str, Backup], ...] = ()  # databases backed up, by name
 
     @property
     def hosts(self) -> tuple[str, ...]:
@@ -70,20 +105,36 @@ def fingerprint(
         "port": service.port,
         "container": [service.pull, service.volumes, service.memory, service.cpus],
     }
+    if service.release:  # only when set: adding the key must not roll services without one
+        payload["release"] = service.release
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
-def render(spec: Spec, env: str, revision: str, code_id: str, secrets_id: str = "") -> Desired:
-    """The desired state of one environment at one revision."""
+def render(
+    spec: Spec,
+    env: str,
+    revision: str,
+    code_id: str,
+    secrets_id: str = "",
+    secrets: SecretEnv = NO_SECRETS,
+) -> Desired:
+    """The desired state of one environment at one revision.
+
+    Each service carries (and is fingerprinted by) only the secrets its `env` refers to,
+    so a changed secret rolls exactly the services that use it.
+    """
     # An image is the whole artifact of a container: the repo's files do not shape it.
     code = code_id if spec.runtime.value == "process" else ""
-    services = tuple(
-        DesiredService(
-            name, service, fingerprint(service, code, secrets_id, spec.app, spec.runtime.value)
-        )
-        for name, service in sorted(spec.services.items())
-    )
+    services = []
+    for name, service in sorted(spec.services.items()):
+        used = secrets.only(secrets_used(service.env, secrets.values))
+        ident = ";".join(x for x in (secrets_id, used.identity) if x)
+        print_ = fingerprint(service, code, ident, spec.app, spec.runtime.value)
+        services.append(DesiredService(name, service, print_, used))
     signed_by = tuple(spec.protect.signed_by) if spec.protect else ()
-    desired = Desired(spec.app, env, revision, spec.runtime.value, services, signed_by)
+    backups = tuple(sorted(spec.backups.items()))
+    desired = Desired(
+        spec.app, env, revision, spec.runtime.value, tuple(services), signed_by, backups=backups
+    )
     return dataclasses.replace(desired, tls=spec.tls) if spec.tls else desired

@@ -98,9 +98,20 @@ def _service_changes(old: DesiredService, new: DesiredService) -> list[str]:
         for field in ("command", "build", "health", "rollout", "routes", "port")
         if getattr(a, field) != getattr(b, field)
     ]
+    parts += [f"secret {n} {how}" for n, how in secret_changes(old, new)]
     if not parts and old.fingerprint != new.fingerprint:
         parts.append("code")
     return [f"{new.name}: " + "; ".join(parts)] if parts else []
+
+
+def secret_changes(old: DesiredService, new: DesiredService) -> list[tuple[str, str]]:
+    """(name, "changed" | "added" | "removed") for each secret whose fingerprint moved."""
+    a, b = old.secrets.prints, new.secrets.prints
+    return [
+        (n, "added" if n not in a else "removed" if n not in b else "changed")
+        for n in sorted(set(a) | set(b))
+        if a.get(n) != b.get(n)
+    ]
 
 
 def service_view(
@@ -128,6 +139,7 @@ def service_view(
     lines += [f"command: {' '.join(command)}", f"port: {spec.port}"]
     env = mask_env(spec.env, secrets, tag=True)
     lines += [f"env.{k}: {v}" for k, v in sorted(env.items())]
+    lines += [f"secret.{n}: fingerprint {p}" for n, p in sorted(svc.secrets.prints.items())]
     lines += [f"release: {svc.fingerprint}"]
     return lines
 
