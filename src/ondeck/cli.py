@@ -501,6 +501,7 @@ def install(
     ),
     api: Annotated[str, typer.Option(help="Where the API listens.")] = "127.0.0.1:7070",
     listen: Annotated[str, typer.Option(help="Where the router serves users.")] = "127.0.0.1:8080",
+    trusted_proxy: TrustedProxy = None,
 ) -> None:
     """Write systemd units so the router and `ondeck up` are kept running (Restart=always)."""
     from ondeck.install import write_units
@@ -512,6 +513,7 @@ def install(
         state_dir=(state_dir or default_state_dir()).resolve(),
         api=api,
         listen=listen,
+        trusted_proxies=_router_options(trusted_proxy).trusted_proxies,
     ):
         err.print(f"[green]wrote[/green] {path}")
     err.print(

@@ -129,8 +129,16 @@ def write_credentials(state_dir: Path, line: str) -> Path:
     return path
 
 
-def render_router_unit(state_dir: Path, listen: str, python: str = sys.executable) -> str:
+def render_router_unit(
+    state_dir: Path,
+    listen: str,
+    python: str = sys.executable,
+    trusted_proxies: tuple[str, ...] = (),
+) -> str:
+    """The router's unit; `trusted_proxies` keep their X-Forwarded-For/-Proto."""
     argv = [python, "-m", "ondeck", "router", "--state-dir", str(state_dir), "--listen", listen]
+    for cidr in trusted_proxies:
+        argv += ["--trusted-proxy", cidr]
     return ROUTER_UNIT.format(listen=listen, exec_start=shlex.join(argv))
 
 
@@ -141,12 +149,15 @@ def write_units(
     state_dir: Path,
     api: str,
     listen: str = "127.0.0.1:8080",
+    trusted_proxies: tuple[str, ...] = (),
 ) -> list[Path]:
     unit_dir.mkdir(parents=True, exist_ok=True)
     clean, credentials = split_credentials(repo)
     store = write_credentials(state_dir, credentials) if credentials else None
     units = {
-        "ondeck-router.service": render_router_unit(state_dir, listen),
+        "ondeck-router.service": render_router_unit(
+            state_dir, listen, trusted_proxies=trusted_proxies
+        ),
         "ondeck.service": render_unit(clean, envs, state_dir, api, listen, credentials_file=store),
     }
     written = []

@@ -9,6 +9,7 @@ waits for in-flight requests to finish before an instance is stopped.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import subprocess
@@ -68,11 +69,15 @@ class RouterLink:
         self.generation = 0
         self.error: str | None = None
         self._process: subprocess.Popen[bytes] | None = None
+        self._pidfd: int | None = None  # the router process, watched like an instance
+        self._restarting: asyncio.Task[None] | None = None
+        self._lost_again = False
 
     async def ensure(self) -> bool:
         """A router answers on the socket: the running one, or one started now."""
         if await self.control.ping():
             await self._adopt_generation()
+            self._watch()
             return True
         if self._process is not None and self._process.poll() is None:
             return False  # started, not answering yet
@@ -82,6 +87,7 @@ class RouterLink:
             if await self.control.ping():
                 log.info("router listening on %s", self.listen)
                 await self._adopt_generation()
+                self._watch()
                 self.error = None
                 return True
             if self._process is not None and self._process.poll() is not None:
@@ -110,6 +116,69 @@ class RouterLink:
                 env=dict(os.environ),
             )
         (self.state_dir / "router.pid").write_text(f"{self._process.pid}\n")
+
+    # -- watching the router: its exit restarts it at once --------------------------
+
+    def _watch(self) -> None:
+        """Watch the router's process by pidfd, as instances are: no wait for a housekeeping."""
+        if self._pidfd is not None:
+            return
+        pid = self._router_pid()
+        if pid is None:
+            return
+        try:
+            self._pidfd = os.pidfd_open(pid)
+        except OSError:  # gone between the ping and now: the next ensure starts one
+            return
+        asyncio.get_running_loop().add_reader(self._pidfd, self._lost)
+
+    def _router_pid(self) -> int | None:
+        """Our child, or the router another controller started (router.pid, checked in /proc)."""
+        if self._process is not None and self._process.poll() is None:
+            return self._process.pid
+        try:
+            pid = int((self.state_dir / "router.pid").read_text())
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return None
+        ours = str(self.state_dir).encode() in argv and any(b"router" in a for a in argv)
+        return pid if ours else None
+
+    def _unwatch(self) -> None:
+        if self._pidfd is not None:
+            asyncio.get_running_loop().remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    def _lost(self) -> None:
+        self._unwatch()
+        code = self._process.poll() if self._process is not None else None
+        self.error = "the router exited" + (f" with {code}" if code is not None else "")
+        log.warning("%s; restarting it", self.error)
+        self._lost_again = True  # seen by a restart already under way
+        if self._restarting is None or self._restarting.done():
+            self._restarting = asyncio.get_running_loop().create_task(self._restart())
+
+    async def _restart(self) -> None:
+        """A new router, given at once the routing the old one had (a new one starts empty)."""
+        wanted = self.config
+        while self._lost_again:
+            self._lost_again, self.config = False, None
+            if not await self.ensure() or wanted is None:
+                return  # the error is in the status; the next pass's `ensure` tries again
+            try:
+                config = dataclasses.replace(wanted, generation=self.generation + 1)
+                self.generation = await self.control.apply(config)
+            except (RouterUnavailable, RouterRefused) as err:
+                self.error = str(err)  # died again while being fed: `_lost_again` is set
+                continue
+            self.config, self.error = config, None
+
+    def close(self) -> None:
+        """Stop watching (the router itself keeps serving)."""
+        self._unwatch()
+        if self._restarting is not None:
+            self._restarting.cancel()
 
     async def _adopt_generation(self) -> None:
         try:

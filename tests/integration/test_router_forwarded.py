@@ -121,8 +121,19 @@ def test_the_router_that_ondeck_up_starts_trusts_the_given_proxies(tmp_path: Pat
         ["-m", "ondeck.router", "--state-dir", "STATE", "--trusted-proxy", "10.0.0.0/33"],
         ["-m", "ondeck", "router", "--state-dir", "STATE", "--trusted-proxy", "proxy.example"],
         ["-m", "ondeck", "up", "REPO", "--state-dir", "STATE", "--trusted-proxy", "10.0.0.300"],
+        [
+            "-m",
+            "ondeck",
+            "install",
+            "--repo",
+            "REPO",
+            "--unit-dir",
+            "STATE",
+            "--trusted-proxy",
+            "x",
+        ],
     ],
-    ids=["python_-m_ondeck.router", "ondeck_router", "ondeck_up"],
+    ids=["python_-m_ondeck.router", "ondeck_router", "ondeck_up", "ondeck_install"],
 )
 def test_a_bad_trusted_proxy_is_refused_with_an_example(tmp_path: Path, argv: list[str]) -> None:
     args = [
@@ -140,3 +151,4 @@ def test_a_bad_trusted_proxy_is_refused_with_an_example(tmp_path: Path, argv: li
     assert result.returncode == 1, result.stderr
     assert "--trusted-proxy" in result.stderr and "e.g. 10.0.0.0/8" in result.stderr
     assert not (tmp_path / "state" / "router.sock").exists()
+    assert not (tmp_path / "state" / "ondeck-router.service").exists()

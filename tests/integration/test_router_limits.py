@@ -252,8 +252,12 @@ def test_idle_connections_are_closed_sooner_when_descriptors_run_short(tmp_path:
 
 
 def test_installed_units_raise_the_open_files_limit(tmp_path: Path) -> None:
+    router = render_router_unit(
+        tmp_path / "state", "127.0.0.1:8080", trusted_proxies=("10.0.0.0/8", "fd00::/8")
+    )
+    assert "--trusted-proxy 10.0.0.0/8 --trusted-proxy fd00::/8" in router
     units = {
-        "ondeck-router.service": render_router_unit(tmp_path / "state", "127.0.0.1:8080"),
+        "ondeck-router.service": router,
         "ondeck.service": render_unit(
             "https://example.com/shop.git", [], tmp_path / "state", "127.0.0.1:7070"
         ),

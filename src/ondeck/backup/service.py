@@ -204,6 +204,7 @@ class BackupService:
         self.revision: str | None = None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"backup-{place.app}-{place.env}")
         self._running: dict[str, Future[Manifest]] = {}
+        self._records: dict[str, Record] = {}
         self.version = 0  # bumped when a run starts or ends: the status shows something new
         self._lock = threading.Lock()
 
@@ -212,7 +213,8 @@ class BackupService:
         self.backups, self.revision = dict(backups), revision
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        # Never blocks the loop: a backup under way finishes on its thread (whole or not at all).
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     # -- asking -----------------------------------------------------------------
 
@@ -344,10 +346,14 @@ class BackupService:
         return metric.labels(app=self.place.app, env=self.place.env, backup=name, **extra)
 
     def _record(self, name: str) -> Record:
-        path = self.place.index(name) / ".state.json"
-        record = Record.load(path, self.clock())
-        if not path.exists():
-            record.save(path)  # `since`: a new backup's first slot is after it appeared
+        """Read once, then kept in memory (every pass asks `tick`); saved on each change."""
+        record = self._records.get(name)
+        if record is None:
+            path = self.place.index(name) / ".state.json"
+            record = Record.load(path, self.clock())
+            if not path.exists():
+                record.save(path)  # `since`: a new backup's first slot is after it appeared
+            self._records[name] = record
         return record
 
     def _target(self, name: str) -> runner.Target:

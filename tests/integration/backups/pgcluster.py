@@ -20,23 +20,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from ondeck.backup.postgres import pg_bin
+
+__all__ = ["PASSWORD", "Cluster", "pg_bin", "running_cluster"]
+
 PASSWORD = "s3cret-pg-pw"
 SUPERUSER = "postgres"
-
-
-def pg_bin(name: str) -> str:
-    """The newest installed PostgreSQL's binary (Debian keeps them off PATH)."""
-    versions = sorted(
-        Path("/usr/lib/postgresql").glob("*/bin"),
-        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
-    )
-    for bindir in reversed(versions):
-        if (bindir / name).exists():
-            return str(bindir / name)
-    found = shutil.which(name)
-    if found is None:
-        raise RuntimeError(f"{name} not found: install the Debian package postgresql")
-    return found
 
 
 def _free_port() -> int:
