@@ -31,7 +31,7 @@ from ondeck.units import format_duration, parse_duration
 
 if TYPE_CHECKING:
     from ondeck.router.options import ProxyOptions
-    from ondeck.status import EnvStatus, ServiceStatus
+    from ondeck.status import CertificateStatus, EnvStatus, ServiceStatus
 
 app = typer.Typer(
     help="GitOps for the humble app: a git repo states what runs; ondeck makes this host match it.",
@@ -158,6 +158,12 @@ def up(
     listen: Annotated[
         str, typer.Option(help="Where the router serves users (host:port; 'none': no router).")
     ] = "127.0.0.1:8080",
+    listen_tls: Annotated[
+        str | None,
+        typer.Option(
+            help="Where the router serves HTTPS (host:port, e.g. 0.0.0.0:443); needs tls:."
+        ),
+    ] = None,
     poll: Annotated[str, typer.Option(help="How often to fetch the repo.")] = "10s",
     drift_check: Annotated[
         str, typer.Option(help="How often to look for changes by hand (files, env, processes).")
@@ -198,6 +204,7 @@ def up(
         auto_sync=not no_auto_sync,
         self_heal=not no_self_heal,
         listen=None if listen.lower() in ("", "none", "off") else listen,
+        listen_tls=listen_tls,
         drift_check=parse_duration(drift_check),
         container_host=container_host,
         trusted_proxies=_router_options(trusted_proxy).trusted_proxies,
@@ -268,7 +275,10 @@ def status(
     """Desired vs live, per environment and service."""
     doc = _client(state_dir, api, token).get("/api/v1/status")
     if json_out:
-        print(json.dumps({"environments": doc["environments"]}, indent=2))
+        shown = {"environments": doc["environments"]}
+        if doc.get("certificates"):
+            shown["certificates"] = doc["certificates"]
+        print(json.dumps(shown, indent=2))
         return
     _print_status(doc)
 
@@ -281,12 +291,34 @@ def _print_status(raw: dict[str, Any]) -> None:
         out.print(f"[red]router:[/red] {escape(doc.router.error)}")
     elif doc.router.listen:
         out.print(f"[dim]router: http://{doc.router.listen}/[/dim]")
+        if doc.router.listen_tls:
+            out.print(f"[dim]router: https://{doc.router.listen_tls}/[/dim]")
     if doc.source.error:
         out.print(
             f"[red]git source error:[/red] {escape(doc.source.error)} (retrying with backoff)"
         )
     for env in doc.environments:
         _print_env(env)
+    for cert in doc.certificates:
+        _print_certificate(cert)
+    if doc.certificates and not doc.router.listen_tls:
+        out.print(
+            "[yellow]tls: certificates are held but not served: "
+            "run `ondeck up` with --listen-tls (e.g. 0.0.0.0:443)[/yellow]"
+        )
+
+
+def _print_certificate(cert: CertificateStatus) -> None:
+    """One host's certificate: issuer and expiry, or why there is none."""
+    if cert.issuer is None:
+        text = "[yellow]no certificate yet[/yellow]"
+    else:
+        text = f"{escape(cert.issuer)}, valid until {cert.not_after}"
+    out.print(f"[bold]https[/bold] {escape(cert.host)}  {text}  [dim]({cert.source})[/dim]")
+    if cert.last_error:
+        out.print(f"  [red]last attempt failed:[/red] {escape(cert.last_error)}")
+    if cert.degraded:
+        out.print(f"  [red]Degraded:[/red] {escape(cert.degraded)}")
 
 
 def _print_env(env: EnvStatus) -> None:

@@ -21,6 +21,7 @@ from ondeck.clock import SYSTEM_CLOCK, Clock
 from ondeck.drift import Strays, apply_drift, find_drift
 from ondeck.environment import Environment, Host, Options
 from ondeck.errors import RuntimeFailure, SourceError, UserError
+from ondeck.https import CertificateManager, env_tls, wanted
 from ondeck.metrics import Metrics
 from ondeck.report import Reporter
 from ondeck.rollout.strategies import EnvTraffic
@@ -28,10 +29,17 @@ from ondeck.runtime.base import ExitEvent, Handle, Runtime, Runtimes
 from ondeck.source.base import Source
 from ondeck.state.desired import DEFAULT_ENV
 from ondeck.state.diff import ServiceDiff
-from ondeck.state.health import Health
+from ondeck.state.health import Health, worst
 from ondeck.state.lifecycle import InstanceState, SyncResult, Trigger
 from ondeck.state.rollout import Progress
-from ondeck.status import ControllerStatus, RouterStatus, SourceStatus, StatusDoc, SyncAnswer
+from ondeck.status import (
+    CertificateStatus,
+    ControllerStatus,
+    RouterStatus,
+    SourceStatus,
+    StatusDoc,
+    SyncAnswer,
+)
 from ondeck.store import Store
 from ondeck.traffic import RouterControl
 
@@ -73,11 +81,15 @@ class Controller:
         runtimes: Runtimes,
         router: RouterControl | None,
         clock: Clock = SYSTEM_CLOCK,
+        certificates: CertificateManager | None = None,
     ) -> None:
         self.opts, self.store, self.source, self.clock = opts, store, source, clock
         self.runtimes, self.router = runtimes, router
         runtimes.listen(self._on_exit)
         self.metrics = Metrics()
+        self.certificates = certificates  # HTTPS: obtained, renewed, pushed in its own task
+        if certificates is not None:
+            certificates.metrics = self.metrics
         self.host = Host(
             opts, store, source, runtimes, self.metrics, clock, router, self.wake, self._routing
         )
@@ -99,6 +111,7 @@ class Controller:
         self._requests: list[SyncRequest] = []
         self._fetching: asyncio.Task[None] | None = None
         self._housekeeping: asyncio.Task[None] | None = None
+        self._certifying: asyncio.Task[None] | None = None
         self._crash: BaseException | None = None
         self._status: StatusDoc | None = None
         self._status_key: object = None
@@ -124,6 +137,8 @@ class Controller:
             await env.restore()
         if self.router is not None:
             await self.router.ensure()
+        if self.certificates is not None:  # ACME never runs in a pass: its own task
+            self._certifying = self._background(self.certificates.run(), "_certifying")
 
     def stop(self) -> None:
         """Leave the loop; instances keep running (the data plane outlives us)."""
@@ -161,6 +176,9 @@ class Controller:
             await env.reconcile()
         if self.router is not None:
             await self.router.push(self._routing())
+        if self.certificates is not None:
+            envs = [env_tls(e.desired) for e in self.envs.values() if e.desired is not None]
+            self.certificates.want(wanted(envs))
         self._export_metrics(self.status())
         self._answer_requests()
         if self._housekeeping is None and now >= self._next_housekeeping:
@@ -329,7 +347,7 @@ class Controller:
         )
 
     def close(self) -> None:
-        for task in (self._fetching, self._housekeeping):
+        for task in (self._fetching, self._housekeeping, self._certifying):
             if task is not None:
                 task.cancel()
         for env in self.envs.values():
@@ -382,11 +400,26 @@ class Controller:
         )
         router = self.router.error if self.router is not None else None
         fetch = (self.fetch.error, self.fetch.head, self.fetch.last_ok)
-        return (envs, strays, router, fetch, self.store.changes)
+        certs = None
+        if self.certificates is not None:  # expiry conditions move with time: hourly
+            certs = (self.certificates.changes, int(self.clock.time() // 3600))
+        return (envs, strays, router, fetch, self.store.changes, certs)
 
     def _build_status(self) -> StatusDoc:
+        certificates = [
+            CertificateStatus(**row)
+            for row in (self.certificates.status() if self.certificates is not None else [])
+        ]
+        environments = [self.report.env_status(e, self.fetch.error) for e in self.envs.values()]
+        for env_doc, env in zip(environments, self.envs.values(), strict=True):
+            owner = f"{env.desired.app}/{env.name}" if env.desired is not None else None
+            for cert in certificates:
+                if cert.degraded and owner in cert.owners:
+                    env_doc.conditions.append(f"{cert.host}: {cert.degraded}")
+                    env_doc.health = worst((env_doc.health, Health.DEGRADED))
         return StatusDoc(
-            environments=[self.report.env_status(e, self.fetch.error) for e in self.envs.values()],
+            certificates=certificates,
+            environments=environments,
             source=SourceStatus(
                 repo=self.opts.repo,
                 branch=self.opts.branch,
@@ -397,6 +430,7 @@ class Controller:
             ),
             router=RouterStatus(
                 listen=self.opts.listen,
+                listen_tls=self.opts.listen_tls,
                 error=self.router.error if self.router is not None else None,
             ),
             controller=ControllerStatus(

@@ -27,6 +27,7 @@ from ondeck.clock import SYSTEM_CLOCK, Clock
 from ondeck.controller import Controller
 from ondeck.environment import Options
 from ondeck.errors import UserError
+from ondeck.https import CertificateManager
 from ondeck.runtime.base import ExitCallback, Runtimes
 from ondeck.runtime.container import ContainerRuntime
 from ondeck.runtime.process import ProcessRuntime
@@ -55,15 +56,21 @@ def build_controller(opts: Options, clock: Clock = SYSTEM_CLOCK) -> Controller:
     """A controller with the real collaborators of a state dir."""
     opts.state_dir.mkdir(parents=True, exist_ok=True)
     mirror = opts.state_dir / "repos" / hashlib.sha256(opts.repo.encode()).hexdigest()[:16]
+    router = (
+        RouterLink(opts.state_dir, opts.listen, opts.trusted_proxies, opts.listen_tls)
+        if opts.listen
+        else None
+    )
     return Controller(
         opts,
         store=Store(opts.state_dir / "ondeck.db"),
         source=GitSource(opts.repo, mirror, opts.branch),
         runtimes=default_runtimes(opts),
-        router=(
-            RouterLink(opts.state_dir, opts.listen, opts.trusted_proxies) if opts.listen else None
-        ),
+        router=router,
         clock=clock,
+        certificates=CertificateManager(opts.state_dir, router.control, clock=clock.time)
+        if router is not None
+        else None,
     )
 
 

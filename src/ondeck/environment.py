@@ -98,6 +98,7 @@ class Options:
     log_keep: int = 3
     listen: str | None = None  # where the router serves users; None: no router
     trusted_proxies: tuple[str, ...] = ()  # peers whose X-Forwarded-* the router keeps
+    listen_tls: str | None = None  # where the router serves HTTPS; None: no TLS listener
     drift_check: float = HOUSEKEEPING_EVERY  # how often release files, envs and strays are checked
     container_host: str | None = None  # Docker API URL; default $DOCKER_HOST, else Podman
 

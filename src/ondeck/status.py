@@ -131,6 +131,22 @@ class EnvStatus(Model):
     last_result: str | None = None  # a SyncResult value
     app: str | None = None
     services: list[ServiceStatus] = Field(default_factory=list)
+    conditions: list[str] = Field(default_factory=list)  # Degraded reasons beside services
+
+
+class CertificateStatus(Model):
+    """One host's HTTPS certificate: where it comes from, who issued it, until when."""
+
+    host: str
+    source: str  # "acme", or "file" for a certificate brought by the user
+    issuer: str | None = None
+    not_after: str | None = None  # ISO 8601, UTC
+    not_after_epoch: float | None = None
+    last_renewal: str | None = None
+    last_error: str | None = None
+    failures: int = 0  # failed attempts since the last success
+    degraded: str | None = None  # why this is a Degraded condition, when it is one
+    owners: list[str] = Field(default_factory=list)  # "app/env" routing this host
 
 
 class SourceStatus(Model):
@@ -148,6 +164,7 @@ class RouterStatus(Model):
     """Where the router serves users, or why it does not."""
 
     listen: str | None = None
+    listen_tls: str | None = None
     error: str | None = None
 
 
@@ -167,6 +184,7 @@ class StatusDoc(Model):
     source: SourceStatus
     router: RouterStatus
     controller: ControllerStatus
+    certificates: list[CertificateStatus] = Field(default_factory=list)
 
 
 class SyncEntry(Model):

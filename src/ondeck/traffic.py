@@ -61,8 +61,14 @@ class RouterControl(Protocol):
 class RouterLink:
     """One router, reached over its control socket in the state dir."""
 
-    def __init__(self, state_dir: Path, listen: str, trusted_proxies: tuple[str, ...] = ()) -> None:
-        self.state_dir, self.listen = state_dir, listen
+    def __init__(
+        self,
+        state_dir: Path,
+        listen: str,
+        trusted_proxies: tuple[str, ...] = (),
+        listen_tls: str | None = None,
+    ) -> None:
+        self.state_dir, self.listen, self.listen_tls = state_dir, listen, listen_tls
         self.trusted_proxies = trusted_proxies
         self.control = ControlSocket(state_dir / "router.sock")
         self.config: RouterConfig | None = None
@@ -104,6 +110,8 @@ class RouterLink:
         logs.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "ondeck.router", "--state-dir", str(self.state_dir)]
         argv += ["--listen", self.listen]
+        if self.listen_tls:
+            argv += ["--listen-tls", self.listen_tls]
         for cidr in self.trusted_proxies:
             argv += ["--trusted-proxy", cidr]
         with (logs / "router.log").open("ab") as out:

@@ -52,7 +52,6 @@ def test_brought_certificates_without_acme_get_no_acme_order() -> None:
 
 
 def test_desired_state_carries_tls_and_the_routed_hosts() -> None:
-    # tls: is refused by validation until HTTPS works end to end: build the spec around it
     spec = Spec.model_validate({
             "app": "shop",
             "services": {
@@ -61,7 +60,8 @@ def test_desired_state_carries_tls_and_the_routed_hosts() -> None:
                 "api": {"command": ["y"], "port": True,
                         "routes": [{"host": "api.shop.example"}, {"host": "shop.example"}]},
             },
-    }).model_copy(update={"tls": tls()})  # fmt: skip
+        "tls": ACME,
+    })  # fmt: skip
     desired = render(spec, "production", "abc", "code")
     assert desired.hosts == ("api.shop.example", "shop.example")
     found = env_tls(desired)

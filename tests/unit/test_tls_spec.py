@@ -1,8 +1,8 @@
-"""`tls:` in the spec: checked field by field, and refused as a whole until HTTPS works."""
+"""`tls:` in the spec: checked field by field, overlaid per environment like every key."""
 
 from __future__ import annotations
 
-from ondeck.spec.load import validate
+from ondeck.spec.load import parse, render_spec, validate
 from ondeck.spec.model import LETS_ENCRYPT_DIRECTORY, Tls
 
 BASE = """\
@@ -15,18 +15,23 @@ services:
 """
 
 
-def test_tls_is_refused_at_its_line_until_the_feature_works() -> None:
-    problems = validate(BASE + "tls:\n  acme: {email: ops@shop.example}\n")
-    assert [(p.line, p.col) for p in problems] == [(7, 1)]
-    assert "not supported yet" in problems[0].message
-    assert "remove `tls:`" in problems[0].message
-
-
-def test_tls_in_an_overlay_is_refused_too() -> None:
-    spec = BASE + "environments:\n  staging:\n    tls: {redirect: false}\n"
-    problems = validate(spec)
-    assert len(problems) == 1 and "not supported yet" in problems[0].message
-    assert problems[0].line == 9
+def test_tls_is_accepted_and_overlays_per_environment() -> None:
+    spec = BASE + (
+        "tls:\n  acme: {email: ops@shop.example}\n  hsts: 180d\n"
+        "environments:\n"
+        "  staging:\n"
+        "    services: {web: {routes: [{host: staging.shop.example}]}}\n"
+        "    tls: {acme: {email: ops@shop.example, directory: 'https://ca.example/dir'}}\n"
+        "  production: {}\n"
+    )
+    assert validate(spec) == []
+    doc = parse(spec)
+    staging, production = render_spec(doc, "staging").tls, render_spec(doc, "production").tls
+    assert staging is not None and staging.acme is not None
+    assert staging.acme.directory == "https://ca.example/dir"
+    assert staging.hsts == 180 * 86400  # deep-merged: the base's hsts stays
+    assert production is not None and production.acme is not None
+    assert production.acme.directory == LETS_ENCRYPT_DIRECTORY
 
 
 def test_bad_tls_values_are_located_before_the_refusal() -> None:
@@ -37,6 +42,7 @@ def test_bad_tls_values_are_located_before_the_refusal() -> None:
         "  hsts: soon\n"
     )
     messages = {(p.line, p.message) for p in validate(spec)}
+    assert not any("not supported" in m for _, m in messages)
     assert any(line == 8 and "not an email address" in m for line, m in messages)
     assert any(line == 8 and "https:// URL" in m for line, m in messages)
     assert any(line == 9 and "not a host name" in m for line, m in messages)

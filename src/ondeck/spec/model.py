@@ -409,14 +409,13 @@ LETS_ENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
 HOST_NAME = re.compile(
     r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 )
-TLS_NOT_READY = (
-    "not supported yet: HTTPS at the router is being built; until it lands, "
-    "remove `tls:` and terminate TLS in front of ondeck's router"
-)
 
 
 class Acme(Strict):
-    """Certificates obtained and renewed on their own from an ACME CA (HTTP-01)."""
+    """Certificates obtained and renewed on their own from an ACME CA (HTTP-01).
+
+    Setting it agrees to the CA's terms of service on the host's behalf.
+    """
 
     email: str | None = Field(None, description="Contact address for the CA's expiry notices.")
     directory: str = Field(
@@ -649,8 +648,7 @@ class Spec(Strict):
     )
     tls: Tls | None = Field(
         None,
-        description="HTTPS at the router: ACME or your own certificates "
-        "(refused as not supported yet until the router serves HTTPS).",
+        description="HTTPS at the router (`ondeck up --listen-tls`): ACME or your own certificates.",
     )
     jobs: dict[str, Job] = Field(
         default_factory=dict, description="Commands run on a schedule, by name."
@@ -668,13 +666,6 @@ class Spec(Strict):
     def _app(cls, value: str) -> str:
         if not DNS_LABEL.match(value):
             raise ValueError(f"{value!r} is not a DNS label: use lowercase letters, digits and '-'")
-        return value
-
-    @field_validator("tls")
-    @classmethod
-    def _tls_not_ready(cls, value: Tls | None) -> Tls | None:
-        if value is not None:
-            raise ValueError(TLS_NOT_READY)
         return value
 
     @field_validator("runtime")
