@@ -1,19 +1,16 @@
-"""The dashboard's HTTP routes: pages, their live fragments, actions, login and logout.
+"""The dashboard's HTTP routes: pages, their live streams, login and logout, actions.
 
-`create_app` (api/app.py) includes `ui_router`. Pages are rendered on the
-server from the status document; each page is a list of fragments, and its
-server-sent-events stream pushes a fragment again whenever its HTML changes.
-Every POST needs the session's CSRF token; every answer carries a strict CSP.
+`create_app` (api/app.py) includes `ui_router`. `pages.py` renders, `actions.py`
+acts; this module decides who may: a session cookie (or `--public-read`) to
+read, and for every POST a session, its CSRF token and a token scope that
+allows the action. Every answer carries a strict Content-Security-Policy.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
-import socket
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,17 +24,12 @@ from fastapi.responses import (
     Response,
     StreamingResponse,
 )
-from jinja2 import Environment, PackageLoader, StrictUndefined, pass_context, select_autoescape
-from jinja2.runtime import Context
-from markupsafe import Markup
 
-from ondeck.api.ui import views
 from ondeck.api.ui.access import COOKIE, CSRF_FIELD, CSRF_HEADER, Sessions, Viewer, csrf_ok
-from ondeck.api.ui.charts import chart, chart_start, latest
-from ondeck.api.ui.live import KEEPALIVE, LogSource, Sampler, StatusFeed, follow_logs, sse
-from ondeck.errors import OndeckError, UserError
-from ondeck.gitops import rollback
-from ondeck.state.lifecycle import Trigger
+from ondeck.api.ui.actions import Actions, Form
+from ondeck.api.ui.live import LogSource, Sampler, StatusFeed, follow_logs, sse
+from ondeck.api.ui.pages import PAGES, Dashboard
+from ondeck.errors import OndeckError
 from ondeck.tokens import Scope, Tokens
 
 if TYPE_CHECKING:
@@ -55,209 +47,31 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 LOGIN_COOKIE = "ondeck_login"  # double-submit token of the login form (login CSRF)
-SYNC_WAIT = 300.0  # seconds an action waits for a sync's outcome
 STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
-TRIGGER = Trigger.UI  # what history records as the cause of a sync asked for here
-REFRESH_TRIGGER = Trigger.POLL  # fetch, sync only if auto-sync is on
 FORM_TYPE = "application/x-www-form-urlencoded"
 MAX_FORM = 64 * 1024
-REFRESH_AGES = 5.0  # seconds: re-render at least this often, so ages move
+
+Work = Callable[[Form, Viewer], Awaitable[str]]
 
 
-class _Templates(Environment):
-    """Jinja2, with `a.b` on a dict (the status document) looked up as a key first.
+class Gate:
+    """Who is asking, and may they: sessions, public read, CSRF and scopes."""
 
-    Jinja tries the attribute first and the key second; on a dict the attribute
-    lookup fails (an exception) for every field: half of the overview's render time.
-    """
+    def __init__(self, sessions: Sessions, public_read: bool) -> None:
+        self.sessions, self.public_read = sessions, public_read
 
-    def getattr(self, obj: Any, attribute: str) -> Any:
-        if type(obj) is dict and attribute in obj:
-            return obj[attribute]
-        return super().getattr(obj, attribute)
+    def session(self, request: Request) -> Viewer | None:
+        """The logged-in viewer, never the public one."""
+        return self.sessions.viewer(request.cookies.get(COOKIE))
 
+    def reader(self, request: Request) -> Viewer | None:
+        """Who may read: the logged-in viewer, or anyone with --public-read."""
+        found = self.session(request)
+        return Viewer(None) if found is None and self.public_read else found
 
-@dataclass(frozen=True)
-class Fragment:
-    id: str
-    template: str
-    vars: dict[str, Any]
-
-
-class Dashboard:
-    """Renders pages and fragments for one controller."""
-
-    def __init__(self, controller: Controller, feed: StatusFeed, sampler: Sampler) -> None:
-        self.c, self.feed, self.sampler = controller, feed, sampler
-        self.jinja = _Templates(
-            loader=PackageLoader("ondeck.api.ui", "templates"),
-            autoescape=select_autoescape(default=True, default_for_string=True),
-            undefined=StrictUndefined,
-            trim_blocks=True,
-            lstrip_blocks=True,
-        )
-        self.jinja.filters.update(views.FILTERS)
-        self.jinja.filters["fmt_value"] = lambda value, name: views.FILTERS[name](value)
-        self.jinja.globals.update(
-            chart=chart,
-            latest=latest,
-            Scope=Scope,
-            age=_age,
-            majority_revision=views.majority_revision,
-        )
-
-    # -- documents ---------------------------------------------------------------------
-
-    def doc_for(self, viewer: Viewer, doc: dict[str, Any]) -> dict[str, Any]:
-        """The status document with only the environments `viewer` may read."""
-        names = set(viewer.envs(e["name"] for e in doc.get("environments", [])))
-        return {
-            **doc,
-            "environments": [e for e in doc.get("environments", []) if e["name"] in names],
-        }
-
-    # -- pages -------------------------------------------------------------------------
-
-    def fragments(
-        self, page: str, viewer: Viewer, doc: dict[str, Any], params: dict[str, str]
-    ) -> list[Fragment]:
-        shown = self.doc_for(viewer, doc)
-        if page == "overview":
-            frags = [Fragment("source", "frag_source.html", {"doc": shown})]
-            return frags + [
-                Fragment(f"env-{e['name']}", "frag_env.html", {"env": e})
-                for e in shown["environments"]
-            ]
-        if page == "service":
-            env, svc = self._service(shown, params)
-            state = self.c.envs[env["name"]]
-            diff = "\n".join(self.c.unified_diffs(state).get(svc["name"], []))
-            common = {"env": env, "svc": svc}
-            return [
-                Fragment("svc-head", "frag_svc_head.html", common),
-                Fragment("svc-rollout", "frag_svc_rollout.html", common),
-                Fragment("svc-instances", "frag_svc_instances.html", common),
-                Fragment("svc-diff", "frag_svc_diff.html", {**common, "diff": diff}),
-            ]
-        if page == "traffic":
-            now = time.time()
-            window = self.sampler.series.keep * self.sampler.every
-            frags = []
-            for e in shown["environments"]:
-                for s in e["services"]:
-                    series = self.sampler.series.of(e["name"], s["name"])
-                    start = chart_start(series, now, window, self.sampler.every)
-                    values = {"env": e, "svc": s, "series": series, "start": start, "end": now}
-                    frags.append(
-                        Fragment(f"traffic-{e['name']}-{s['name']}", "frag_traffic.html", values)
-                    )
-            return frags
-        if page == "history":
-            names = {e["name"] for e in shown["environments"]}
-            rows = [views.sync_json(r) for r in self.c.store.history(None, 100) if r.env in names]
-            live = {e["name"]: e.get("live_revision") for e in shown["environments"]}
-            return [Fragment("history", "frag_history.html", {"rows": rows, "live": live})]
-        raise HTTPException(404, f"no page {page!r}")
-
-    def _service(
-        self, doc: dict[str, Any], params: dict[str, str]
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        env = views.find_env(doc, params.get("env", ""))
-        svc = views.find_service(env, params.get("service", "")) if env else None
-        if env is None or svc is None:
-            raise HTTPException(404, "no such environment or service (or not visible to you)")
-        return env, svc
-
-    def render_fragments(self, frags: list[Fragment], viewer: Viewer, now: float) -> dict[str, str]:
-        base = {"viewer": viewer, "now": now}
-        return {
-            f.id: self.jinja.get_template(f.template).render(**base, **f.vars, fragment_id=f.id)
-            for f in frags
-        }
-
-    def page(
-        self, page: str, title: str, viewer: Viewer, params: dict[str, str], **extra: Any
-    ) -> str:
-        _, doc = self.feed.current()
-        now = time.time()
-        html = self.render_fragments(self.fragments(page, viewer, doc, params), viewer, now)
-        return self.jinja.get_template(f"{page}.html").render(
-            viewer=viewer,
-            now=now,
-            title=title,
-            page=page,
-            params=params,
-            stream=f"/ui/events/{page}?"
-            + "&".join(f"{k}={quote(v)}" for k, v in sorted(params.items())),
-            fragments={k: Markup(v) for k, v in html.items()},
-            doc=self.doc_for(viewer, doc),
-            **extra,
-        )
-
-    def render(self, template: str, **values: Any) -> str:
-        return self.jinja.get_template(template).render(page="", stream="", **values)
-
-    async def stream(
-        self, page: str, viewer: Callable[[], Viewer | None], params: dict[str, str]
-    ) -> AsyncIterator[bytes]:
-        """The page's fragments whenever one changes; `reload` when the set of them does."""
-        sent: dict[str, str] = {}
-        seen = -1
-        last_keepalive = time.monotonic()
-        with self.feed.reading():
-            while True:
-                who = viewer()
-                if who is None:
-                    yield sse("logout", {})
-                    return
-                seen, doc = await self.feed.next(seen, REFRESH_AGES)
-                try:
-                    html = self.render_fragments(
-                        self.fragments(page, who, doc, params), who, time.time()
-                    )
-                except HTTPException:
-                    yield sse("reload", {})  # the service went away: the page says so on reload
-                    return
-                if sent and set(html) != set(sent):
-                    yield sse("reload", {})
-                    return
-                changed = {k: v for k, v in html.items() if sent.get(k) != v}
-                sent = html
-                if changed:
-                    yield sse("fragments", changed)
-                    last_keepalive = time.monotonic()
-                elif time.monotonic() - last_keepalive > KEEPALIVE:
-                    yield b": keepalive\n\n"
-                    last_keepalive = time.monotonic()
-
-
-def ui_router(controller: Controller, token: str, public_read: bool = False) -> APIRouter:
-    """The dashboard at `/`; the traffic sampler starts with it (in the running loop)."""
-    sampler = Sampler(_router_stats(controller), controller.status_json)
-    feed = StatusFeed(controller.status_json, sampler.learn)
-    if controller.router is not None:
-        _keep(asyncio.get_running_loop().create_task(sampler.run()))
-    ui = Dashboard(controller, feed, sampler)
-    sessions = Sessions(token, Tokens(controller.store).check)
-    static = _static_files()
-    router = APIRouter(include_in_schema=False)
-
-    def viewer_of(request: Request) -> Viewer | None:
-        found = sessions.viewer(request.cookies.get(COOKIE))
-        if found is None and public_read:
-            return Viewer(None)
-        return found
-
-    def need_viewer(request: Request) -> Viewer:
-        found = viewer_of(request)
-        if found is None:
-            raise _Redirect(f"/login?next={quote(_here(request))}")
-        return found
-
-    def need_action(
-        request: Request, form: dict[str, str], scope: Scope, env: str | None
-    ) -> Viewer:
-        found = sessions.viewer(request.cookies.get(COOKIE))
+    def actor(self, request: Request, form: Form, scope: Scope, env: str | None) -> Viewer:
+        """The viewer who may do this, or the HTTP error that says why not."""
+        found = self.session(request)
         if found is None:
             raise HTTPException(401, "log in first: your session ended")
         if not csrf_ok(found, request.headers.get(CSRF_HEADER) or form.get(CSRF_FIELD)):
@@ -269,13 +83,31 @@ def ui_router(controller: Controller, token: str, public_read: bool = False) -> 
             raise HTTPException(403, f"{found.name!r} may not {scope.label} {where}")
         return found
 
+
+def ui_router(controller: Controller, token: str, public_read: bool = False) -> APIRouter:
+    """The dashboard at `/`; the traffic sampler starts with it (in the running loop)."""
+    sampler = Sampler(_router_stats(controller), controller.status_json)
+    feed = StatusFeed(controller.status_json, sampler.learn)
+    if controller.router is not None:
+        _keep(asyncio.get_running_loop().create_task(sampler.run()))
+    ui = Dashboard(controller, feed, sampler)
+    gate = Gate(Sessions(token, Tokens(controller.store).check), public_read)
+    router = APIRouter(include_in_schema=False)
+    _page_routes(router, ui, gate, controller)
+    _live_routes(router, ui, gate, controller)
+    _login_routes(router, ui, gate.sessions)
+    _action_routes(router, Actions(controller), gate, controller)
+    _static_routes(router)
+    return router
+
+
+def _page_routes(router: APIRouter, ui: Dashboard, gate: Gate, controller: Controller) -> None:
     def page(
         request: Request, name: str, title: str, params: dict[str, str], **extra: Any
     ) -> Response:
-        try:
-            viewer = need_viewer(request)
-        except _Redirect as to:
-            return _secure(RedirectResponse(to.location, 303))
+        viewer = gate.reader(request)
+        if viewer is None:
+            return _secure(RedirectResponse(f"/login?next={quote(_here(request))}", 303))
         return _secure(HTMLResponse(ui.page(name, title, viewer, params, **extra)))
 
     @router.get("/")
@@ -288,31 +120,27 @@ def ui_router(controller: Controller, token: str, public_read: bool = False) -> 
 
     @router.get("/traffic")
     def traffic(request: Request) -> Response:
-        return page(
-            request,
-            "traffic",
-            "Traffic",
-            {},
-            every=sampler.every,
-            routed=controller.router is not None,
-        )
+        routed = controller.router is not None
+        return page(request, "traffic", "Traffic", {}, every=ui.sampler.every, routed=routed)
 
     @router.get("/history")
     def history(request: Request) -> Response:
         return page(request, "history", "History", {})
 
+
+def _live_routes(router: APIRouter, ui: Dashboard, gate: Gate, controller: Controller) -> None:
     @router.get("/ui/events/{name}")
     def events(request: Request, name: str, env: str = "", service: str = "") -> Response:
-        if name not in ("overview", "service", "traffic", "history"):
+        if name not in PAGES:
             raise HTTPException(404, f"no page {name!r}")
-        if viewer_of(request) is None:
+        if gate.reader(request) is None:
             raise HTTPException(401, "log in first")
         params = {k: v for k, v in (("env", env), ("service", service)) if v}
-        return _secure(_event_stream(ui.stream(name, lambda: viewer_of(request), params)))
+        return _secure(_event_stream(ui.stream(name, lambda: gate.reader(request), params)))
 
     @router.get("/ui/logs/{env}/{service}")
     def logs(request: Request, env: str, service: str) -> Response:
-        viewer = sessions.viewer(request.cookies.get(COOKIE))  # never public: apps log secrets
+        viewer = gate.session(request)  # never public: apps log what they should not
         if viewer is None:
             raise HTTPException(401, "log in first")
         if env not in viewer.envs(controller.envs):
@@ -321,27 +149,15 @@ def ui_router(controller: Controller, token: str, public_read: bool = False) -> 
 
         async def lines() -> AsyncIterator[bytes]:
             async for batch in follow_logs(sources):
-                if sessions.viewer(request.cookies.get(COOKIE)) is None:
+                if gate.session(request) is None:
                     yield sse("logout", {})
                     return
                 yield sse("log", batch) if batch else b": idle\n\n"
 
         return _secure(_event_stream(lines()))
 
-    @router.get("/static/{name}")
-    def static_file(name: str) -> Response:
-        found = static.get(name)
-        if found is None:
-            raise HTTPException(404, f"no static file {name!r}")
-        body, media = found
-        return Response(
-            body,
-            media_type=media,
-            headers={"Cache-Control": "max-age=300", "X-Content-Type-Options": "nosniff"},
-        )
 
-    # -- login / logout ------------------------------------------------------------------
-
+def _login_routes(router: APIRouter, ui: Dashboard, sessions: Sessions) -> None:
     @router.get("/login")
     def login_form(request: Request, next: str = "/", error: str = "") -> Response:
         nonce = secrets.token_urlsafe(24)
@@ -366,17 +182,11 @@ def ui_router(controller: Controller, token: str, public_read: bool = False) -> 
         found = sessions.login(form.get("token", ""))
         target = _safe_next(form.get("next", "/"))
         if found is None:
-            to = f"/login?error=1&next={quote(target)}"
-            return _secure(RedirectResponse(to, 303))
-        sid, _ = found
+            return _secure(RedirectResponse(f"/login?error=1&next={quote(target)}", 303))
         response = _secure(RedirectResponse(target, 303))
+        secure = request.url.scheme == "https"
         response.set_cookie(
-            COOKIE,
-            sid,
-            httponly=True,
-            samesite="strict",
-            path="/",
-            secure=request.url.scheme == "https",
+            COOKIE, found[0], httponly=True, samesite="strict", path="/", secure=secure
         )
         response.delete_cookie(LOGIN_COOKIE, path="/login")
         return response
@@ -392,100 +202,51 @@ def ui_router(controller: Controller, token: str, public_read: bool = False) -> 
         response.delete_cookie(COOKIE, path="/")
         return response
 
-    # -- actions ---------------------------------------------------------------------------
 
-    async def act(
-        request: Request, scope: Scope, work: Callable[[dict[str, str], Viewer], Awaitable[str]]
-    ) -> Response:
+def _action_routes(router: APIRouter, actions: Actions, gate: Gate, controller: Controller) -> None:
+    async def act(request: Request, scope: Scope, work: Work) -> Response:
         """Check session, CSRF and scope, run `work`, answer its outcome (JSON or a redirect)."""
         form = await _form(request)
         env = form.get("env") or None
         if env is not None and env not in controller.envs:
             raise HTTPException(404, f"unknown environment {env!r}")
-        viewer = need_action(request, form, scope, env)
+        viewer = gate.actor(request, form, scope, env)
         try:
             message, ok = await work(form, viewer), True
         except OndeckError as err:
             message, ok = str(err), False
-        if request.headers.get("x-requested-with") == "ondeck":
+        if request.headers.get("x-requested-with") == "ondeck":  # our script: it shows this
             return _secure(JSONResponse({"ok": ok, "message": message}, 200 if ok else 409))
         return _secure(RedirectResponse(_safe_next(form.get("next", "/")), 303))
 
     @router.post("/ui/actions/refresh")
-    async def do_refresh(request: Request) -> Response:
-        async def work(form: dict[str, str], viewer: Viewer) -> str:
-            # A poll now, not a manual trigger: Refresh compares with git, Sync applies.
-            controller.refresh(REFRESH_TRIGGER)
-            return "fetching from git now" + (
-                "" if controller.opts.auto_sync else " (auto-sync is off: press Sync to apply)"
-            )
-
-        return await act(request, Scope.SYNC, work)
+    async def refresh(request: Request) -> Response:
+        return await act(request, Scope.SYNC, actions.refresh)
 
     @router.post("/ui/actions/sync")
-    async def do_sync(request: Request) -> Response:
-        async def work(form: dict[str, str], viewer: Viewer) -> str:
-            env = form.get("env") or None
-            future = controller.request_sync(env, TRIGGER)
-            try:
-                answer = await asyncio.wait_for(asyncio.shield(future), SYNC_WAIT)
-            except TimeoutError:
-                return f"still syncing after {SYNC_WAIT:.0f}s: the page updates when it is done"
-            if answer.error:
-                raise UserError(f"sync failed: {answer.error}")
-            assert answer.status is not None  # a waited-for answer carries the status
-            return _sync_outcome(answer.status.model_dump(mode="json"), env)
-
-        return await act(request, Scope.SYNC, work)
+    async def sync(request: Request) -> Response:
+        return await act(request, Scope.SYNC, actions.sync)
 
     @router.post("/ui/actions/rollback")
-    async def do_rollback(request: Request) -> Response:
-        async def work(form: dict[str, str], viewer: Viewer) -> str:
-            env = form.get("env") or None
-            overlay = controller.envs[env].overlay if env else None
-            author = f"{viewer.name} (ondeck dashboard) <ondeck@{socket.gethostname()}>"
-            opts = controller.opts
-            result = await asyncio.to_thread(
-                rollback,
-                opts.repo,
-                overlay,
-                form.get("to") or None,
-                True,
-                author,
-                opts.branch,
-                opts.path,
-            )
-            if result.sha is None:
-                return result.message
-            controller.request_sync(env, Trigger.ROLLBACK)
-            return f"committed {result.sha[:7]}: {result.message.splitlines()[0]}; syncing it now"
-
-        return await act(request, Scope.DEPLOY, work)
+    async def rollback(request: Request) -> Response:
+        return await act(request, Scope.DEPLOY, actions.rollback)
 
     @router.post("/ui/actions/rollout")
-    async def do_rollout(request: Request) -> Response:
-        async def work(form: dict[str, str], viewer: Viewer) -> str:
-            action = form.get("action", "")
-            if action not in ("promote", "abort"):
-                raise UserError(f"unknown rollout action {action!r}: promote or abort")
-            progress = controller.rollout_action(
-                form.get("env") or None, form.get("service", ""), action
-            )
-            return f"{progress.service}: {action} accepted ({progress.stage.value} at {progress.weight}%)"
-
-        return await act(request, Scope.DEPLOY, work)
-
-    return router
+    async def rollout(request: Request) -> Response:
+        return await act(request, Scope.DEPLOY, actions.rollout)
 
 
-@pass_context
-def _age(context: Context, then: float | None) -> str:
-    return views.age(then, context["now"])
+def _static_routes(router: APIRouter) -> None:
+    static = _static_files()
 
-
-class _Redirect(Exception):
-    def __init__(self, location: str) -> None:
-        self.location = location
+    @router.get("/static/{name}")
+    def static_file(name: str) -> Response:
+        found = static.get(name)
+        if found is None:
+            raise HTTPException(404, f"no static file {name!r}")
+        body, media = found
+        headers = {"Cache-Control": "max-age=300", "X-Content-Type-Options": "nosniff"}
+        return Response(body, media_type=media, headers=headers)
 
 
 _TASKS: set[asyncio.Task[None]] = set()
@@ -513,13 +274,6 @@ def _log_sources(controller: Controller, env: str, service: str) -> list[LogSour
         for inst in state.supervisor.instances.values()
         if inst.rec.service == service
     ]
-
-
-def _sync_outcome(doc: dict[str, Any], env: str | None) -> str:
-    envs = [e for e in doc["environments"] if env is None or e["name"] == env]
-    return "; ".join(
-        f"{e['name']}: {e['sync']}, {e['health']} at {views.short(e['revision'])}" for e in envs
-    )
 
 
 def _event_stream(body: AsyncIterator[bytes]) -> StreamingResponse:
