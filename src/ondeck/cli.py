@@ -7,6 +7,7 @@ through the state dir; `--json` output is a stable contract (DESIGN.md).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -187,6 +188,13 @@ def up(
         ),
     ] = None,
     trusted_proxy: TrustedProxy = None,
+    public_read: Annotated[
+        bool,
+        typer.Option(
+            "--public-read",
+            help="Anyone who reaches the API may read the dashboard (never act, never see logs).",
+        ),
+    ] = False,
 ) -> None:
     """Run the controller in the foreground: make this host match the repo, and keep it so."""
     from ondeck.environment import Options
@@ -212,7 +220,7 @@ def up(
     from ondeck.api.app import create_app
     from ondeck.daemon import serve
 
-    serve(opts, api, webhook_secret, create_app)
+    serve(opts, api, webhook_secret, functools.partial(create_app, public_read=public_read))
 
 
 @app.command()

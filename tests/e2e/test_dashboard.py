@@ -380,3 +380,28 @@ def test_revoked_token_ends_its_session(repo: Repo, ondeck: Factory, page: Page)
     assert page.locator("button[data-name='rollback-default']").count() == 0  # sync < deploy
     od.cli("token", "revoke", "ops")
     page.wait_for_url("**/login", timeout=WAIT_MS)  # told by the live stream, no reload by hand
+
+
+# -- --public-read ----------------------------------------------------------------------------------
+
+
+def test_public_read_shows_everything_and_acts_on_nothing(
+    repo: Repo, ondeck: Factory, page: Page
+) -> None:
+    sha = repo.commit("v1", spec("1.0.0"))
+    od = ondeck(repo.path, "--public-read")
+    od.wait_synced(sha)
+    page.goto(url_of(od) + "/")  # no login asked
+    expect(page.locator("#env-default")).to_have_attribute("data-sync", "Synced")
+    expect(page.locator("#who")).to_have_text("public, read only")
+    assert page.locator("form.act").count() == 0
+    page.goto(url_of(od) + "/env/default/service/web")
+    expect(page.locator("#svc-instances")).to_contain_text(sha[:7])
+    expect(page.locator("section.logs")).to_contain_text("Log in to see the logs")
+    base = url_of(od)
+    assert httpx.get(base + "/ui/logs/default/web").status_code == 401
+    for action in ("sync", "refresh", "rollback"):
+        refused = httpx.post(base + f"/ui/actions/{action}", data={"env": "default"})
+        assert refused.status_code == 401, (action, refused.text)
+    # The JSON API is not opened by --public-read: it still wants a token.
+    assert httpx.get(base + "/api/v1/status").status_code == 401

@@ -33,7 +33,7 @@ KEEPALIVE = 15.0
 
 
 class StatusFeed:
-    """The latest status document and a version that changes when it does."""
+    """The latest status document (`Controller.status_json`) and a version that changes with it."""
 
     def __init__(
         self,
@@ -44,7 +44,6 @@ class StatusFeed:
         self._on_change = on_change
         self.version = 0
         self.doc: dict[str, Any] = {}
-        self._text = ""
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self._readers = 0
@@ -90,11 +89,12 @@ class StatusFeed:
             await asyncio.sleep(max(TICK, cost / SHARE - cost))
 
     def _take(self) -> bool:
+        # The controller rebuilds its document only when something changed and hands
+        # out the same object until then: identity says whether there is news.
         doc = self._status()
-        text = json.dumps(doc, sort_keys=True, default=str)
-        if text == self._text:
+        if doc is self.doc:
             return False
-        self.doc, self._text = doc, text
+        self.doc = doc
         self.version += 1
         self._on_change(doc)
         return True
