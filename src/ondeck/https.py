@@ -209,7 +209,7 @@ class CertificateManager:
             delay = None
             try:
                 await self.step()
-            except TemporaryError as exc:  # the router is away: try again soon
+            except (TemporaryError, OSError) as exc:  # router away, disk full: try again soon
                 log.warning("certificates: %s", exc)
                 delay = ROUTER_RETRY
             if delay is None:
@@ -283,8 +283,12 @@ class CertificateManager:
             self._failed(held, exc)
             return
         cert_path, key_path = self._files(w.name)
-        write_secret_file(key_path, key_pem)
-        write_secret_file(cert_path, chain, 0o644)
+        try:
+            write_secret_file(key_path, key_pem)
+            write_secret_file(cert_path, chain, 0o644)
+        except OSError as exc:  # backs off like any failure: never re-order in a loop
+            self._failed(held, AcmeFailure(f"cannot store the certificate: {exc}", refused=False))
+            return
         held.info, held.last_error, held.last_renewal = info, None, self.clock()
         self.changes += 1
         held.attempts = Attempts(info.not_before, info.not_after)
@@ -328,8 +332,13 @@ class CertificateManager:
             if entry is not None and _same(entry, held):
                 continue
             cert_path, key_path = self._files(w.name)
-            await self.sink.tls_install(w.name, w.hosts, cert_path.read_bytes(),
-                                        key_path.read_bytes(), w.redirect, w.hsts)  # fmt: skip
+            try:
+                await self.sink.tls_install(w.name, w.hosts, cert_path.read_bytes(),
+                                            key_path.read_bytes(), w.redirect, w.hsts)  # fmt: skip
+            except UserError as exc:  # the router refused this one: say so, push the others
+                error = f"the router refused the certificate: {exc}"
+                if held.last_error != error:
+                    held.last_error, self.changes = error, self.changes + 1
         for name in served:
             if name not in self.held:
                 await self.sink.tls_remove(name)
