@@ -305,6 +305,8 @@ def _print_status(raw: dict[str, Any]) -> None:
         out.print(
             f"[red]git source error:[/red] {escape(doc.source.error)} (retrying with backoff)"
         )
+    if doc.store.error:
+        out.print(f"[red]state dir:[/red] {escape(doc.store.error)} (free some space)")
     for env in doc.environments:
         _print_env(env)
     for cert in doc.certificates:

@@ -38,6 +38,7 @@ from ondeck.status import (
     RouterStatus,
     SourceStatus,
     StatusDoc,
+    StoreStatus,
     SyncAnswer,
 )
 from ondeck.store import Store
@@ -48,6 +49,7 @@ __all__ = ["Controller", "Options", "Trigger"]
 log = logging.getLogger("ondeck")
 
 FETCH_BACKOFF_MAX = 300.0
+STORE_RETRY = 5.0  # how often held writes are tried again while the disk is full
 
 
 @dataclass
@@ -172,6 +174,8 @@ class Controller:
             trigger, self._refresh = self._refresh or Trigger.POLL, None
             waiting = [r for r in self._requests if not r.fetched]
             self._fetching = self._background(self._pull(trigger, waiting), "_fetching")
+        if self.store.held:
+            self.store.retry()  # the disk was full: write what was held, if there is room now
         for env in self.envs.values():
             await env.reconcile()
         if self.router is not None:
@@ -197,6 +201,8 @@ class Controller:
         if self._fetching is None:  # a fetch under way wakes the loop when it is done
             deadlines.append(self.fetch.next_at)
         deadlines += [s.wake_at for s in self.envs.values() if s.wake_at is not None]
+        if self.store.held:
+            deadlines.append(self.clock.time() + STORE_RETRY)
         await self.idle(max(0.0, min(deadlines) - self.clock.time()))
 
     def _background(self, work: Coroutine[Any, Any, None], slot: str) -> asyncio.Task[None]:
@@ -403,7 +409,7 @@ class Controller:
         certs = None
         if self.certificates is not None:  # expiry conditions move with time: hourly
             certs = (self.certificates.changes, int(self.clock.time() // 3600))
-        return (envs, strays, router, fetch, self.store.changes, certs)
+        return (envs, strays, router, fetch, self.store.changes, certs, self.store.unwritable)
 
     def _build_status(self) -> StatusDoc:
         certificates = [
@@ -433,6 +439,7 @@ class Controller:
                 listen_tls=self.opts.listen_tls,
                 error=self.router.error if self.router is not None else None,
             ),
+            store=StoreStatus(error=self.store.unwritable, held_writes=self.store.held),
             controller=ControllerStatus(
                 started_at=self.started,
                 auto_sync=self.opts.auto_sync,

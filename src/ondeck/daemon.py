@@ -28,6 +28,7 @@ from ondeck.controller import Controller
 from ondeck.environment import Options
 from ondeck.errors import UserError
 from ondeck.https import CertificateManager
+from ondeck.permissions import secure_state_dir
 from ondeck.runtime.base import ExitCallback, Runtimes
 from ondeck.runtime.container import ContainerRuntime
 from ondeck.runtime.process import ProcessRuntime
@@ -101,6 +102,7 @@ async def _serve(
 
     sock = _bind(api)
     controller = build_controller(opts)
+    secure_state_dir(opts.state_dir)  # 0700, files 0600: also a state dir an older ondeck made
     token = _ensure_token(opts.state_dir)
     config = uvicorn.Config(
         app_factory(controller, token, webhook_secret),
@@ -120,7 +122,10 @@ async def _serve(
         loop.add_signal_handler(sig, shutdown)
     host, port = sock.getsockname()[:2]
     url = f"http://{host}:{port}"
-    _write_atomic(opts.state_dir / "api.json", json.dumps({"url": url, "pid": os.getpid()}))
+    try:
+        _write_atomic(opts.state_dir / "api.json", json.dumps({"url": url, "pid": os.getpid()}))
+    except OSError as err:  # a full disk: supervise anyway, clients need --api
+        log.error("cannot write %s/api.json (%s): clients need --api %s", opts.state_dir, err, url)
     log.info(
         "ondeck %s: API on %s, state in %s, watching %s",
         __version__,

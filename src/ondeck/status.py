@@ -168,6 +168,13 @@ class RouterStatus(Model):
     error: str | None = None
 
 
+class StoreStatus(Model):
+    """The state dir's database: why writes are held back (a full disk), if they are."""
+
+    error: str | None = None
+    held_writes: int = 0
+
+
 class ControllerStatus(Model):
     """How `ondeck up` was started."""
 
@@ -183,6 +190,7 @@ class StatusDoc(Model):
     environments: list[EnvStatus] = Field(default_factory=list)
     source: SourceStatus
     router: RouterStatus
+    store: StoreStatus = Field(default_factory=StoreStatus)
     controller: ControllerStatus
     certificates: list[CertificateStatus] = Field(default_factory=list)
 

@@ -8,9 +8,10 @@ Records rest as JSON beside the columns we query by: new fields need no migratio
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -18,6 +19,18 @@ from typing import Any, TypeVar
 
 from ondeck.errors import UserError
 from ondeck.state.lifecycle import InstanceState, SyncResult, Trigger
+
+log = logging.getLogger("ondeck")
+
+MAX_PENDING = 100_000  # writes held in memory while the disk is full
+_FULL_CODES = (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR)
+
+
+def _disk_full(err: sqlite3.OperationalError) -> bool:
+    """SQLITE_FULL, or an I/O error (ENOSPC while growing the WAL shows as one)."""
+    code = getattr(err, "sqlite_errorcode", None)
+    return (code is not None and code & 0xFF in _FULL_CODES) or "full" in str(err)
+
 
 # Forward migrations: index i brings the schema from user_version i to i + 1.
 # Append only; never edit a script that has shipped.
@@ -188,12 +201,17 @@ class Store:
         self.changes = 0  # bumped by every write: readers cache views until it moves
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, one per write.
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.unwritable: str | None = None  # why writes are held back (a full disk), for status
+        self._pending: list[Callable[[sqlite3.Connection], object]] = []
+        self._dropped = 0
         try:
             self._configure()
             self._migrate()
         except BaseException:
             self._db.close()
             raise
+        (last,) = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM syncs").fetchone()
+        self._next_sync_id = int(last) + 1
 
     def close(self) -> None:
         with self._lock:
@@ -208,8 +226,8 @@ class Store:
     # -- instances ---------------------------------------------------------
 
     def put_instance(self, rec: InstanceRecord) -> None:
-        with self._write() as db:
-            db.execute(
+        self._apply(
+            lambda db: db.execute(
                 "INSERT INTO instances (id, app, env, service, created_at, data)"
                 " VALUES (?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (id) DO UPDATE SET app = excluded.app, env = excluded.env,"
@@ -217,6 +235,7 @@ class Store:
                 " data = excluded.data",
                 (rec.id, rec.app, rec.env, rec.service, rec.created_at, _to_json(asdict(rec))),
             )
+        )
 
     def get_instance(self, id: str) -> InstanceRecord | None:
         row = self._one("SELECT data FROM instances WHERE id = ?", (id,))
@@ -232,8 +251,7 @@ class Store:
         return [_from_json(InstanceRecord, r[0]) for r in rows]
 
     def delete_instance(self, id: str) -> None:
-        with self._write() as db:
-            db.execute("DELETE FROM instances WHERE id = ?", (id,))
+        self._apply(lambda db: db.execute("DELETE FROM instances WHERE id = ?", (id,)))
 
     # -- syncs -------------------------------------------------------------
 
@@ -257,32 +275,40 @@ class Store:
             "error": None,
             "changes": changes or [],
         }
-        with self._write() as db:
-            cur = db.execute(
-                "INSERT INTO syncs (env, started_at, data) VALUES (?, ?, ?)",
-                (env, started_at, _to_json(data)),
+        with self._lock:  # ids are handed out here, so a sync held back by a full disk has one
+            sync_id, self._next_sync_id = self._next_sync_id, self._next_sync_id + 1
+            self._apply(
+                lambda db: db.execute(
+                    "INSERT INTO syncs (id, env, started_at, data) VALUES (?, ?, ?, ?)",
+                    (sync_id, env, started_at, _to_json(data)),
+                )
             )
-            assert cur.lastrowid is not None  # always set after an INSERT
-            return cur.lastrowid
+            return sync_id
 
     def add_sync_actions(self, sync_id: int, actions: list[str]) -> None:
         """Append actions, in order, to a sync's list. Unknown sync_id: KeyError."""
-        with self._write() as db:
+
+        def add(db: sqlite3.Connection) -> None:
             data = json.loads(self._sync_data(db, sync_id))
             data["actions"] = [*data.get("actions", []), *actions]
             db.execute("UPDATE syncs SET data = ? WHERE id = ?", (_to_json(data), sync_id))
+
+        self._apply(add)
 
     def finish_sync(
         self, sync_id: int, result: SyncResult | str, finished_at: float, error: str | None = None
     ) -> None:
         """Close a sync with its result. Unknown sync_id: KeyError."""
-        with self._write() as db:
+
+        def finish(db: sqlite3.Connection) -> None:
             data = json.loads(self._sync_data(db, sync_id))
             data["error"] = error
             db.execute(
                 "UPDATE syncs SET finished_at = ?, result = ?, data = ? WHERE id = ?",
                 (finished_at, result, _to_json(data), sync_id),
             )
+
+        self._apply(finish)
 
     def open_sync(self, env: str) -> SyncRecord | None:
         """The newest unfinished sync of `env`, e.g. one cut short by a crash."""
@@ -296,13 +322,14 @@ class Store:
     # -- environments ------------------------------------------------------
 
     def put_env(self, rec: EnvRecord) -> None:
-        with self._write() as db:
-            db.execute(
+        self._apply(
+            lambda db: db.execute(
                 "INSERT INTO envs (env, updated_at, data) VALUES (?, ?, ?)"
                 " ON CONFLICT (env) DO UPDATE SET"
                 " updated_at = excluded.updated_at, data = excluded.data",
                 (rec.env, rec.updated_at, _to_json(asdict(rec))),
             )
+        )
 
     def get_env(self, env: str) -> EnvRecord | None:
         row = self._one("SELECT data FROM envs WHERE env = ?", (env,))
@@ -311,11 +338,12 @@ class Store:
     # -- events ------------------------------------------------------------
 
     def events_add(self, env: str, service: str | None, kind: str, message: str, at: float) -> None:
-        with self._write() as db:
-            db.execute(
+        self._apply(
+            lambda db: db.execute(
                 "INSERT INTO events (env, service, kind, at, data) VALUES (?, ?, ?, ?, ?)",
                 (env, service, kind, at, _to_json({"message": message})),
             )
+        )
 
     def events(self, env: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """Events newest first: dicts with id, env, service, kind, message, at."""
@@ -336,12 +364,64 @@ class Store:
         return None if row is None else str(row[0])
 
     def set_kv(self, key: str, value: str) -> None:
-        with self._write() as db:
-            db.execute(
+        self._apply(
+            lambda db: db.execute(
                 "INSERT INTO kv (key, value) VALUES (?, ?)"
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (key, value),
             )
+        )
+
+    # -- a full disk ---------------------------------------------------------
+
+    def retry(self) -> bool:
+        """Write what a full disk held back, if there is room again; True when all is written."""
+        with self._lock:
+            return self._flush()
+
+    def _apply(self, body: Callable[[sqlite3.Connection], object]) -> None:
+        """Run `body` in a write transaction, after anything held back, in order.
+
+        A full disk must not stop supervision (restarting an instance needs no
+        disk): the write is held in memory, the reason shown in the status, and
+        written with the next one once there is room.
+        """
+        with self._lock:
+            self._pending.append(body)
+            if len(self._pending) > MAX_PENDING:
+                del self._pending[0]  # the oldest: its row is rewritten by later ones, or lost
+                self._dropped += 1
+            try:
+                self._flush()
+            except BaseException:
+                if self._pending and self._pending[-1] is body:
+                    self._pending.pop()  # not a full disk: the caller sees its own error
+                raise
+
+    def _flush(self) -> bool:
+        if not self._pending:
+            return True
+        try:
+            with self._write() as db:
+                for body in self._pending:
+                    body(db)
+        except sqlite3.OperationalError as err:
+            if not _disk_full(err):
+                raise
+            if self.unwritable is None:
+                log.error("cannot write %s (%s): holding writes in memory", self.path, err)
+            self.unwritable = f"cannot write {self.path.name}: {err}; writes held in memory"
+            return False
+        if self.unwritable is not None:
+            log.info("%s is writable again: %d held writes written", self.path, len(self._pending))
+        self._pending.clear()
+        self.unwritable = None
+        return True
+
+    @property
+    def held(self) -> int:
+        """Writes waiting for room on the disk."""
+        return len(self._pending)
 
     # -- internals ---------------------------------------------------------
 
