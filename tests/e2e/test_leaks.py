@@ -83,3 +83,24 @@ def test_the_callers_mistakes_answer_4xx(repo: Repo, ondeck: Callable[..., Ondec
             assert 400 <= answer.status_code < 500, (name, answer.status_code, answer.text)
         assert api.get("/api/v1/history", params={"limit": "5"}).status_code == 200
     assert "1.0\\u0000" not in od.cli("status", "--json").stdout  # nothing was committed
+
+
+def test_the_state_dir_is_private_after_start(repo: Repo, ondeck: Callable[..., Ondeck]) -> None:
+    import os
+    import stat
+
+    state = repo.path.parent / "state"
+    state.mkdir(mode=0o755)  # as an older ondeck left it
+    (state / "ondeck.db").touch(mode=0o644)
+    os.chmod(state, 0o755)
+    od = ondeck(repo.path)
+    od.wait_synced(repo.commit("one", SPEC.format(argv="a", version="1", url="u", smtp="s")))
+
+    def mode(path: Any) -> int:
+        return stat.S_IMODE(os.lstat(path).st_mode)
+
+    assert mode(state) == 0o700
+    assert mode(state / "ondeck.db") == 0o600
+    assert mode(state / "token") == 0o600
+    logs = list((state / "logs").rglob("web-*.log"))
+    assert logs and all(mode(p) == 0o600 for p in logs)
