@@ -20,6 +20,9 @@ system-deps:
 bench-deps:
 	@bash scripts/bench-deps.sh
 
+k8s-control-plane:  # built once into ~/.cache/ondeck-k8s (a no-op when built)
+	@nice bash scripts/k8s-control-plane.sh build
+
 podman-setup:
 	@bash scripts/podman-setup.sh
 
@@ -29,7 +32,7 @@ lint: install
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-test: install system-deps lint
+test: install system-deps k8s-control-plane lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 unit: install

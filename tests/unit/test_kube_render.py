@@ -208,6 +208,21 @@ def test_the_command_prints_or_writes_files(tmp_path: Path) -> None:
     )
     assert written.exit_code == 0, written.output
     files = sorted(p.name for p in (out / "staging").iterdir())
-    assert "deployment-web.yaml" in files and "namespace-s1.yaml" in files
+    assert files[0] == "0-namespace-s1.yaml" and "4-deployment-web.yaml" in files
     refused = runner.invoke(app, ["render", str(tmp_path), "--namespace", "s1"])
     assert refused.exit_code != 0
+
+
+def test_blue_green_sets_are_named_and_selected_by_color() -> None:
+    spec = render_spec(parse(SPEC), "production")
+    desired = render(spec, "production", "", "")
+    objects = manifests(desired, colors={"web": "green"}, serving={"web": "blue"})
+    deploy = _one(objects, "Deployment", "web-green")
+    assert deploy["spec"]["selector"]["matchLabels"]["ondeck.dev/color"] == "green"
+    assert deploy["spec"]["template"]["metadata"]["labels"]["ondeck.dev/color"] == "green"
+    # the Service keeps the serving set until the runtime switches it
+    assert _one(objects, "Service", "web")["spec"]["selector"]["ondeck.dev/color"] == "blue"
+    switched = manifests(desired, colors={"web": "green"})
+    assert _one(switched, "Service", "web")["spec"]["selector"]["ondeck.dev/color"] == "green"
+    for obj in objects:
+        kubernetes_validate.validate(obj, _versions()[-1], strict=True)

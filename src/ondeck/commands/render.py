@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from ondeck.errors import UserError
-from ondeck.kube.render import Obj, dump, manifests
+from ondeck.kube.render import KIND_ORDER, Obj, dump, manifests
 from ondeck.spec.load import environment_names, parse, render_spec
 from ondeck.state.desired import DEFAULT_ENV, render
 
@@ -39,7 +39,7 @@ def render_command(
     ] = None,
     output: Annotated[
         Path | None,
-        typer.Option(help="Write one file per object under DIR/ENV/ instead of printing."),
+        typer.Option(help="Write one file per object under DIR/ENV/ (numbered in apply order)."),
     ] = None,
 ) -> None:
     """Print the spec as standard Kubernetes manifests (deterministic: diff them in git)."""
@@ -50,7 +50,10 @@ def render_command(
     for name, objects in rendered.items():
         for obj in objects:
             meta = obj["metadata"]
-            _write(output / name / f"{obj['kind'].lower()}-{meta['name']}.yaml", dump([obj]))
+            # numbered in apply order: `kubectl apply -f DIR` reads files sorted by name
+            order = KIND_ORDER.index(obj["kind"])
+            file = f"{order}-{obj['kind'].lower()}-{meta['name']}.yaml"
+            _write(output / name / file, dump([obj]))
     typer.echo(f"wrote {sum(map(len, rendered.values()))} objects under {output}", err=True)
 
 

@@ -32,6 +32,7 @@ DATA_DIR = "/data"
 DATA_CLAIM = "ondeck-data"
 DATA_SIZE = "1Gi"
 SERVICE_PORT = 80
+COLOR = "ondeck.dev/color"  # blue/green and canary sets, runtime only
 # Kinds in the order they are applied; pruning goes the other way.
 KIND_ORDER = ("Namespace", "PersistentVolumeClaim", "ConfigMap", "Service", "Deployment", "Ingress")
 API_VERSION = {
@@ -82,13 +83,23 @@ def selector(desired: Desired, service: str) -> dict[str, str]:
     }
 
 
-def manifests(desired: Desired, namespace: str | None = None) -> list[Obj]:
-    """Every object of one environment, in apply order."""
+def manifests(
+    desired: Desired,
+    namespace: str | None = None,
+    colors: Mapping[str, str] | None = None,
+    serving: Mapping[str, str] | None = None,
+) -> list[Obj]:
+    """Every object of one environment, in apply order.
+
+    `colors` (runtime only) names the Deployment set of a blue/green service (`web-blue`);
+    its Service selects the `serving` color (default: the same).
+    """
     ns = namespace or namespace_of(desired.app, desired.env)
     objects: list[Obj] = [_meta("Namespace", ns, None, labels(desired))]
     objects.append(_data_claim(desired, ns))
     for svc in desired.services:
-        objects.extend(_service_objects(desired, svc, ns))
+        color = (colors or {}).get(svc.name)
+        objects.extend(_service_objects(desired, svc, ns, color, (serving or {}).get(svc.name)))
     return sort_objects(objects)
 
 
@@ -136,7 +147,9 @@ def _data_claim(desired: Desired, ns: str) -> Obj:
     return obj
 
 
-def _service_objects(desired: Desired, svc: DesiredService, ns: str) -> list[Obj]:
+def _service_objects(
+    desired: Desired, svc: DesiredService, ns: str, color: str | None, serving: str | None
+) -> list[Obj]:
     spec = svc.spec
     _refuse_unrepresentable(svc.name, spec)
     plain, templated = _split_env(svc.name, spec.env)
@@ -145,10 +158,13 @@ def _service_objects(desired: Desired, svc: DesiredService, ns: str) -> list[Obj
         config = _meta("ConfigMap", f"{svc.name}-env", ns, labels(desired, svc.name))
         config["data"] = dict(sorted(plain.items()))
         objects.append(config)
-    objects.append(_deployment(desired, svc, ns, plain, templated))
+    objects.append(_deployment(desired, svc, ns, plain, templated, color))
     port = container_port(spec)
     if port is not None:
-        objects.append(_service(desired, svc.name, ns, selector(desired, svc.name)))
+        pods = selector(desired, svc.name)
+        if color is not None:
+            pods[COLOR] = serving or color
+        objects.append(_service(desired, svc.name, ns, pods))
         if spec.routes:
             objects.append(_ingress(desired, svc.name, ns))
     for volume in sorted(spec.volumes):
@@ -216,7 +232,10 @@ def _builtin_env(desired: Desired, svc: DesiredService) -> list[Obj]:
         {"name": "ONDECK_APP", "value": desired.app},
         {"name": "ONDECK_SERVICE", "value": svc.name},
         {"name": "ONDECK_ENV", "value": desired.env},
-        {"name": "ONDECK_VERSION", "value": svc.spec.version or ""},
+        # an empty value is stored without `value`, so render it that way
+        {"name": "ONDECK_VERSION", "value": svc.spec.version}
+        if svc.spec.version
+        else {"name": "ONDECK_VERSION"},
         {"name": "ONDECK_DATA_DIR", "value": DATA_DIR},
         {"name": "ONDECK_INSTANCE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
@@ -232,9 +251,13 @@ def _deployment(
     ns: str,
     plain: Mapping[str, str],
     templated: Mapping[str, str],
+    color: str | None = None,
 ) -> Obj:
     spec = svc.spec
     pod_labels = {**labels(desired, svc.name), **_version_label(spec.version)}
+    pods = selector(desired, svc.name)
+    if color is not None:
+        pod_labels[COLOR] = pods[COLOR] = color
     container: Obj = {
         "name": svc.name,
         "image": spec.image,
@@ -272,11 +295,12 @@ def _deployment(
     template_meta: Obj = {"labels": pod_labels}
     if annotations:
         template_meta["annotations"] = annotations
-    obj = _meta("Deployment", svc.name, ns, pod_labels)
+    name = f"{svc.name}-{color}" if color else svc.name
+    obj = _meta("Deployment", name, ns, pod_labels)
     obj["spec"] = {
         "replicas": spec.replicas,
         "revisionHistoryLimit": 5,
-        "selector": {"matchLabels": selector(desired, svc.name)},
+        "selector": {"matchLabels": pods},
         "strategy": _strategy(spec),
         "template": {
             "metadata": template_meta,
