@@ -107,6 +107,7 @@ def test_the_router_that_ondeck_up_starts_trusts_the_given_proxies(tmp_path: Pat
                 assert await forwarded(client, up, *SPOOFED) == ("127.0.0.1", "http")
                 client.close()
         finally:
+            link.close()  # stop watching first, or the link restarts the router it lost
             process = link._process
             if process is not None:
                 process.terminate()
