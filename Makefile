@@ -49,6 +49,7 @@ bench: install system-deps bench-deps
 	$(PY) bench/restart.py
 	$(PY) bench/webhook_latency.py
 	$(PY) bench/router.py
+	$(PY) bench/tls.py
 	$(PY) bench/zero_downtime.py
 	$(PY) bench/container_start.py
 	$(PY) bench/dashboard.py

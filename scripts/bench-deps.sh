@@ -5,6 +5,7 @@ set -euo pipefail
 need=()
 command -v haproxy >/dev/null || need+=(haproxy)
 command -v nginx >/dev/null || need+=(nginx)
+command -v caddy >/dev/null || need+=(caddy)  # bench/tls.py's second peer
 command -v wrk >/dev/null || need+=(wrk)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" -ne 0 ]; then

@@ -13,9 +13,6 @@ command -v kubectl >/dev/null || need+=(kubernetes-client)
 command -v openssl >/dev/null || need+=(openssl)
 # ACME tests: a real ACME server (pebble) and its mock DNS (pebble-challtestsrv)
 { command -v pebble && command -v pebble-challtestsrv; } >/dev/null || need+=(pebble)
-# bench/tls.py measures the router beside these two TLS terminators
-{ command -v haproxy || test -x /usr/sbin/haproxy; } >/dev/null || need+=(haproxy)
-command -v caddy >/dev/null || need+=(caddy)
 # backups: a PostgreSQL server the tests start themselves (initdb, pgbench, pg_dump/pg_restore) and restic
 ls /usr/lib/postgresql/*/bin/pgbench >/dev/null 2>&1 || need+=(postgresql)
 command -v restic >/dev/null || need+=(restic)
