@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+import time
+from typing import Any, cast
 
 import pytest
 
 from ondeck.api.ui import views
 from ondeck.api.ui.access import SESSION_TTL, Sessions, Viewer, csrf_ok
 from ondeck.api.ui.charts import chart, chart_start, latest
+from ondeck.api.ui.live import Sampler
+from ondeck.api.ui.pages import Dashboard
 from ondeck.api.ui.series import Point, SeriesKey, TrafficSeries
 from ondeck.router.metrics import BUCKETS, BackendStats
+from ondeck.status import StatusDoc
 from ondeck.tokens import ADMIN, Scope, TokenInfo
 
 # -- formatting -----------------------------------------------------------------------------------
@@ -264,3 +268,121 @@ def test_the_time_axis_shows_the_samples_there_are_up_to_the_window() -> None:
     assert chart_start(young, 5000.0, 3600.0, 10.0) == 3990.0
     old = {"v1": points([1.0], start=100.0)}
     assert chart_start(old, 5000.0, 3600.0, 10.0) == 1400.0
+
+
+# -- rendering ------------------------------------------------------------------------------------
+
+
+def status_doc(now: float) -> dict[str, Any]:
+    """A status document as `Controller.status_json` gives it: two environments, one certificate."""
+
+    def env(name: str) -> dict[str, Any]:
+        commit = {
+            "sha": "c" * 40,
+            "author": "Mallory <m@x>",
+            "message": "<script>alert(1)</script>",
+        }
+        service = {
+            "name": "web",
+            "sync": "Synced",
+            "health": "Healthy",
+            "health_reason": None,
+            "reasons": [],
+            "version": "1.0",
+            "fingerprint": "f",
+            "replicas": {"desired": 1, "ready": 1},
+            "instances": [
+                {
+                    "id": "web-1",
+                    "revision": "c" * 40,
+                    "restarts": 2,
+                    "health": "Healthy",
+                    "state": "running",
+                    "fingerprint": "f",
+                }
+            ],
+            "release": None,
+        }
+        return {
+            "name": name,
+            "sync": "Synced",
+            "health": "Healthy",
+            "error": "<b>bold</b> error",
+            "conditions": [],
+            "commit": {**commit, "committed_at": now - 90},
+            "pending_commit": None,
+            "operation": None,
+            "services": [service],
+        }
+
+    cert = {
+        "host": "shop.example",
+        "source": "acme",
+        "issuer": "Pebble",
+        "not_after": "2027-01-01T00:00:00Z",
+        "not_after_epoch": now + 86400 * 30 + 3600,
+        "last_renewal": None,
+        "last_error": None,
+        "failures": 0,
+        "degraded": None,
+        "owners": ["shop/production"],
+    }
+    doc = {
+        "environments": [env("staging"), env("production")],
+        "source": {"repo": "/srv/shop", "branch": "main", "path": "", "head": "c" * 40},
+        "router": {"listen": None, "error": None},
+        "controller": {"started_at": now, "auto_sync": True, "self_heal": True, "poll": 10},
+        "certificates": [cert],
+    }
+    # Through the real model, as the controller hands it to the dashboard: every field there.
+    return StatusDoc.model_validate(doc).model_dump(mode="json")
+
+
+class StubFeed:
+    """The feed's one method the overview reads: the document, as the controller's feed has it."""
+
+    def __init__(self, doc: dict[str, Any]) -> None:
+        self.doc = doc
+
+    def current(self) -> tuple[int, dict[str, Any]]:
+        return 1, self.doc
+
+
+def overview(viewer: Viewer) -> str:
+    doc = status_doc(time.time())
+    # The overview reads nothing from the controller but the document (the other pages do).
+    ui = Dashboard(cast(Any, None), cast(Any, StubFeed(doc)), Sampler(cast(Any, None), dict))
+    return ui.page("overview", "Overview", viewer, {})
+
+
+def test_the_overview_escapes_what_came_from_git_and_apps() -> None:
+    html = overview(Viewer(ADMIN, "t"))
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<script>alert" not in html
+    assert "&lt;b&gt;bold&lt;/b&gt; error" in html
+    assert html.count("<script") == 1  # ours, from /static
+    assert 'data-restarts="2"' in html
+    assert "Mallory" in html and "m@x" not in html
+
+
+def test_certificates_show_with_their_expiry_to_who_reads_their_environment() -> None:
+    html = overview(Viewer(ADMIN, "t"))
+    assert 'id="certs"' in html and "shop.example" in html and "in 30d" in html
+    staging_only = TokenInfo("ci", Scope.READ, ("staging",), 0.0, None, "odk_x")
+    limited = overview(Viewer(staging_only, "t"))
+    assert 'id="env-staging"' in limited and 'id="env-production"' not in limited
+    assert "shop.example" not in limited
+
+
+def test_buttons_follow_the_scope() -> None:
+    assert 'data-name="rollback-production"' in overview(Viewer(ADMIN, "t"))
+    reader = overview(Viewer(READER, "t"))
+    assert "form" not in reader.split("<main>")[1]  # no action at all for a read token
+    public = overview(Viewer(None))
+    assert "public, read only" in public and 'class="act' not in public
+
+
+def test_until() -> None:
+    assert views.until(None, 0.0) == "-"
+    assert views.until(100.0 + 3 * 86400, 100.0) == "in 3d"
+    assert views.until(100.0, 100.0 + 7200) == "expired 2h ago"

@@ -74,6 +74,7 @@ class Dashboard:
             latest=latest,
             Scope=Scope,
             age=_age,
+            until=_until,
             majority_revision=views.majority_revision,
         )
         self._pages: dict[str, Callable[[Doc, dict[str, str]], list[Fragment]]] = {
@@ -160,7 +161,9 @@ class Dashboard:
         envs = [
             Fragment(f"env-{e['name']}", "frag_env.html", {"env": e}) for e in doc["environments"]
         ]
-        return [Fragment("source", "frag_source.html", {"doc": doc}), *envs]
+        certs = doc.get("certificates") or []
+        shown = [Fragment("certs", "frag_certs.html", {"certs": certs})] if certs else []
+        return [Fragment("source", "frag_source.html", {"doc": doc}), *envs, *shown]
 
     def _service(self, doc: Doc, params: dict[str, str]) -> list[Fragment]:
         env = views.find_env(doc, params.get("env", ""))
@@ -199,12 +202,25 @@ class Dashboard:
 
 
 def doc_for(viewer: Viewer, doc: Doc) -> Doc:
-    """The status document with only the environments `viewer` may read."""
+    """The status document with only the environments (and their certificates) `viewer` reads."""
     envs = doc.get("environments", [])
     names = set(viewer.envs(e["name"] for e in envs))
-    return {**doc, "environments": [e for e in envs if e["name"] in names]}
+    certs = [c for c in doc.get("certificates", []) if _cert_visible(viewer, c, names)]
+    return {**doc, "environments": [e for e in envs if e["name"] in names], "certificates": certs}
+
+
+def _cert_visible(viewer: Viewer, cert: dict[str, Any], envs: set[str]) -> bool:
+    """A certificate shows to whoever reads one of the environments routing its host."""
+    if viewer.info is None or not viewer.info.envs:
+        return True
+    return any(owner.rpartition("/")[2] in envs for owner in cert.get("owners", []))
 
 
 @pass_context
 def _age(context: Context, then: float | None) -> str:
     return views.age(then, context["now"])
+
+
+@pass_context
+def _until(context: Context, then: float | None) -> str:
+    return views.until(then, context["now"])

@@ -58,6 +58,15 @@ def age(then: float | None, now: float) -> str:
     return f"{int(seconds)}s"
 
 
+def until(then: float | None, now: float) -> str:
+    """How long from now, compactly: `in 12d`, `in 3h`; `expired 2d ago` once past."""
+    if not then:
+        return "-"
+    if then <= now:
+        return f"expired {age(then, now)} ago"
+    return f"in {age(now, then)}"
+
+
 def duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
