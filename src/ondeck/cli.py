@@ -544,6 +544,9 @@ def install(
     api: Annotated[str, typer.Option(help="Where the API listens.")] = "127.0.0.1:7070",
     listen: Annotated[str, typer.Option(help="Where the router serves users.")] = "127.0.0.1:8080",
     trusted_proxy: TrustedProxy = None,
+    listen_tls: Annotated[
+        str | None, typer.Option(help="Where the router serves HTTPS (e.g. 0.0.0.0:443).")
+    ] = None,
 ) -> None:
     """Write systemd units so the router and `ondeck up` are kept running (Restart=always)."""
     from ondeck.install import write_units
@@ -556,6 +559,7 @@ def install(
         api=api,
         listen=listen,
         trusted_proxies=_router_options(trusted_proxy).trusted_proxies,
+        listen_tls=listen_tls,
     ):
         err.print(f"[green]wrote[/green] {path}")
     err.print(

@@ -74,6 +74,7 @@ def render_unit(
     listen: str = "127.0.0.1:8080",
     python: str = sys.executable,
     credentials_file: Path | None = None,
+    listen_tls: str | None = None,
 ) -> str:
     """The controller's unit; it finds the router of `ondeck-router.service` running.
 
@@ -82,6 +83,8 @@ def render_unit(
     """
     argv = [python, "-m", "ondeck", "up", repo, "--state-dir", str(state_dir), "--api", api]
     argv += ["--listen", listen]
+    if listen_tls:
+        argv += ["--listen-tls", listen_tls]
     for env in envs:
         argv += ["--env", env]
     credentials = ""
@@ -134,9 +137,12 @@ def render_router_unit(
     listen: str,
     python: str = sys.executable,
     trusted_proxies: tuple[str, ...] = (),
+    listen_tls: str | None = None,
 ) -> str:
     """The router's unit; `trusted_proxies` keep their X-Forwarded-For/-Proto."""
     argv = [python, "-m", "ondeck", "router", "--state-dir", str(state_dir), "--listen", listen]
+    if listen_tls:
+        argv += ["--listen-tls", listen_tls]
     for cidr in trusted_proxies:
         argv += ["--trusted-proxy", cidr]
     return ROUTER_UNIT.format(listen=listen, exec_start=shlex.join(argv))
@@ -150,15 +156,18 @@ def write_units(
     api: str,
     listen: str = "127.0.0.1:8080",
     trusted_proxies: tuple[str, ...] = (),
+    listen_tls: str | None = None,
 ) -> list[Path]:
     unit_dir.mkdir(parents=True, exist_ok=True)
     clean, credentials = split_credentials(repo)
     store = write_credentials(state_dir, credentials) if credentials else None
     units = {
         "ondeck-router.service": render_router_unit(
-            state_dir, listen, trusted_proxies=trusted_proxies
+            state_dir, listen, trusted_proxies=trusted_proxies, listen_tls=listen_tls
         ),
-        "ondeck.service": render_unit(clean, envs, state_dir, api, listen, credentials_file=store),
+        "ondeck.service": render_unit(
+            clean, envs, state_dir, api, listen, credentials_file=store, listen_tls=listen_tls
+        ),
     }
     written = []
     for name, text in units.items():

@@ -1,0 +1,32 @@
+"""`ondeck install --listen-tls`: both units carry it (the controller restarts the router with it)."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+from ondeck.install import write_units
+
+
+def _exec_start(unit: Path) -> list[str]:
+    line = next(x for x in unit.read_text().splitlines() if x.startswith("ExecStart="))
+    return shlex.split(line.removeprefix("ExecStart="))
+
+
+def test_both_units_serve_https_where_asked(tmp_path: Path) -> None:
+    written = write_units(tmp_path / "units", "/srv/shop", [], tmp_path / "state",
+                          "127.0.0.1:7070", "0.0.0.0:80", listen_tls="0.0.0.0:443")  # fmt: skip
+    for unit in written:
+        argv = _exec_start(unit)
+        assert argv[argv.index("--listen-tls") + 1] == "0.0.0.0:443", unit.name
+        assert argv[argv.index("--listen") + 1] == "0.0.0.0:80", unit.name
+    analyze = shutil.which("systemd-analyze")
+    assert analyze is not None, "make test installs systemd (systemd-analyze)"
+    verify = subprocess.run(
+        [analyze, "verify", *(str(p) for p in written)], capture_output=True, text=True, check=False
+    )
+    assert verify.returncode == 0, verify.stderr
+    plain = write_units(tmp_path / "plain", "/srv/shop", [], tmp_path / "state", "127.0.0.1:7070")
+    assert all("--listen-tls" not in _exec_start(unit) for unit in plain)
