@@ -348,6 +348,8 @@ def _print_env(env: EnvStatus) -> None:
             )
     if env.operation:
         out.print(f"  [cyan]syncing[/cyan] {env.operation.revision[:12]} ({env.operation.trigger})")
+    for condition in env.conditions:
+        out.print(f"  [yellow]{escape(condition)}[/yellow]")
     if env.error:
         culprit = env.error_commit
         where = f" (commit {culprit.sha[:12]} by {escape(_who(culprit.author))})" if culprit else ""

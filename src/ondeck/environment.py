@@ -142,6 +142,9 @@ class Environment:
         self.desired: Desired | None = None
         self.commit: CommitInfo | None = None
         self.candidate: CommitInfo | None = None  # a newer revision not applied (auto-sync off)
+        self.rewritten: str | None = (
+            None  # the last revision applied did not descend from the one before
+        )
         self.seen: str | None = None  # the last head offered
         self.error: str | None = None
         self.error_commit: CommitInfo | None = None
@@ -254,6 +257,11 @@ class Environment:
         if self.op is not None:
             self._finish(SyncResult.ABORTED, f"superseded by {rev[:12]}")
         changes = summarize(self.desired, desired)
+        rewritten = await asyncio.to_thread(self._rewritten, rev)
+        if rewritten is not None:
+            log.warning("[%s] %s", self.name, rewritten)
+            changes.insert(0, rewritten)
+        self.rewritten = rewritten
         self.desired, self.commit, self.candidate = desired, commit, None
         self.error = self.error_commit = None
         record = self.host.store.get_env(self.name)
@@ -262,6 +270,20 @@ class Environment:
             return
         self._open(commit, trigger, started, changes)
         log.info("[%s] syncing %s %s (%s)", self.name, rev[:12], commit.message, commit.author)
+
+    def _rewritten(self, rev: str) -> str | None:
+        """Why `rev` does not follow what ran here (a force-push of another history), or None."""
+        record = self.host.store.get_env(self.name)
+        before = self.desired.revision if self.desired is not None else None
+        before = before or (record.live_revision if record is not None else None)
+        if before is None or before == rev:
+            return None
+        try:
+            if self.host.source.is_ancestor(before, rev):
+                return None
+        except SourceError:  # the old commit is gone from the mirror: not an ancestor either
+            pass
+        return f"history rewritten: {rev[:12]} is not a descendant of {before[:12]}"
 
     def render_revision(self, rev: str) -> Desired:
         """The desired state of this environment at `rev`, read from the local mirror."""

@@ -145,6 +145,7 @@ class Reporter:
             last_result=state.last_result,
             app=state.desired.app if state.desired else None,
             services=services,
+            conditions=[state.rewritten] if state.rewritten else [],
         )
 
     def services_status(self, state: Environment, diffs: list[ServiceDiff]) -> list[ServiceStatus]:

@@ -389,3 +389,31 @@ def test_rollout_abort_stops_a_rolling_release(tmp_path: Path) -> None:
             assert health.health == "Degraded" and "aborted" in (health.health_reason or "")
 
     asyncio.run(scenario())
+
+
+def test_a_force_pushed_unrelated_history_is_named_in_status_and_history(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        async with harness(tmp_path, spec()) as h:
+            await h.until(lambda: h.env().last_result is SyncResult.SUCCEEDED, "first sync")
+            before = h.repo.git("rev-parse", "HEAD")
+            after = h.repo.commit("ordinary", spec(extra="    replicas: 1\n"))
+            assert (await h.sync()).changes[:1] != [f"history rewritten: {after[:12]}"]
+            assert h.ctl.status().environments[0].conditions == []
+
+            h.repo.git("checkout", "-q", "--orphan", "elsewhere")  # an unrelated history
+            forced = h.repo.commit("unrelated root", spec(extra="    replicas: 2\n"))
+            h.repo.git("branch", "-q", "-f", "main", forced)
+            h.repo.git("checkout", "-q", "main")
+            record = await h.sync()
+            message = f"history rewritten: {forced[:12]} is not a descendant of {after[:12]}"
+            assert record.changes[0] == message
+            assert message in h.ctl.status().environments[0].conditions
+            assert before != forced
+
+            h.repo.commit("onwards", spec(extra="    replicas: 1\n"))  # descends again
+            assert not (await h.sync()).changes[0].startswith("history rewritten")
+            assert h.ctl.status().environments[0].conditions == []
+
+    asyncio.run(scenario())
