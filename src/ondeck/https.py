@@ -35,7 +35,8 @@ from ondeck.certificates import (
 )
 from ondeck.errors import AcmeFailure, OndeckError, TemporaryError, UserError
 from ondeck.metrics import Metrics
-from ondeck.spec.model import Tls
+from ondeck.secrets.hoststore import HostStore
+from ondeck.spec.model import SECRET_PREFIX, Tls
 from ondeck.state.desired import Desired
 from ondeck.state.renewal import (
     Attempts,
@@ -63,8 +64,8 @@ class Wanted:
     redirect: bool
     hsts: float | None
     acme: AcmeSettings | None = None
-    cert: Path | None = None  # bring-your-own files
-    key: Path | None = None
+    cert: str | None = None  # bring-your-own: a path on the host, or secret:NAME
+    key: str | None = None
     owners: tuple[str, ...] = ()  # "app/env" that asked for it, for status
 
     @property
@@ -98,7 +99,7 @@ def wanted(envs: Iterable[EnvTls]) -> list[Wanted]:
             name = "own-" + host_set_name(hosts)
             if name not in own:
                 own[name] = Wanted(name, hosts, env.tls.redirect, env.tls.hsts,
-                                   cert=Path(mine.cert), key=Path(mine.key),
+                                   cert=mine.cert, key=mine.key,
                                    owners=(env.owner,))  # fmt: skip
     result = list(own.values())
     covered = [w.hosts for w in result]
@@ -250,10 +251,10 @@ class CertificateManager:
         w = held.wanted
         assert w.cert is not None and w.key is not None
         try:
-            chain, key = w.cert.read_bytes(), w.key.read_bytes()
+            chain, key = self._brought(w.cert, w.owners), self._brought(w.key, w.owners)
             info = check_pair(chain, key)
-        except (OSError, CertificateProblem) as exc:
-            error = f"{w.cert}: {exc}"
+        except (OSError, UserError) as exc:
+            error = f"certificate brought for {', '.join(w.hosts)}: {exc}"
             if error != held.last_error:
                 held.last_error, self.changes = error, self.changes + 1
             a = held.attempts
@@ -267,6 +268,20 @@ class CertificateManager:
         cert_path, key_path = self._files(w.name)
         write_secret_file(key_path, key)
         write_secret_file(cert_path, chain, 0o644)
+
+    def _brought(self, source: str, owners: tuple[str, ...]) -> bytes:
+        """A file's bytes, or a host secret's value for the environment that names it."""
+        if not source.startswith(SECRET_PREFIX):
+            return Path(source).read_bytes()
+        name = source.removeprefix(SECRET_PREFIX)
+        app, _, env = (owners[0] if owners else "/").partition("/")
+        value = HostStore(self.state_dir).values(app, env).get(name)
+        if value is None:
+            raise UserError(
+                f"host secret {name} is not set for {app}/{env}: "
+                f"ondeck secret set {name} --env {env} (the value on stdin)"
+            )
+        return value.encode()
 
     # --- ACME ---------------------------------------------------------------------------------
 

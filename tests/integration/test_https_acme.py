@@ -27,6 +27,7 @@ from ondeck.https import CertificateManager, EnvTls, wanted
 from ondeck.metrics import Metrics
 from ondeck.router.control import RouterControl
 from ondeck.router.table import Backend
+from ondeck.secrets.hoststore import HostStore
 from ondeck.spec.model import Tls
 from ondeck.state.renewal import RenewalPolicy
 
@@ -213,6 +214,37 @@ def test_bring_your_own_certificate_is_served_and_wins_over_acme(
             )
             code, _ = await https_get(tls_port, "shop.test", pebble.root_pem())
             assert code == 200
+
+    run(scenario())
+
+
+def test_a_brought_key_can_be_a_host_secret(tmp_path: Path, plain_port: int) -> None:
+    async def scenario() -> None:
+        ca = LocalCA()
+        leaf = ca.issue("shop.test")
+        (tmp_path / "shop.crt").write_bytes(leaf.chain_pem)
+        spec = Tls.model_validate({"certificates": [
+            {"hosts": ["shop.test"], "cert": str(tmp_path / "shop.crt"),
+             "key": "secret:SHOP_TLS_KEY"}]})  # fmt: skip
+        tls_port = free_port()
+        async with Upstream("a") as up, router(tmp_path / "r", plain_port, tls_port, up.port):
+            manager = CertificateManager(tmp_path / "r", RouterControl(tmp_path / "r/router.sock"))
+            manager.want(wanted([EnvTls("shop/production", spec, ("shop.test",))]))
+            await manager.step()
+            row = manager.status()[0]
+            assert row["issuer"] is None
+            assert "ondeck secret set SHOP_TLS_KEY --env production" in row["last_error"]
+            HostStore(tmp_path / "r").set("SHOP_TLS_KEY", leaf.key_pem.decode(), env="production")
+            await manager.step()
+            row = manager.status()[0]
+            assert (row["issuer"], row["last_error"]) == ("ondeck test root", None)
+            code, served = await https_get(tls_port, "shop.test", ca.root_pem)
+            assert code == 200
+            assert (
+                served
+                == hashlib.sha256(ssl.PEM_cert_to_DER_cert(leaf.chain_pem.decode())).hexdigest()
+            )
+            assert leaf.key_pem.decode().splitlines()[1] not in str(manager.status())
 
     run(scenario())
 

@@ -405,6 +405,7 @@ class Protect(Strict):
     )
 
 
+SECRET_PREFIX = "secret:"  # a value read from the host's secret store, not from a file
 LETS_ENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
 HOST_NAME = re.compile(
     r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
@@ -445,8 +446,21 @@ class OwnCertificate(Strict):
     """A certificate you bring: PEM files on the host (wildcards allowed)."""
 
     hosts: list[str] = Field(min_length=1, description="Host names it serves, e.g. *.shop.example.")
-    cert: str = Field(description="Path of the PEM certificate chain on the host.")
-    key: str = Field(description="Path of its PEM private key on the host.")
+    cert: str = Field(
+        description="Path of the PEM certificate chain on the host, or `secret:NAME` for a "
+        "host secret (`ondeck secret set NAME`)."
+    )
+    key: str = Field(
+        description="Path of its PEM private key on the host, or `secret:NAME` for a host secret."
+    )
+
+    @field_validator("cert", "key")
+    @classmethod
+    def _source(cls, value: str) -> str:
+        name = value.removeprefix(SECRET_PREFIX)
+        if value.startswith(SECRET_PREFIX) and not ENV_NAME.match(name):
+            raise ValueError(f"{name!r} is not a secret name: use letters, digits and _")
+        return value
 
     @field_validator("hosts")
     @classmethod
