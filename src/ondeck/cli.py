@@ -23,6 +23,7 @@ from rich.table import Table
 
 from ondeck import __version__
 from ondeck.client import Client, default_state_dir
+from ondeck.commands.backup import backup_app
 from ondeck.commands.maintenance import maintenance_app
 from ondeck.commands.render import render_command
 from ondeck.commands.secret import secret_app
@@ -32,7 +33,7 @@ from ondeck.units import format_duration, parse_duration
 
 if TYPE_CHECKING:
     from ondeck.router.options import ProxyOptions
-    from ondeck.status import CertificateStatus, EnvStatus, ServiceStatus
+    from ondeck.status import BackupStatus, CertificateStatus, EnvStatus, ServiceStatus
 
 app = typer.Typer(
     help="GitOps for the humble app: a git repo states what runs; ondeck makes this host match it.",
@@ -41,6 +42,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("render")(render_command)
+app.add_typer(backup_app, name="backup")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
@@ -331,6 +333,18 @@ def _print_certificate(cert: CertificateStatus) -> None:
         out.print(f"  [red]Degraded:[/red] {escape(cert.degraded)}")
 
 
+def _print_backup(b: BackupStatus) -> None:
+    proven = (
+        f"last verified restore: {b.last_verified_restore[:19]} ({b.last_verified_id})"
+        if b.last_verified_restore
+        else "[yellow]never verified by a restore[/yellow]"
+    )
+    running = " [cyan]running[/cyan]" if b.running else ""
+    out.print(f"  backup {b.name} ({b.engine}, {b.backups} kept){running}: {proven}")
+    if b.last_error:
+        out.print(f"    [red]last error:[/red] {escape(b.last_error)}")
+
+
 def _print_env(env: EnvStatus) -> None:
     sync, health = env.sync, env.health
     out.print(
@@ -357,6 +371,8 @@ def _print_env(env: EnvStatus) -> None:
         out.print(
             "  [dim]the last good release keeps running; push a fix or revert the commit[/dim]"
         )
+    for backup in env.backups:
+        _print_backup(backup)
     if env.services:
         out.print(_services_table(env.services))
 
@@ -404,6 +420,10 @@ def sync(
     wait: Annotated[bool, typer.Option("--wait", help="Wait until the sync is done.")] = False,
     env: EnvOpt = None,
     timeout: Annotated[str, typer.Option(help="Give up waiting after this long.")] = "5m",
+    skip_backup: Annotated[
+        bool,
+        typer.Option("--skip-backup", help="Deploy without the before_deploy backups (recorded)."),
+    ] = False,
     json_out: JsonOpt = False,
     state_dir: StateDir = None,
     api: ApiUrl = None,
@@ -414,7 +434,9 @@ def sync(
     started = time.monotonic()
     with err.status("fetching and syncing…") if wait and not json_out else contextlib.nullcontext():
         answer = _client(state_dir, api, token).post(
-            "/api/v1/sync", {"env": env, "wait": wait, "timeout": seconds}, timeout=seconds + 10
+            "/api/v1/sync",
+            {"env": env, "wait": wait, "timeout": seconds, "skip_backup": skip_backup},
+            timeout=seconds + 10,
         )
     if json_out:
         print(json.dumps(answer, indent=2))

@@ -17,6 +17,8 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from ondeck.backup.manifest import Manifest
+from ondeck.backup.service import BackupService
 from ondeck.clock import SYSTEM_CLOCK, Clock
 from ondeck.drift import Strays, apply_drift, find_drift
 from ondeck.environment import Environment, Host, Options
@@ -151,9 +153,14 @@ class Controller:
         if self._wake_event is not None:
             self._wake_event.set()
 
-    def request_sync(self, env: str | None, trigger: Trigger) -> asyncio.Future[SyncAnswer]:
+    def request_sync(
+        self, env: str | None, trigger: Trigger, skip_backup: bool = False
+    ) -> asyncio.Future[SyncAnswer]:
         """Fetch now and sync; the future resolves once the named env(s) settle."""
         names = [self.env(env).name] if env else list(self.envs)
+        for name in names if skip_backup else ():
+            self.envs[name].skip_backup = True
+            self.envs[name].seen = None  # a head refused for its failed backup is tried again
         future: asyncio.Future[SyncAnswer] = asyncio.get_running_loop().create_future()
         self._requests.append(SyncRequest(names, future))
         self._refresh = trigger
@@ -272,6 +279,28 @@ class Controller:
                 request.future.set_result(SyncAnswer(error=error, status=self.status()))
 
     # -- people ---------------------------------------------------------------------
+
+    def backup_service(self, env: str | None) -> tuple[str, BackupService]:
+        """`/api/v1/backups`: the backups of `env` (of the only environment when None)."""
+        found = self.env(env) if env else self._only_env()
+        if found.desired is not None:
+            found.backups.follow(found.desired)
+        if found.backups.service is None:
+            raise UserError(f"{found.name} has no backups: add `backups:` to its ondeck.yaml")
+        return found.name, found.backups.service
+
+    async def restore_backup(
+        self, env: str | None, name: str, backup_id: str | None, while_running: bool
+    ) -> Manifest:
+        found = self.env(env) if env else self._only_env()
+        return await found.restore_backup(name, backup_id, while_running)
+
+    def _only_env(self) -> Environment:
+        if len(self.envs) != 1:
+            raise UserError(
+                f"name the environment with --env: this controller runs {', '.join(self.envs)}"
+            )
+        return next(iter(self.envs.values()))
 
     def env(self, name: str) -> Environment:
         if name not in self.envs:
@@ -397,6 +426,7 @@ class Controller:
                 tuple(e.releases.items()),
                 tuple(e.traffic.items()),
                 tuple(e.measurements.items()),
+                e.backups.version,
             )
             for e in self.envs.values()
         )

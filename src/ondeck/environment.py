@@ -39,8 +39,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+from ondeck.backup.envbackups import EnvBackups
+from ondeck.backup.manifest import Manifest
+from ondeck.backup.service import BackupMetrics
 from ondeck.clock import Clock
 from ondeck.errors import (
+    BackupFailure,
     BuildError,
     OndeckError,
     RuntimeFailure,
@@ -55,6 +59,7 @@ from ondeck.rollout.strategies import EnvTraffic
 from ondeck.runtime.base import Runtime
 from ondeck.runtime.container import ContainerRuntime
 from ondeck.runtime.logs import rotate
+from ondeck.secrets.hoststore import HostStore
 from ondeck.source.base import Source
 from ondeck.source.git import CommitInfo
 from ondeck.source.verify import verify_commit
@@ -64,7 +69,7 @@ from ondeck.spec.template import instance_env
 from ondeck.state import rollout
 from ondeck.state.desired import Desired, render
 from ondeck.state.diff import summarize
-from ondeck.state.lifecycle import SyncResult, Trigger
+from ondeck.state.lifecycle import InstanceState, SyncResult, Trigger
 from ondeck.state.live import Phase
 from ondeck.state.plan import Action, Forget, Plan, Restart, Start, Stop, plan
 from ondeck.state.rollout import Progress, Stage, Traffic
@@ -80,6 +85,8 @@ HOUSEKEEPING_EVERY = 30.0
 DEFAULT_DEADLINE = 300.0  # rollout.deadline's default
 REBUILD_RETRY = 30.0  # a release that failed to rebuild is tried again after this long
 REFUSABLE = (SpecError, UserError, SourceError, RuntimeFailure)
+RESTORE_STOP_DEADLINE = 120.0  # a restore waits this long for the services to stop
+RESTORE_HEALTH_DEADLINE = 300.0  # and this long for them to be healthy again after it
 
 
 @dataclass(frozen=True)
@@ -156,12 +163,22 @@ class Environment:
         self.traffic: dict[str, Traffic] = {}
         self.measurements: dict[str, Measurement] = {}
         self.snapshots: dict[str, tuple[float, dict[str, Any]]] = {}
+        self.backups = EnvBackups(
+            host.opts.state_dir,
+            name,
+            BackupMetrics.of(host.metrics.registry),
+            HostStore(host.opts.state_dir).values,
+            log.info,
+        )
+        self.skip_backup = False  # `ondeck sync --skip-backup`: the next deploy goes without
+        self.paused = False  # a restore holds this environment's services stopped
         self.prepare_steps: list[PrepareStep] = [
             Environment.check_signature,
+            Environment.backup_before_deploy,
             Environment.pull_images,
             Environment.build_releases,
         ]
-        self.pass_hooks: list[PassHook] = []
+        self.pass_hooks: list[PassHook] = [Environment.schedule_backups]
         self.finish_hooks: list[FinishHook] = []
         self._loading: asyncio.Task[None] | None = None
         self._queued: tuple[str, Trigger] | None = None
@@ -318,6 +335,24 @@ class Environment:
             )
         log.info("[%s] %s %s", self.name, desired.revision[:12], found.reason)
 
+    async def backup_before_deploy(self, desired: Desired) -> None:
+        """`before_deploy`: what runs now is backed up (and proven) before it is changed."""
+        skip, self.skip_backup = self.skip_backup, False
+        gated = self.backups.gated(self.desired, desired)
+        if skip and gated:
+            message = f"{desired.revision[:12]} deployed without its backups ({', '.join(gated)}): --skip-backup"
+            self.host.store.events_add(
+                self.name, None, "backup-skipped", message, self.host.clock.time()
+            )
+        taken = await self.backups.before_deploy(self.desired, desired, skip)
+        if taken:
+            log.info("[%s] backed up before deploying: %s", self.name, ", ".join(taken))
+
+    async def schedule_backups(self, now: float) -> None:
+        if self.desired is not None:
+            self.backups.follow(self.desired)
+            self.backups.tick()
+
     async def pull_images(self, desired: Desired) -> None:
         """Every image of a container release is here before anything is touched."""
         if desired.runtime != "container":
@@ -396,6 +431,8 @@ class Environment:
         now = self.host.clock.time()
         for hook in self.pass_hooks:
             await hook(self, now)
+        if self.paused:
+            return  # a restore stopped the services: nothing starts them until it is done
         await self._analyze(now)
         steps = plan(desired, sup.live(), now, self.releases)
         self.wake_at = _earliest(steps.wake_at, self._next_analysis(), self._rebuild_at())
@@ -670,8 +707,69 @@ class Environment:
         self.host.wake()
         return progress
 
+    async def restore_backup(
+        self, name: str, backup_id: str | None, while_running: bool
+    ) -> Manifest:
+        """Restore one backup; history records it with the safety backup taken before."""
+        desired = self.desired
+        if desired is None:
+            raise UserError(f"{self.name} runs nothing yet: nothing to restore into")
+        self.backups.follow(desired)
+        store, started = self.host.store, self.host.clock.time()
+        what = f"restore of backup {name} {backup_id or '(latest verified)'}"
+        op_id = store.begin_sync(
+            self.name, desired.revision, "ondeck backup", what, Trigger.RESTORE, started
+        )
+        try:
+            restored, safety = await self.backups.restore(
+                name, backup_id, while_running, self._pause, self._resume
+            )
+        except (BackupFailure, UserError) as err:
+            store.finish_sync(op_id, SyncResult.FAILED, self.host.clock.time(), str(err))
+            raise
+        note = f"restored {restored.id}; the state before is backup {safety.id}"
+        store.finish_sync(op_id, SyncResult.SUCCEEDED, self.host.clock.time(), note)
+        log.info("[%s] %s", self.name, note)
+        return restored
+
+    async def _pause(self) -> None:
+        """Stop every instance and keep them stopped (reconcile stands aside)."""
+        self.paused = True
+        sup = self.supervisor
+        if sup is None:
+            return
+        for inst_id, inst in list(sup.instances.items()):
+            if inst.rec.state is not InstanceState.STOPPING:
+                sup.stop(inst_id, "restore")
+        await self._until(lambda: not sup.instances, RESTORE_STOP_DEADLINE, "to stop")
+
+    async def _resume(self) -> None:
+        """Let reconcile start the services again and wait until they are healthy."""
+        self.paused = False
+        self.host.wake()
+        desired = self.desired
+
+        def healthy() -> bool:
+            if desired is None or self.supervisor is None:
+                return True
+            ready = [i.rec.service for i in self.supervisor.instances.values() if i.ready]
+            return all(ready.count(s.name) >= s.replicas for s in desired.services)
+
+        await self._until(healthy, RESTORE_HEALTH_DEADLINE, "to be healthy again")
+
+    async def _until(self, done: Callable[[], bool], deadline: float, what: str) -> None:
+        end = time.monotonic() + deadline
+        while not done():
+            if time.monotonic() > end:
+                raise BackupFailure(
+                    f"the services of {self.name} did not come {what} within {deadline:.0f}s: "
+                    "see `ondeck status`"
+                )
+            await asyncio.sleep(0.05)
+
     def close(self) -> None:
         """Stop watching; the instances keep running for the next controller to adopt."""
+        self.backups.close()
         for task in (self._loading, self._rebuilding):
             if task is not None:
                 task.cancel()

@@ -22,6 +22,7 @@ from ondeck.state.live import LiveInstance, Phase
 from ondeck.state.rollout import Progress, Stage, Traffic
 from ondeck.status import (
     AnalysisStatus,
+    BackupStatus,
     CommitStatus,
     EnvStatus,
     InstanceStatus,
@@ -146,6 +147,7 @@ class Reporter:
             app=state.desired.app if state.desired else None,
             services=services,
             conditions=[state.rewritten] if state.rewritten else [],
+            backups=[BackupStatus.model_validate(b) for b in state.backups.status()],
         )
 
     def services_status(self, state: Environment, diffs: list[ServiceDiff]) -> list[ServiceStatus]:

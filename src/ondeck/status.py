@@ -114,6 +114,20 @@ class OperationStatus(Model):
     started_at: float
 
 
+class BackupStatus(Model):
+    """One backup of an environment: when it last worked and when a restore last proved it."""
+
+    name: str
+    engine: str
+    backups: int
+    last_success: str | None = None
+    last_verified_restore: str | None = None
+    last_verified_id: str | None = None
+    last_error: str | None = None
+    running: bool = False
+    next_run: str | None = None
+
+
 class EnvStatus(Model):
     """One environment: the commit it should run, the one it runs, and how that is going."""
 
@@ -132,6 +146,7 @@ class EnvStatus(Model):
     app: str | None = None
     services: list[ServiceStatus] = Field(default_factory=list)
     conditions: list[str] = Field(default_factory=list)  # Degraded reasons beside services
+    backups: list[BackupStatus] = Field(default_factory=list)
 
 
 class CertificateStatus(Model):

@@ -58,10 +58,8 @@ def test_validate_returns_problems_sorted_by_position() -> None:
     assert [(p.line, p.col) for p in problems] == [(3, 23), (4, 1)]
 
 
-def test_the_design_example_is_valid_but_for_backups_which_are_refused_until_they_work() -> None:
-    problems = validate((SPECS / "example.yaml").read_text())
-    assert [(p.line, p.col) for p in problems] == [(31, 3)]
-    assert "backups are not supported yet" in problems[0].message
+def test_the_design_example_is_valid() -> None:
+    assert validate((SPECS / "example.yaml").read_text()) == []
 
 
 def test_render_raises_every_problem_at_once() -> None:

@@ -18,6 +18,7 @@ from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 
 from ondeck import __version__
 from ondeck.api import guard
+from ondeck.api.backups import backups_router
 from ondeck.api.guard import MAX_LIMIT, Body
 from ondeck.api.openapi import describe_errors
 from ondeck.api.releasetasks import release_task_router
@@ -65,6 +66,7 @@ class SyncBody(Body):
     trigger: Literal[Trigger.CLI, Trigger.ROLLBACK] = (
         Trigger.CLI
     )  # what history records as the cause
+    skip_backup: bool = False  # deploy without the `before_deploy` backups (history says so)
 
 
 def create_app(
@@ -142,7 +144,7 @@ def create_app(
     async def sync(body: SyncBody, info: Caller) -> SyncAnswer:
         require(info, Scope.SYNC, body.env)
         try:
-            future = controller.request_sync(body.env, body.trigger)
+            future = controller.request_sync(body.env, body.trigger, body.skip_backup)
         except UserError as err:
             raise HTTPException(404, str(err)) from err
         if not body.wait:
@@ -246,6 +248,7 @@ def create_app(
         secrets_router(opts.state_dir, authorized, require, lambda: controller.refresh(Trigger.CLI))
     )
     app.include_router(release_task_router(opts.state_dir, authorized, require, shown))
+    app.include_router(backups_router(controller, authorized, require))
     app.include_router(ui_router(controller, token, public_read))  # the dashboard at /
     describe_errors(app)
     return app

@@ -704,16 +704,6 @@ class Spec(Strict):
         return value
 
     @model_validator(mode="after")
-    def _backups_not_yet(self) -> Spec:
-        # Nothing inert: until backups run, verify and restore end to end, the key is refused.
-        for name in self.backups:
-            raise ValueError(
-                f"backup {name!r} is refused: backups are not supported yet "
-                "(ondeck would take none); remove `backups:` until they are"
-            )
-        return self
-
-    @model_validator(mode="after")
     def _secrets_release_not_yet(self) -> Spec:
         # Nothing inert: until the controller decrypts the file and runs release tasks, refuse.
         if self.secrets is not None:

@@ -39,6 +39,7 @@ class Trigger(StrEnum):
     WEBHOOK = "webhook"
     SELF_HEAL = "self-heal"
     UI = "ui"  # the dashboard's Sync button
+    RESTORE = "restore"  # `ondeck backup restore`
 
 
 class SyncResult(StrEnum):
