@@ -8,6 +8,7 @@ and the Deployment controller do with what ondeck applies.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
 import time
@@ -331,6 +332,10 @@ def _healthy(status: EnvStatus) -> EnvStatus | None:
     return status if status.health is Health.HEALTHY else None
 
 
+def _degraded(status: EnvStatus) -> EnvStatus | None:
+    return status if status.health is Health.DEGRADED else None
+
+
 def test_no_cluster_configured_is_a_clear_error(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -401,3 +406,62 @@ def test_blue_green_switches_the_service_only_once_the_new_set_is_available(
     done = runtime.sync(_desired(app, "2", keep="0s"), "r4", timeout=60)
     assert f"Deployment/{ns}/web-blue" in done.result.pruned
     assert _selected(runtime, ns) == "green"
+
+
+def test_a_crash_looping_pod_makes_the_service_degraded_with_its_logs(
+    control_plane: ControlPlane, runtime: KubernetesRuntime, app: str
+) -> None:
+    objects = _objects(app, "staging")
+    ns = _ns(objects)
+    _apply_and_wait(runtime, app, "staging", objects)
+    pods = runtime._request(
+        "GET", f"/api/v1/namespaces/{ns}/pods", labelSelector="ondeck.dev/service=web"
+    )["items"]
+    pod = pods[0]["metadata"]["name"]
+    # No kubelet runs containers here (KWOK only marks pods Ready), so the crash loop is
+    # written to the pod's status the way a kubelet reports one: not ready, waiting.
+    conditions = [
+        {"type": kind, "status": "True" if kind in ("PodScheduled", "Initialized") else "False"}
+        for kind in ("PodScheduled", "Initialized", "Ready", "ContainersReady")
+    ]
+    crashed = {
+        "status": {
+            "conditions": conditions,
+            "containerStatuses": [
+                {
+                    "name": "web",
+                    "image": "registry.example/shop:1",
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 5,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off"}},
+                    "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}},
+                }
+            ],
+        }
+    }
+    _kubectl(
+        control_plane,
+        "-n",
+        ns,
+        "patch",
+        "pod",
+        pod,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps(crashed),
+    )
+    # the ReplicaSet and Deployment controllers see the pod unready; the runtime then
+    # looks at the pods and finds why
+    status = _until(
+        "web to be Degraded",
+        lambda: _degraded(runtime.status(ns, app, "staging", ["web", "worker"])),
+    )
+    web = next(s for s in status.services if s.name == "web")
+    assert web.verdict.health is Health.DEGRADED
+    assert web.verdict.reason == f"pod {pod}: CrashLoopBackOff (restarts: 5)"
+    ((crash, lines),) = web.crashes
+    assert crash.pod == pod and crash.container == "web"
+    # the log request is made; without a kubelet the API server cannot serve it, and says so
+    assert lines.startswith("(no logs:")
