@@ -16,6 +16,7 @@ bench/results/kubernetes.json. docs/benchmarks.md explains the figures.
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 import tempfile
@@ -143,6 +144,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    # SIGTERM and Ctrl-C both unwind, so the control plane below is stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="ondeck-k8s-bench-") as tmp:
         directory = Path(tmp)
         subprocess.run(["bash", str(SCRIPT), "start", str(directory)], check=True, timeout=3600)

@@ -501,27 +501,32 @@ class KubernetesRuntime:
         env: str,
         targets: Mapping[str, str],
         deployments: Mapping[str, Obj],
+        look_at_pods: bool = True,
     ) -> EnvStatus:
-        selector = f"ondeck.dev/app={app},ondeck.dev/env={env}"
+        """Each service's status; pods are listed (once, for all) only if one is unsettled."""
+        chosen = {name: deployments.get(targets[name]) for name in targets}
+        pods: dict[str, list[Obj]] = {}
+        unsettled = any(d is not None and not _settled(d) for d in chosen.values())
+        if look_at_pods and unsettled:
+            selector = f"ondeck.dev/app={app},ondeck.dev/env={env}"
+            with _api_errors(f"listing pods in {namespace}"):
+                items = self._request(
+                    "GET", f"/api/v1/namespaces/{namespace}/pods", labelSelector=selector
+                ).get("items", [])
+            for pod in items:
+                service = pod["metadata"].get("labels", {}).get("ondeck.dev/service", "")
+                pods.setdefault(service, []).append(pod)
         return EnvStatus(
             namespace,
             tuple(
-                self._service(namespace, name, deployments.get(targets[name]), selector)
+                self._service(namespace, name, chosen[name], pods.get(name, []))
                 for name in sorted(targets)
             ),
         )
 
     def _service(
-        self, namespace: str, name: str, deploy: Obj | None, selector: str
+        self, namespace: str, name: str, deploy: Obj | None, pods: list[Obj]
     ) -> ServiceStatus:
-        pods: list[Obj] = []
-        if deploy is not None and not _settled(deploy):
-            with _api_errors(f"listing pods of {name}"):
-                pods = self._request(
-                    "GET",
-                    f"/api/v1/namespaces/{namespace}/pods",
-                    labelSelector=f"{selector},ondeck.dev/service={name}",
-                ).get("items", [])
         verdict, crashed = service_health(deploy, pods)
         logs = tuple((crash, self._last_lines(namespace, crash)) for crash in crashed[:3])
         status = (deploy or {}).get("status", {})
@@ -569,6 +574,7 @@ class KubernetesRuntime:
         deadline = time.monotonic() + timeout
         deployments, version = self._deployments(namespace, app, env)
         status = self._judge(namespace, app, env, targets, deployments)
+        looked = time.monotonic()
         selector = f"ondeck.dev/app={app},ondeck.dev/env={env}"
         while status.health not in (Health.HEALTHY, Health.DEGRADED):
             left = deadline - time.monotonic()
@@ -595,9 +601,15 @@ class KubernetesRuntime:
                             deployments.pop(name, None)
                         else:
                             deployments[name] = raw
-                        status = self._judge(namespace, app, env, targets, deployments)
+                        # pods (crash loops) at most once a second; the Deployments each event
+                        now = time.monotonic()
+                        look = now - looked >= 1.0
+                        looked = now if look else looked
+                        status = self._judge(namespace, app, env, targets, deployments, look)
                         if status.health in (Health.HEALTHY, Health.DEGRADED):
                             break
+                    else:  # the watch ended quiet: look at the pods once more
+                        status = self._judge(namespace, app, env, targets, deployments)
             except ApiException as err:
                 if err.status != 410:  # resourceVersion too old: list again
                     raise
