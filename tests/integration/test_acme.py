@@ -148,7 +148,7 @@ def test_account_key_is_private_and_reused(
 
 
 def test_bad_nonces_are_retried(tmp_path: Path, challenges: ChallengeServer) -> None:
-    with running_pebble(tmp_path / "p", challenges.port, HOSTS, nonce_reject=40) as pebble:
+    with running_pebble(tmp_path / "p", challenges.port, HOSTS, nonce_reject=30) as pebble:
         chain = client_for(pebble, tmp_path / "state", challenges).issue(
             ["shop.test"], new_private_key()
         )
