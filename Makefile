@@ -44,7 +44,7 @@ demo: install system-deps
 demo-stop:
 	@bash scripts/demo.sh stop
 
-bench: install system-deps bench-deps
+bench: install system-deps bench-deps k8s-control-plane
 	$(PY) bench/reconcile.py
 	$(PY) bench/restart.py
 	$(PY) bench/webhook_latency.py
@@ -54,6 +54,7 @@ bench: install system-deps bench-deps
 	$(PY) bench/container_start.py
 	$(PY) bench/dashboard.py
 	$(PY) bench/backup.py
+	$(PY) bench/kube.py
 
 docs: install
 	$(PY) -m ondeck.spec.docs > docs/spec.md
