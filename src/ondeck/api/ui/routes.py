@@ -102,6 +102,8 @@ def ui_router(controller: Controller, token: str, public_read: bool = False) -> 
 
 
 def _page_routes(router: APIRouter, ui: Dashboard, gate: Gate, controller: Controller) -> None:
+    # Every route is async: pages render on the controller's event loop, the one thread
+    # that changes what they read (a worker thread would read it mid-change).
     def page(
         request: Request, name: str, title: str, params: dict[str, str], **extra: Any
     ) -> Response:
@@ -111,26 +113,26 @@ def _page_routes(router: APIRouter, ui: Dashboard, gate: Gate, controller: Contr
         return _secure(HTMLResponse(ui.page(name, title, viewer, params, **extra)))
 
     @router.get("/")
-    def overview(request: Request) -> Response:
+    async def overview(request: Request) -> Response:
         return page(request, "overview", "Overview", {})
 
     @router.get("/env/{env}/service/{service}")
-    def service(request: Request, env: str, service: str) -> Response:
+    async def service(request: Request, env: str, service: str) -> Response:
         return page(request, "service", f"{service} in {env}", {"env": env, "service": service})
 
     @router.get("/traffic")
-    def traffic(request: Request) -> Response:
+    async def traffic(request: Request) -> Response:
         routed = controller.router is not None
         return page(request, "traffic", "Traffic", {}, every=ui.sampler.every, routed=routed)
 
     @router.get("/history")
-    def history(request: Request) -> Response:
+    async def history(request: Request) -> Response:
         return page(request, "history", "History", {})
 
 
 def _live_routes(router: APIRouter, ui: Dashboard, gate: Gate, controller: Controller) -> None:
     @router.get("/ui/events/{name}")
-    def events(request: Request, name: str, env: str = "", service: str = "") -> Response:
+    async def events(request: Request, name: str, env: str = "", service: str = "") -> Response:
         if name not in PAGES:
             raise HTTPException(404, f"no page {name!r}")
         if gate.reader(request) is None:
@@ -139,7 +141,7 @@ def _live_routes(router: APIRouter, ui: Dashboard, gate: Gate, controller: Contr
         return _secure(_event_stream(ui.stream(name, lambda: gate.reader(request), params)))
 
     @router.get("/ui/logs/{env}/{service}")
-    def logs(request: Request, env: str, service: str) -> Response:
+    async def logs(request: Request, env: str, service: str) -> Response:
         viewer = gate.session(request)  # never public: apps log what they should not
         if viewer is None:
             raise HTTPException(401, "log in first")
@@ -159,7 +161,7 @@ def _live_routes(router: APIRouter, ui: Dashboard, gate: Gate, controller: Contr
 
 def _login_routes(router: APIRouter, ui: Dashboard, sessions: Sessions) -> None:
     @router.get("/login")
-    def login_form(request: Request, next: str = "/", error: str = "") -> Response:
+    async def login_form(request: Request, next: str = "/", error: str = "") -> Response:
         nonce = secrets.token_urlsafe(24)
         body = ui.render(
             "login.html",
@@ -240,7 +242,7 @@ def _static_routes(router: APIRouter) -> None:
     static = _static_files()
 
     @router.get("/static/{name}")
-    def static_file(name: str) -> Response:
+    async def static_file(name: str) -> Response:
         found = static.get(name)
         if found is None:
             raise HTTPException(404, f"no static file {name!r}")

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from markupsafe import Markup, escape
+
 SHORT_SHA = 7
 MESSAGE_WIDTH = 72
 
@@ -30,6 +32,12 @@ _BADGES = {
 def badge(value: str | None) -> str:
     """The CSS class of a sync, health or result badge."""
     return _BADGES.get(value or "", "none")
+
+
+def badge_html(value: str | None) -> Markup:
+    """A badge element: a filter, not a macro, as the overview shows four per service."""
+    shown = value or "Unknown"
+    return Markup(f'<span class="badge {badge(value)}">{escape(shown)}</span>')
 
 
 def short(sha: str | None) -> str:
@@ -115,6 +123,7 @@ def rollout_summary(release: Mapping[str, Any] | None) -> str:
 
 FILTERS: dict[str, Callable[[Any], str]] = {
     "badge": badge,
+    "badge_html": badge_html,
     "short": short,
     "subject": subject,
     "author_name": author_name,
