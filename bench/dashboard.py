@@ -13,6 +13,8 @@ overview. Three figures, each beside a peer measured in the same run:
   MutationObserver in the page sees that service's row count the restart
   (no reload).
   The kill -> DOM time is reported too (it includes the supervisor noticing);
+- render CPU: the CPU time (not wall time) to render the overview of the same
+  status document in this process, which a loaded machine does not inflate;
 - page weight: every byte the browser decoded for the overview (document,
   script, stylesheet; uncompressed), beside the status JSON's size.
 
@@ -30,13 +32,16 @@ import tempfile
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 from playwright.sync_api import Page, sync_playwright
 
 from common import Controller, Repo, bounded, describe, save_results, summarize, wait_for
-from ondeck.api.ui.live import IDLE_STOP
+from ondeck.api.ui.access import Viewer
+from ondeck.api.ui.live import IDLE_STOP, Sampler
+from ondeck.api.ui.pages import Dashboard
+from ondeck.tokens import ADMIN
 
 GOALS = {"overview_ms": 50.0, "dom_update_ms": 500.0, "page_weight_kb": 150.0}
 CHROMIUM_ARGS = [
@@ -112,6 +117,29 @@ def server_times(url: str, cookies: dict[str, str], token: str, rounds: int) -> 
     return {"overview": summarize(html), "status_api": summarize(json_), **sizes}
 
 
+class _Snapshot:
+    """The one thing `Dashboard.page` asks of its feed: the status document."""
+
+    def __init__(self, doc: dict[str, Any]) -> None:
+        self.doc = doc
+
+    def current(self) -> tuple[int, dict[str, Any]]:
+        return 1, self.doc
+
+
+def render_cpu(doc: dict[str, Any], rounds: int) -> dict[str, Any]:
+    """CPU seconds to render the overview of `doc` in this process (no HTTP, no other load)."""
+    ui = Dashboard(cast(Any, None), cast(Any, _Snapshot(doc)), Sampler(cast(Any, None), dict))
+    viewer = Viewer(ADMIN, "csrf")
+    ui.page("overview", "Overview", viewer, {})  # templates compiled
+    samples = []
+    for _ in range(rounds):
+        started = time.process_time()
+        ui.page("overview", "Overview", viewer, {})
+        samples.append(time.process_time() - started)
+    return summarize(samples)
+
+
 def page_weight(page: Page) -> dict[str, Any]:
     entries: list[dict[str, Any]] = page.evaluate(
         """() => [...performance.getEntriesByType('navigation'),
@@ -182,9 +210,16 @@ def main() -> int:
             # status itself, as the API does.
             time.sleep(IDLE_STOP + 2)
             cold = server_times(url, cookies, token, args.rounds * 2)
+            render = render_cpu(od.get("/api/v1/status"), args.rounds * 2)
         finally:
             od.cleanup()
-    results = {**times, **live, "page_weight": weight, "no_page_open": cold}
+    results = {
+        **times,
+        **live,
+        "page_weight": weight,
+        "no_page_open": cold,
+        "overview_render_cpu": render,
+    }
     results["goals"] = {
         "overview_median_ms": {
             "goal": GOALS["overview_ms"],
@@ -213,6 +248,7 @@ def main() -> int:
     print(f"GET /api/v1/status     {describe(times['status_api'])}  (peer, same run)")
     print(f"GET /, no page open    {describe(cold['overview'])}")
     print(f"GET /api/v1/status     {describe(cold['status_api'])}  (peer, same moment)")
+    print(f"overview render, CPU   {describe(render)}  (in process, no HTTP)")
     print(f"status change -> DOM   {describe(live['status_change_to_dom'])}")
     print(f"kill -> DOM            {describe(live['kill_to_dom'])}")
     print(
