@@ -222,6 +222,8 @@ class Environment:
             except OndeckError as err:
                 log.warning("[%s] could not read the new revision: %s", self.name, err)
                 self.seen = None  # try again on the next fetch
+            except asyncio.CancelledError:
+                raise  # the controller is closing: not a bug
             except BaseException as err:
                 self._crash = err
                 raise
@@ -497,6 +499,8 @@ class Environment:
             log.error(
                 "[%s] cannot rebuild a release (retry in %.0fs): %s", self.name, REBUILD_RETRY, err
             )
+        except asyncio.CancelledError:
+            raise  # the controller is closing: not a bug
         except BaseException as err:
             self._crash = err
             raise
