@@ -58,9 +58,8 @@ class EnvBackups:
             self.close()
             if not backups:
                 return
-            place = Place(
-                desired.app, self.env, self.state_dir, self.secrets(desired.app, self.env)
-            )
+            app, env, secrets = desired.app, self.env, self.secrets
+            place = Place(app, env, self.state_dir, lambda: secrets(app, env))
             self.service = BackupService(place, backups, self.metrics, log=self.log)
             self._app = desired.app
         self.service.update(backups, desired.revision)

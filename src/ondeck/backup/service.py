@@ -64,7 +64,9 @@ class Place:
     app: str
     env: str
     state_dir: Path
-    secrets: Mapping[str, str]  # the host secrets of this app/environment
+    # the host secrets of this app/environment; a callable is asked at each use (a secret
+    # set while the controller runs is seen by the next backup)
+    secrets: Mapping[str, str] | Callable[[], Mapping[str, str]]
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
 
     @property
@@ -76,7 +78,8 @@ class Place:
 
     def lookup(self, name: str, what: str) -> str:
         """A secret's value, else the controller's environment variable; never shown."""
-        value = self.secrets.get(name) or self.environ.get(name)
+        secrets = self.secrets() if callable(self.secrets) else self.secrets
+        value = secrets.get(name) or self.environ.get(name)
         if not value:
             raise BackupFailure(
                 f"{what} {name} is neither a host secret of {self.app}/{self.env} nor set in "

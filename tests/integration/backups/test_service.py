@@ -136,3 +136,30 @@ def test_the_postgres_url_comes_from_a_host_secret_or_the_environment(
             assert pg.url(pg_db) not in str(service.status())
         finally:
             service.close()
+
+
+def test_a_restic_repository_with_its_password_from_a_secret_read_at_each_run(
+    tmp_path: Path,
+) -> None:
+    _app_db(tmp_path)
+    spec = {
+        "db": Backup.model_validate(
+            {
+                "sqlite": "shop.db",
+                "restic": {"repository": str(tmp_path / "repo"), "password_env": "RESTIC_PW"},
+            }
+        )
+    }
+    secrets: dict[str, str] = {}
+    place = Place("shop", "production", tmp_path, secrets=lambda: secrets, environ={})
+    service = BackupService(place, spec, None, Clock("2024-05-01 02:00:00"))
+    try:
+        with pytest.raises(BackupFailure, match="RESTIC_PW is neither a host secret"):
+            service.submit("db", Action.RUN).result(timeout=60)
+        secrets["RESTIC_PW"] = "pw-from-the-host-store"  # set while the service runs
+        manifest = service.submit("db", Action.RUN).result(timeout=120)
+        assert manifest.verified is True and manifest.location
+        assert (tmp_path / "repo" / "config").exists()
+        assert "pw-from-the-host-store" not in str(service.status())
+    finally:
+        service.close()
