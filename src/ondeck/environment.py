@@ -174,7 +174,7 @@ class Environment:
         self.paused = False  # a restore holds this environment's services stopped
         self.prepare_steps: list[PrepareStep] = [
             Environment.check_signature,
-            Environment.backup_before_deploy,
+            Environment.backup_before_deploy,  # before anything that touches data (release tasks)
             Environment.pull_images,
             Environment.build_releases,
         ]
