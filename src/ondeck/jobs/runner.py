@@ -194,23 +194,7 @@ class JobRunner:
             )
         except OSError as err:
             os.write(fd, f"ondeck: cannot start: {err.strerror}\n".encode())
-            run = Run(
-                run_id,
-                trigger,
-                now,
-                now,
-                slot=slot,
-                result=RunResult.FAILED,
-                exit_code=None,
-                finished_at=now,
-                reason=f"cannot start: {err.strerror}",
-            )
-            record.runs.append(run)
-            record.next_id = run_id + 1
-            self._save(name, record)
-            if self.on_done:
-                self.on_done(name, run)
-            return run
+            return self.refused(name, trigger, slot, f"cannot start: {err.strerror}")
         finally:
             os.close(fd)
         run = Run(
@@ -224,10 +208,36 @@ class JobRunner:
         )
         record.runs.append(run)
         record.next_id = run_id + 1
+        if slot is not None:
+            record.last_slot = slot  # one write: a crash cannot leave the slot due again
         self._save(name, record)
         self._popens[(name, run_id)] = popen
         self._watch(name, run)
         log.info("[%s] job %s run %d started (%s)", self.env, name, run_id, trigger)
+        return run
+
+    def refused(self, name: str, trigger: str, slot: float | None, reason: str) -> Run:
+        """A run that could not start (no release, a bad command): recorded as failed."""
+        record = self.record(name)
+        now = self.clock()
+        run = Run(
+            record.next_id,
+            trigger,
+            now,
+            now,
+            slot=slot,
+            result=RunResult.FAILED,
+            finished_at=now,
+            reason=reason,
+        )
+        record.runs.append(run)
+        record.next_id += 1
+        if slot is not None:
+            record.last_slot = slot
+        self._save(name, record)
+        log.warning("[%s] job %s run %d failed: %s", self.env, name, run.id, reason)
+        if self.on_done:
+            self.on_done(name, run)
         return run
 
     def adopt(self, names: Sequence[str]) -> None:
