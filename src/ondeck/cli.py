@@ -24,6 +24,7 @@ from rich.table import Table
 from ondeck import __version__
 from ondeck.client import Client, default_state_dir
 from ondeck.commands.backup import backup_app
+from ondeck.commands.job import job_app
 from ondeck.commands.maintenance import maintenance_app
 from ondeck.commands.render import render_command
 from ondeck.commands.secret import secret_app
@@ -520,7 +521,7 @@ def history(
 
 @app.command()
 def logs(
-    service: str,
+    service: Annotated[str, typer.Argument(help="The service (or, with --job, the job).")] = "",
     env: EnvOpt = None,
     follow: Annotated[
         bool, typer.Option("-f", "--follow", help="Keep printing new lines.")
@@ -535,8 +536,19 @@ def logs(
     access: Annotated[
         bool, typer.Option("--access", help="The router's access log of the service instead.")
     ] = False,
+    job: Annotated[
+        str | None, typer.Option("--job", help="A scheduled job's output, every run.")
+    ] = None,
 ) -> None:
-    """A service's logs (every instance, prefixed by its id)."""
+    """A service's logs (every instance, prefixed by its id), or a job's (--job NAME)."""
+    if job is not None or not service:
+        if job is None:
+            raise UserError(
+                "name a service (`ondeck logs web`) or a job (`ondeck logs --job NAME`)"
+            )
+        service, params = job, {"job": "true"}
+    else:
+        params = {}
     if access:
         from ondeck.commands.access import show
 
@@ -547,11 +559,11 @@ def logs(
         sys.stdout.write(client.get(f"/api/v1/release-task/{service}", env=env))
         return
     if not follow:
-        sys.stdout.write(client.get(f"/api/v1/logs/{service}", env=env, lines=lines))
+        sys.stdout.write(client.get(f"/api/v1/logs/{service}", env=env, lines=lines, **params))
         return
     with contextlib.suppress(KeyboardInterrupt):
         for chunk in client.stream(
-            f"/api/v1/logs/{service}", env=env or "", lines=lines, follow="true"
+            f"/api/v1/logs/{service}", env=env or "", lines=lines, follow="true", **params
         ):
             sys.stdout.write(chunk)
             sys.stdout.flush()
@@ -640,6 +652,7 @@ def rollout_abort(
 
 app.add_typer(secret_app, name="secret")
 app.add_typer(maintenance_app, name="maintenance")
+app.add_typer(job_app, name="job")
 
 token_app = typer.Typer(
     help="Scoped API tokens (read < sync < deploy, per environment).", no_args_is_help=True

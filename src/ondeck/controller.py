@@ -17,6 +17,8 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from ondeck import envjobs
+from ondeck.alerts import status_events
 from ondeck.backup.manifest import Manifest
 from ondeck.backup.service import BackupService
 from ondeck.clock import SYSTEM_CLOCK, Clock
@@ -24,7 +26,9 @@ from ondeck.drift import Strays, apply_drift, find_drift
 from ondeck.environment import Environment, Host, Options
 from ondeck.errors import RuntimeFailure, SourceError, UserError
 from ondeck.https import CertificateManager, env_tls, wanted
+from ondeck.jobs.scheduler import JobMetrics
 from ondeck.metrics import Metrics
+from ondeck.notify import Notifier
 from ondeck.report import Reporter
 from ondeck.rollout.strategies import EnvTraffic
 from ondeck.runtime.base import ExitEvent, Handle, Runtime, Runtimes
@@ -37,6 +41,7 @@ from ondeck.state.rollout import Progress
 from ondeck.status import (
     CertificateStatus,
     ControllerStatus,
+    NotificationStatus,
     RouterStatus,
     SourceStatus,
     StatusDoc,
@@ -101,6 +106,11 @@ class Controller:
         self.envs = {
             n: Environment(n, None if n == DEFAULT_ENV and not opts.envs else n, self.host)
             for n in names
+        }
+        self.notifier = Notifier(self.metrics.registry, clock.time)
+        job_metrics = JobMetrics(self.metrics.registry)
+        self.jobs = {
+            name: envjobs.attach(env, self.notifier, job_metrics) for name, env in self.envs.items()
         }
         self.fetch = FetchState()
         self.started = clock.time()
@@ -396,7 +406,10 @@ class Controller:
         """The `ondeck status --json` document, rebuilt only when something changed."""
         key = self._change_key()
         if self._status is None or key != self._status_key:
+            previous = self._status
             self._status, self._status_key = self._build_status(), key
+            for notice in status_events(previous, self._status):
+                self.notifier.emit(notice)
         return self._status
 
     def status_json(self) -> dict[str, Any]:
@@ -439,7 +452,17 @@ class Controller:
         certs = None
         if self.certificates is not None:  # expiry conditions move with time: hourly
             certs = (self.certificates.changes, int(self.clock.time() // 3600))
-        return (envs, strays, router, fetch, self.store.changes, certs, self.store.unwritable)
+        notified = self.notifier.changes
+        return (
+            envs,
+            strays,
+            router,
+            fetch,
+            self.store.changes,
+            certs,
+            self.store.unwritable,
+            notified,
+        )
 
     def _build_status(self) -> StatusDoc:
         certificates = [
@@ -447,6 +470,11 @@ class Controller:
             for row in (self.certificates.status() if self.certificates is not None else [])
         ]
         environments = [self.report.env_status(e, self.fetch.error) for e in self.envs.values()]
+        for env_doc, env in zip(environments, self.envs.values(), strict=True):
+            app = env.desired.app if env.desired else ""
+            env_doc.notifications = [
+                NotificationStatus(**vars(t)) for t in self.notifier.status(app, env.name)
+            ]
         for env_doc, env in zip(environments, self.envs.values(), strict=True):
             owner = f"{env.desired.app}/{env.name}" if env.desired is not None else None
             for cert in certificates:

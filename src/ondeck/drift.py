@@ -67,13 +67,14 @@ def find_drift(envs: Iterable[Environment], state_dir: Path) -> tuple[list[Findi
 
 
 def known_pids(envs: Iterable[Environment]) -> set[int]:
-    return {
-        inst.rec.pid
-        for env in envs
-        if env.supervisor
-        for inst in list(env.supervisor.instances.values())
-        if inst.rec.pid
-    }
+    """Instances, and the process groups hooks started in a release (job runs)."""
+    known = set()
+    for env in envs:
+        if env.supervisor:
+            known |= {i.rec.pid for i in list(env.supervisor.instances.values()) if i.rec.pid}
+        for more in env.owned_pids:
+            known |= more()
+    return known
 
 
 def apply_drift(

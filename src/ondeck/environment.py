@@ -180,6 +180,10 @@ class Environment:
         ]
         self.pass_hooks: list[PassHook] = [Environment.schedule_backups]
         self.finish_hooks: list[FinishHook] = []
+        self.wake_hints: dict[str, float | None] = {}  # hooks' next deadlines (jobs, ...)
+        self.closers: list[Callable[[], None]] = []  # hooks' cleanup at shutdown
+        # session leaders hooks started in a release (job runs): not strays
+        self.owned_pids: list[Callable[[], set[int]]] = []
         self._loading: asyncio.Task[None] | None = None
         self._queued: tuple[str, Trigger] | None = None
         self._rebuilding: asyncio.Task[None] | None = None
@@ -408,6 +412,9 @@ class Environment:
         store.finish_sync(op_id, SyncResult.FAILED, self.host.clock.time(), message)
         self.host.metrics.syncs.labels(self.name, SyncResult.FAILED).inc()
         self._save_env()
+        refused = Operation(op_id, commit.sha, trigger, started)
+        for hook in self.finish_hooks:
+            hook(self, refused, SyncResult.FAILED, message)
         log.error("[%s] refused %s (%s): %s", self.name, commit.sha[:12], commit.author, message)
 
     # -- desired -> live (one pass, on the host loop) -----------------------------------
@@ -437,7 +444,9 @@ class Environment:
             return  # a restore stopped the services: nothing starts them until it is done
         await self._analyze(now)
         steps = plan(desired, sup.live(), now, self.releases)
-        self.wake_at = _earliest(steps.wake_at, self._next_analysis(), self._rebuild_at())
+        self.wake_at = _earliest(
+            steps.wake_at, self._next_analysis(), self._rebuild_at(), *self.wake_hints.values()
+        )
         acting = self.op is not None or self.host.opts.self_heal or self.manual
         trigger = Trigger.CLI if self.manual else Trigger.SELF_HEAL
         self.manual = False
@@ -779,6 +788,8 @@ class Environment:
                 task.cancel()
         if self.supervisor is not None:
             self.supervisor.close()
+        for close in self.closers:
+            close()
 
     def rolling(self, service: str) -> bool:
         """Is a rolling or recreate release of `service` under way (one `rollout abort` stops)?"""

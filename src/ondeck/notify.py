@@ -54,8 +54,9 @@ class Notice:
     suppressed: int = 0  # similar notices coalesced into this one
 
     @property
-    def key(self) -> tuple[str, str, str, str]:
-        return (self.event.value, self.app, self.env, self.subject)
+    def key(self) -> tuple[str, str, str, str, str]:
+        """Notices with the same key are one event repeated (a crash loop, a retried commit)."""
+        return (self.event.value, self.app, self.env, self.subject, self.revision or "")
 
     def title(self) -> str:
         where = f"{self.app}/{self.env}" + (f" {self.subject}" if self.subject else "")
@@ -110,7 +111,8 @@ class Notifier:
     ) -> None:
         self.clock = clock
         self._targets: dict[tuple[str, str], list[_Target]] = {}
-        self._sent: dict[tuple[str, str, str, str], tuple[float, int]] = {}
+        self._sent: dict[tuple[str, str, str, str, str], tuple[float, int]] = {}
+        self.changes = 0  # bumped when a delivery ends: the status shows target states
         r = registry or CollectorRegistry()
         self.deliveries = Counter(
             "ondeck_notifications",
@@ -129,10 +131,10 @@ class Notifier:
         self, app: str, env: str, targets: list[NotifyTarget], secrets: Mapping[str, str]
     ) -> None:
         """The targets of `app`/`env` from its current spec; unchanged targets keep their queue."""
-        old = {t.spec: t for t in self._targets.get((app, env), [])}
+        old = {t.spec.model_dump_json(): t for t in self._targets.get((app, env), [])}
         new: list[_Target] = []
         for spec in targets:
-            kept = old.pop(spec, None)
+            kept = old.pop(spec.model_dump_json(), None)
             if kept is not None:
                 kept.secrets = secrets
                 new.append(kept)
@@ -225,9 +227,11 @@ class Notifier:
             target.state.delivered += 1
             target.state.last_delivered_at = self.clock()
             target.state.last_error = None
+            self.changes += 1
             self.deliveries.labels(notice.env, notice.event.value, "delivered").inc()
             return
         target.state.failed += 1
+        self.changes += 1
         self.deliveries.labels(notice.env, notice.event.value, "failed").inc()
         log.warning(
             "[%s] notification %s to %s failed: %s",

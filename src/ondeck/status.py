@@ -128,6 +128,18 @@ class BackupStatus(Model):
     next_run: str | None = None
 
 
+class NotificationStatus(Model):
+    """A notification target of the environment: deliveries and the last error."""
+
+    url: str  # as written in the spec: ${NAME} placeholders, never a secret
+    delivered: int = 0
+    failed: int = 0
+    pending: int = 0
+    last_error: str | None = None
+    last_error_at: float | None = None
+    last_delivered_at: float | None = None
+
+
 class EnvStatus(Model):
     """One environment: the commit it should run, the one it runs, and how that is going."""
 
@@ -147,6 +159,7 @@ class EnvStatus(Model):
     services: list[ServiceStatus] = Field(default_factory=list)
     conditions: list[str] = Field(default_factory=list)  # Degraded reasons beside services
     backups: list[BackupStatus] = Field(default_factory=list)
+    notifications: list[NotificationStatus] = Field(default_factory=list)
 
 
 class CertificateStatus(Model):

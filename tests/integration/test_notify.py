@@ -204,6 +204,21 @@ def test_a_hanging_target_delays_neither_the_caller_nor_other_targets(receiver: 
         server.server_close()
 
 
+def test_reconfiguring_keeps_the_queue_of_an_unchanged_target(receiver: Receiver) -> None:
+    async def go() -> None:
+        n = Notifier()
+        target = NotifyTarget(url=receiver.url(), events=[Event.SYNC_FAILED])
+        n.configure("shop", "production", [target], {})
+        before = n.status("shop", "production")[0]
+        n.configure("shop", "production", [target.model_copy()], {})  # same spec, new object
+        assert n.status("shop", "production")[0] is before
+        n.emit(notice())
+        await wait_for(lambda: len(receiver.received) == 1)
+        n.close()
+
+    asyncio.run(go())
+
+
 def test_url_placeholders_come_from_secrets_and_never_leak() -> None:
     assert expand("json://h/${TOKEN}/x", {"TOKEN": "s3cr3t"}) == "json://h/s3cr3t/x"
     with pytest.raises(DeliveryError) as err:

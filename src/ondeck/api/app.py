@@ -20,6 +20,7 @@ from ondeck import __version__
 from ondeck.api import guard
 from ondeck.api.backups import backups_router
 from ondeck.api.guard import MAX_LIMIT, Body
+from ondeck.api.jobs import jobs_router
 from ondeck.api.openapi import describe_errors
 from ondeck.api.releasetasks import release_task_router
 from ondeck.api.secrets import secrets_router
@@ -233,8 +234,14 @@ def create_app(
         env: str | None = None,
         lines: Annotated[int, Query(ge=1, le=10000)] = 100,
         follow: bool = False,
+        job: bool = False,
     ) -> Response:
-        paths = _log_paths(controller, service, shown(info, env))
+        if job:
+            paths = _job_log_paths(controller, service, shown(info, env))
+            if not paths:
+                raise HTTPException(404, f"no job {service!r}; see `ondeck job list`")
+        else:
+            paths = _log_paths(controller, service, shown(info, env))
         if not paths:
             raise HTTPException(404, f"no instance of service {service!r}; see `ondeck status`")
         if not follow:
@@ -247,6 +254,7 @@ def create_app(
     app.include_router(
         secrets_router(opts.state_dir, authorized, require, lambda: controller.refresh(Trigger.CLI))
     )
+    app.include_router(jobs_router(lambda: controller.jobs, authorized, require))
     app.include_router(release_task_router(opts.state_dir, authorized, require, shown))
     app.include_router(backups_router(controller, authorized, require))
     app.include_router(ui_router(controller, token, public_read))  # the dashboard at /
@@ -292,6 +300,15 @@ def _log_paths(controller: Controller, service: str, envs: list[str]) -> list[Lo
                 cri = inst.rec.runtime == "container"
                 found.append(LogSource(inst.rec.id, Path(inst.rec.log_path), cri))
     return found
+
+
+def _job_log_paths(controller: Controller, job: str, envs: list[str]) -> list[LogSource]:
+    """A job's log in each environment that has it (one file, every run behind a header)."""
+    return [
+        LogSource(f"{env}/{job}", jobs.runner.log_path(job), False)
+        for env, jobs in controller.jobs.items()
+        if env in envs and job in jobs.jobs
+    ]
 
 
 def _prefixed(inst_id: str, text: str) -> str:

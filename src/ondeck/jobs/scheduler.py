@@ -137,6 +137,10 @@ class EnvJobs:
             )
         return out
 
+    def pids(self) -> set[int]:
+        """The session leaders of the runs still going (drift must not take them for strays)."""
+        return {r.pid for name in self.jobs for r in self.runner.record(name).running() if r.pid}
+
     def close(self) -> None:
         self.runner.close()
 

@@ -513,7 +513,7 @@ class Job(Strict):
     service: str | None = Field(
         None,
         description="Run in this service's current release, with its environment (and secrets); "
-        "without it the job runs in the exported tree of the spec's revision, with no build.",
+        "may be left out when the spec has one service.",
     )
     schedule: Cron | None = Field(
         None, description="cron expression (minute hour day month weekday), e.g. '0 4 * * *'."
@@ -720,19 +720,6 @@ class Spec(Strict):
         return self
 
     @model_validator(mode="after")
-    def _jobs_notify_not_yet(self) -> Spec:
-        # Nothing inert: until jobs run and notifications are sent by the controller, refuse.
-        if self.jobs:
-            raise ValueError(
-                "jobs: not supported yet (ondeck would run none); remove `jobs:` until they are"
-            )
-        if self.notify:
-            raise ValueError(
-                "notify: not supported yet (ondeck would send nothing); remove `notify:` until it is"
-            )
-        return self
-
-    @model_validator(mode="after")
     def _jobs_fit(self) -> Spec:
         for name, job in self.jobs.items():
             if job.service is not None and job.service not in self.services:
@@ -747,6 +734,13 @@ class Spec(Strict):
                 )
             if job.command is None:
                 raise ValueError(f"job {name!r} needs a command (an argv list)")
+            if not self.services:
+                raise ValueError(f"job {name!r} runs in a service's release: add a service")
+            if job.service is None and len(self.services) > 1:
+                raise ValueError(
+                    f"job {name!r}: name the service whose release and environment it runs in "
+                    f"(service: one of {', '.join(sorted(self.services))})"
+                )
         return self
 
     @model_validator(mode="after")

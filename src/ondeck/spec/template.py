@@ -14,7 +14,7 @@ from types import MappingProxyType
 from typing import Literal
 
 from ondeck.errors import UserError
-from ondeck.spec.model import Spec
+from ondeck.spec.model import NotifyTarget, Spec
 
 BUILTIN = (
     "PORT",
@@ -196,7 +196,54 @@ def check_references(
                 missing,
             )
         )
+    problems.extend(_job_refs(spec, base, known, env))
+    problems.extend(_notify_refs(spec, known, env))
     return problems
+
+
+def _job_refs(
+    spec: Spec, base: set[str], known: set[str], env: str | None
+) -> Iterator[tuple[Path, str]]:
+    """A job's command and env are checked as a service's, with its service's env added."""
+    for name, job in spec.jobs.items():
+        service = spec.services.get(job.service or "") or next(iter(spec.services.values()), None)
+        merged = {**(service.env if service else {}), **job.env}
+        missing = {
+            ref: _not_set(ref, env)
+            for value in job.env.values()
+            for ref in names(value)
+            if ref not in base
+            and ref not in merged
+            and not difflib.get_close_matches(ref, sorted(base), n=1)
+        }
+        for path, message in _service_refs(
+            name,
+            job.command,
+            None,
+            None,
+            merged,
+            base - set(PER_INSTANCE) | {"ONDECK_JOB"},
+            known,
+            missing,
+        ):
+            yield ("jobs", name, *path[2:]), message
+
+
+def _notify_refs(spec: Spec, known: set[str], env: str | None) -> Iterator[tuple[Path, str]]:
+    """`${NAME}` in a notification URL and its HMAC `secret` must be secrets."""
+    for i, target in enumerate(spec.notify):
+        for ref in names(target.url):
+            if ref not in known:
+                yield ("notify", i, "url"), _not_set(ref, env)
+        if target.secret and target.secret not in known:
+            yield ("notify", i, "secret"), _not_set(target.secret, env)
+
+
+def notify_secrets(targets: Iterable[NotifyTarget]) -> list[str]:
+    """The secrets notification targets use: placeholders in URLs and HMAC keys."""
+    used = {ref for t in targets for ref in names(t.url)}
+    used.update(t.secret for t in targets if t.secret)
+    return sorted(used)
 
 
 def secrets_used(spec_env: Mapping[str, str], secrets: Iterable[str]) -> list[str]:

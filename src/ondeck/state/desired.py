@@ -15,8 +15,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from ondeck.spec.model import Backup, Service, Spec, Tls
-from ondeck.spec.template import secrets_used
+from ondeck.spec.model import Backup, Job, NotifyTarget, Service, Spec, Tls
+from ondeck.spec.template import notify_secrets, secrets_used
 
 DEFAULT_ENV = "default"
 
@@ -64,6 +64,15 @@ class DesiredService:
 
 
 @dataclass(frozen=True)
+class DesiredJob:
+    """A scheduled job, with the secrets its own `env` refers to."""
+
+    name: str
+    spec: Job
+    secrets: SecretEnv = field(default=NO_SECRETS, compare=False)
+
+
+@dataclass(frozen=True)
 class Desired:
     app: str
     env: str
@@ -73,6 +82,9 @@ class Desired:
     signed_by: tuple[str, ...] = ()  # keys allowed to sign what this environment deploys
     tls: Tls | None = None  # HTTPS for the hosts this environment routes
     backups: tuple[tuple[str, Backup], ...] = ()  # databases backed up, by name
+    jobs: tuple[DesiredJob, ...] = ()  # run on a schedule in a service's release
+    notify: tuple[NotifyTarget, ...] = ()  # where events go
+    notify_secrets: SecretEnv = field(default=NO_SECRETS, compare=False)  # URLs, HMAC keys
 
     @property
     def hosts(self) -> tuple[str, ...]:
@@ -134,7 +146,20 @@ def render(
         services.append(DesiredService(name, service, print_, used))
     signed_by = tuple(spec.protect.signed_by) if spec.protect else ()
     backups = tuple(sorted(spec.backups.items()))
+    jobs = tuple(
+        DesiredJob(name, job, secrets.only(secrets_used(job.env, secrets.values)))
+        for name, job in sorted(spec.jobs.items())
+    )
     desired = Desired(
-        spec.app, env, revision, spec.runtime.value, tuple(services), signed_by, backups=backups
+        spec.app,
+        env,
+        revision,
+        spec.runtime.value,
+        tuple(services),
+        signed_by,
+        backups=backups,
+        jobs=jobs,
+        notify=tuple(spec.notify),
+        notify_secrets=secrets.only(notify_secrets(spec.notify)),
     )
     return dataclasses.replace(desired, tls=spec.tls) if spec.tls else desired
