@@ -54,8 +54,8 @@ def test_degraded_once_then_recovered() -> None:
 
 
 def test_a_new_backup_error_is_one_notice() -> None:
-    ok = [{"name": "db", "last_error": None}]
-    bad = [{"name": "db", "last_error": "pg_dump: connection refused"}]
+    ok = [{"name": "db", "engine": "sqlite", "backups": 1, "last_error": None}]
+    bad = [{"name": "db", "engine": "sqlite", "backups": 1, "last_error": "pg_dump: refused"}]
     (failed,) = status_events(doc("Healthy", ok), doc("Healthy", bad))
     assert (failed.event, failed.subject) == (Event.BACKUP_FAILED, "db")
     assert status_events(doc("Healthy", bad), doc("Healthy", bad)) == []
