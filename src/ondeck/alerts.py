@@ -36,6 +36,10 @@ def sync_event(
     return Notice(event, app, env, "", text, revision)
 
 
+def drift_event(app: str, env: str, service: str, reason: str, revision: str) -> Notice:
+    return Notice(Event.DRIFT, app, env, service, f"drift: {reason}", revision)
+
+
 def job_event(app: str, env: str, job: str, run: Run) -> Notice:
     reason = run.reason or run.result.value
     return Notice(Event.JOB_FAILED, app, env, job, f"job {job} run {run.id} {reason}")

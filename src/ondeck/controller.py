@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ondeck import envjobs
-from ondeck.alerts import status_events
+from ondeck.alerts import drift_event, status_events
 from ondeck.backup.manifest import Manifest
 from ondeck.backup.service import BackupService
 from ondeck.clock import SYSTEM_CLOCK, Clock
-from ondeck.drift import Strays, apply_drift, find_drift
+from ondeck.drift import Finding, Strays, apply_drift, find_drift
 from ondeck.environment import Environment, Host, Options
 from ondeck.errors import RuntimeFailure, SourceError, UserError
 from ondeck.https import CertificateManager, env_tls, wanted
@@ -49,6 +49,7 @@ from ondeck.status import (
     SyncAnswer,
 )
 from ondeck.store import Store
+from ondeck.supervisor import Stray
 from ondeck.traffic import RouterControl
 
 __all__ = ["Controller", "Options", "Trigger"]
@@ -390,6 +391,24 @@ class Controller:
         self.strays = apply_drift(
             self.envs, findings, strays, self.opts.self_heal, self.store, self.clock
         )
+        self._notify_drift(findings, strays)
+
+    def _notify_drift(self, findings: list[Finding], strays: list[Stray]) -> None:
+        """One `drift` notice per service changed by hand (coalesced while it stays so)."""
+        found = [
+            (s.env, s.service, f"process {s.pid} ({s.command}) started by hand") for s in strays
+        ]
+        for f in findings:
+            sup = self.envs[f.env].supervisor if f.env in self.envs else None
+            inst = sup.instances.get(f.instance) if sup is not None else None
+            found.append((f.env, inst.rec.service if inst is not None else "", f.reason))
+        for env_name, service, reason in found:
+            env = self.envs.get(env_name)
+            if env is not None and env.desired is not None:
+                notice = drift_event(
+                    env.desired.app, env_name, service, reason, env.desired.revision
+                )
+                self.notifier.emit(notice)
 
     def close(self) -> None:
         for task in (self._fetching, self._housekeeping, self._certifying):
