@@ -234,10 +234,18 @@ stop_one() {
 }
 
 stop() {
-  local dir=$1 c
+  local dir=$1 c volumes="" v
   [ -d "$dir/run" ] || return 0
+  # the hostPath provisioner's directories of this cluster, removed once it is down
+  if alive "$dir" kube-apiserver && [ -f "$dir/kubeconfig" ]; then
+    volumes=$(kubectl --kubeconfig="$dir/kubeconfig" --request-timeout=10s get pv \
+      -o jsonpath='{.items[*].spec.hostPath.path}' 2>/dev/null || true)
+  fi
   for c in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
     stop_one "$dir" "$c"
+  done
+  for v in $volumes; do
+    case "$v" in /tmp/hostpath_pv/*) rm -rf -- "$v" ;; esac
   done
 }
 
