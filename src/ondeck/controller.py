@@ -33,6 +33,7 @@ from ondeck.report import Reporter
 from ondeck.rollout.strategies import EnvTraffic
 from ondeck.runtime.base import ExitEvent, Handle, Runtime, Runtimes
 from ondeck.source.base import Source
+from ondeck.spec.routes import collisions, service_claims
 from ondeck.state.desired import DEFAULT_ENV
 from ondeck.state.diff import ServiceDiff
 from ondeck.state.health import Health, worst
@@ -41,6 +42,7 @@ from ondeck.state.rollout import Progress
 from ondeck.status import (
     CertificateStatus,
     ControllerStatus,
+    EnvStatus,
     NotificationStatus,
     RouterStatus,
     SourceStatus,
@@ -500,6 +502,7 @@ class Controller:
                 if cert.degraded and owner in cert.owners:
                     env_doc.conditions.append(f"{cert.host}: {cert.degraded}")
                     env_doc.health = worst((env_doc.health, Health.DEGRADED))
+        self._route_collisions(environments)
         return StatusDoc(
             certificates=certificates,
             environments=environments,
@@ -524,6 +527,28 @@ class Controller:
                 poll=self.opts.poll,
             ),
         )
+
+    def _route_collisions(self, environments: list[EnvStatus]) -> None:
+        """Routes two environments (or apps) claim on the one router: named in both; the one
+        the router does not serve (the later, as `router_config` keeps the first) is Degraded."""
+        found = collisions(
+            c
+            for e in self._routing()
+            for c in service_claims(
+                ((s.name, s.spec) for s in e.desired.services), f"{e.desired.app}/{e.desired.env}"
+            )
+        )
+        docs = {(d.app, d.name): d for d in environments}
+        for hit in found:
+            for claim in (hit.first, hit.second):
+                app, env, _ = claim.owner.split("/", 2)
+                doc = docs.get((app, env))
+                if doc is None:
+                    continue
+                if hit.message not in doc.conditions:
+                    doc.conditions.append(hit.message)
+                if claim is hit.second:
+                    doc.health = worst((doc.health, Health.DEGRADED))
 
     def _export_metrics(self, doc: StatusDoc) -> None:
         """The gauges, from the status document (nothing to do when it has not changed)."""

@@ -391,6 +391,22 @@ def test_rollout_abort_stops_a_rolling_release(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+async def _synced_to(h: Harness, revision: str) -> SyncRecord:
+    """Refresh until `revision` is synced. A fetch can fail when it races the deploy note
+    the last sync writes into the mirror (`cannot lock ref refs/notes/ondeck`); the poll
+    would retry it, here an hour away, so the test asks again."""
+
+    def done() -> bool:
+        if h.ctl.fetch.error is not None or not h.history():
+            h.ctl.refresh(Trigger.CLI)
+        latest = h.history()[0] if h.history() else None
+        return latest is not None and latest.revision == revision and latest.result is not None
+
+    h.ctl.refresh(Trigger.CLI)
+    await h.until(done, f"a finished sync of {revision[:12]}")
+    return h.history()[0]
+
+
 def test_a_force_pushed_unrelated_history_is_named_in_status_and_history(
     tmp_path: Path,
 ) -> None:
@@ -399,21 +415,48 @@ def test_a_force_pushed_unrelated_history_is_named_in_status_and_history(
             await h.until(lambda: h.env().last_result is SyncResult.SUCCEEDED, "first sync")
             before = h.repo.git("rev-parse", "HEAD")
             after = h.repo.commit("ordinary", spec(extra="    replicas: 1\n"))
-            assert (await h.sync()).changes[:1] != [f"history rewritten: {after[:12]}"]
+            ordinary = await _synced_to(h, after)
+            assert not any(c.startswith("history rewritten") for c in ordinary.changes)
             assert h.ctl.status().environments[0].conditions == []
 
             h.repo.git("checkout", "-q", "--orphan", "elsewhere")  # an unrelated history
             forced = h.repo.commit("unrelated root", spec(extra="    replicas: 2\n"))
             h.repo.git("branch", "-q", "-f", "main", forced)
             h.repo.git("checkout", "-q", "main")
-            record = await h.sync()
+            record = await _synced_to(h, forced)
             message = f"history rewritten: {forced[:12]} is not a descendant of {after[:12]}"
             assert record.changes[0] == message
             assert message in h.ctl.status().environments[0].conditions
             assert before != forced
 
-            h.repo.commit("onwards", spec(extra="    replicas: 1\n"))  # descends again
-            assert not (await h.sync()).changes[0].startswith("history rewritten")
-            assert h.ctl.status().environments[0].conditions == []
+    asyncio.run(scenario())
+
+
+def test_two_environments_routing_one_host_and_path_are_named_in_status(
+    tmp_path: Path,
+) -> None:
+    server = '["python3", "-m", "http.server", "${PORT}", "--bind", "127.0.0.1"]'
+    both = spec(
+        command=server,
+        extra="    port: true\n    routes: [{path: /}]\n",
+        envs="environments:\n  staging: {}\n  production: {}\n",
+    )
+
+    async def scenario() -> None:
+        async with harness(tmp_path, both, envs=("staging", "production")) as h:
+            for env in ("staging", "production"):
+                await h.until(
+                    lambda env=env: h.env(env).last_result is SyncResult.SUCCEEDED,  # type: ignore[misc]
+                    f"{env} synced",
+                )
+            docs = {e.name: e for e in h.ctl.status().environments}
+            message = (
+                "shop/production/web and shop/staging/web both route host * path /: "
+                "one router serves one of them only; give each its own host or path"
+            )
+            assert message in docs["staging"].conditions
+            assert message in docs["production"].conditions
+            assert docs["production"].health == "Degraded"  # the router serves staging's
+            assert docs["staging"].health == "Healthy"
 
     asyncio.run(scenario())

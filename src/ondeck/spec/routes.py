@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ondeck.spec.model import Spec
+from ondeck.spec.model import Service, Spec
 
 
 @dataclass(frozen=True)
@@ -50,9 +50,14 @@ class Collision:
 
 def claims(spec: Spec, prefix: str) -> list[Claim]:
     """Every route of `spec`, owned by `PREFIX/SERVICE`."""
+    return service_claims(spec.services.items(), prefix)
+
+
+def service_claims(services: Iterable[tuple[str, Service]], prefix: str) -> list[Claim]:
+    """Every route of `services` (name, service), owned by `PREFIX/NAME`, in order."""
     return [
         Claim(f"{prefix}/{name}", route.host, route.path, i)
-        for name, service in spec.services.items()
+        for name, service in services
         for i, route in enumerate(service.routes)
     ]
 
