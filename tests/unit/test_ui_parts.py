@@ -313,6 +313,15 @@ def status_doc(now: float) -> dict[str, Any]:
             "pending_commit": None,
             "operation": None,
             "services": [service],
+            "backups": [
+                {
+                    "name": "db",
+                    "engine": "sqlite",
+                    "backups": 3,
+                    "last_success": "2026-12-01T03:00:00Z",
+                    "last_error": "disk <full>",
+                }
+            ],
         }
 
     cert = {
@@ -372,6 +381,12 @@ def test_certificates_show_with_their_expiry_to_who_reads_their_environment() ->
     limited = overview(Viewer(staging_only, "t"))
     assert 'id="env-staging"' in limited and 'id="env-production"' not in limited
     assert "shop.example" not in limited
+
+
+def test_backups_show_their_state_and_errors_escaped() -> None:
+    html = overview(Viewer(ADMIN, "t"))
+    assert 'id="backup-production-db"' in html
+    assert "Failing" in html and "disk &lt;full&gt;" in html
 
 
 def test_buttons_follow_the_scope() -> None:
