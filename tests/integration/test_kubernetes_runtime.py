@@ -126,11 +126,42 @@ def _apply_and_wait(
     return result, status
 
 
+RICH = """\
+app: {app}
+runtime: container
+services:
+  web:
+    image: registry.example/shop:1.4.2
+    command: ["/bin/app", "--port", "${{PORT}}", "--name", "$${{literal}}"]
+    version: "1.4.2"
+    env: {{LOG_LEVEL: info, SELF: "${{ONDECK_APP}}-${{ONDECK_ENV}}"}}
+    port: 8080
+    replicas: 3
+    memory: 256MiB
+    cpus: 0.5
+    health: {{http: /healthz, start_period: 5s}}
+    stop: {{grace: 45s}}
+    rollout: {{strategy: blue-green}}
+    routes: [{{host: shop.example, path: /api}}, {{path: /}}]
+    volumes: {{uploads: /uploads}}
+  worker:
+    image: registry.example/shop:1.4.2
+    health: {{exec: ["/bin/check"]}}
+    rollout: {{strategy: recreate}}
+environments:
+  staging: {{}}
+  production: {{}}
+"""
+
+
 def test_every_rendered_manifest_passes_server_side_dry_run(
     control_plane: ControlPlane, app: str
 ) -> None:
-    for env in ("staging", "production"):
-        objects = _objects(app, env)
+    # the plain spec in two environments, and one using every key the renderer maps
+    cases: list[tuple[str, str, str | None]] = [(app, "staging", None), (app, "production", None)]
+    cases.append((f"{app}r", "staging", RICH.format(app=f"{app}r")))
+    for name, env, text in cases:
+        objects = _objects(name, env, text)
         # a dry run creates nothing, and what goes in a namespace needs it to exist
         _kubectl(control_plane, "apply", "-f", "-", stdin=dump(objects[:1]))
         stream = dump(objects)
