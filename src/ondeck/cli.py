@@ -24,6 +24,7 @@ from rich.table import Table
 from ondeck import __version__
 from ondeck.client import Client, default_state_dir
 from ondeck.commands.backup import backup_app
+from ondeck.commands.committed import report as _report
 from ondeck.commands.job import job_app
 from ondeck.commands.maintenance import maintenance_app
 from ondeck.commands.render import render_command
@@ -34,7 +35,13 @@ from ondeck.units import format_duration, parse_duration
 
 if TYPE_CHECKING:
     from ondeck.router.options import ProxyOptions
-    from ondeck.status import BackupStatus, CertificateStatus, EnvStatus, ServiceStatus
+    from ondeck.status import (
+        BackupStatus,
+        CertificateStatus,
+        EnvStatus,
+        ServiceStatus,
+        StatusDoc,
+    )
 
 app = typer.Typer(
     help="GitOps for the humble app: a git repo states what runs; ondeck makes this host match it.",
@@ -298,6 +305,14 @@ def _print_status(raw: dict[str, Any]) -> None:
     from ondeck.status import StatusDoc  # pydantic: loaded only by the commands that print it
 
     doc = StatusDoc.model_validate(raw)
+    wrap, out.soft_wrap = out.soft_wrap, False  # status fits the terminal (80 columns too)
+    try:
+        _print_doc(doc)
+    finally:
+        out.soft_wrap = wrap
+
+
+def _print_doc(doc: StatusDoc) -> None:
     if doc.router.error:
         out.print(f"[red]router:[/red] {escape(doc.router.error)}")
     elif doc.router.listen:
@@ -358,9 +373,7 @@ def _print_env(env: EnvStatus) -> None:
         ("pending", env.pending_commit),
     ):
         if commit:
-            out.print(
-                f"  {label:8} {commit.sha[:12]} {escape(commit.message)} — {escape(_who(commit.author))}"
-            )
+            out.print(_commit_line(label, commit.sha, commit.message, _who(commit.author)))
     if env.operation:
         out.print(f"  [cyan]syncing[/cyan] {env.operation.revision[:12]} ({env.operation.trigger})")
     for condition in env.conditions:
@@ -376,6 +389,19 @@ def _print_env(env: EnvStatus) -> None:
         _print_backup(backup)
     if env.services:
         out.print(_services_table(env.services))
+
+
+def _commit_line(label: str, sha: str, message: str, author: str) -> str:
+    """One commit on one line that fits the terminal: the message is shortened, never wrapped."""
+    head = f"  {label:8} {sha[:12]} "
+    tail = f" — {author}"
+    room = out.width - len(head) - len(tail)
+    if room < 16:  # a very narrow terminal: the message matters more than the author
+        tail, room = "", out.width - len(head)
+    subject = message.splitlines()[0] if message else ""
+    if len(subject) > room:
+        subject = subject[: max(room - 1, 0)] + "…"
+    return f"{head}{escape(subject)}{escape(tail)}"
 
 
 def _services_table(services: list[ServiceStatus]) -> Table:
@@ -562,8 +588,9 @@ def logs(
         sys.stdout.write(client.get(f"/api/v1/logs/{service}", env=env, lines=lines, **params))
         return
     with contextlib.suppress(KeyboardInterrupt):
+        chosen = {"env": env} if env else {}  # an empty env= names no environment: a 404
         for chunk in client.stream(
-            f"/api/v1/logs/{service}", env=env or "", lines=lines, follow="true", **params
+            f"/api/v1/logs/{service}", lines=lines, follow="true", **chosen, **params
         ):
             sys.stdout.write(chunk)
             sys.stdout.flush()
@@ -762,32 +789,6 @@ def _assignments(pairs: list[str], what: str) -> list[tuple[str, str]]:
     return out
 
 
-def _report(result: Any, trigger: str = "cli", nudge: bool = True) -> None:
-    if result.sha is None:
-        err.print(f"[yellow]{escape(result.message)}[/yellow]")
-        return
-    out.print(
-        f"[green]committed[/green] {result.sha[:12]}  {escape(result.message.splitlines()[0])}"
-    )
-    for line in result.message.splitlines()[2:]:
-        out.print(f"  {escape(line)}")
-    if not result.pushed:
-        err.print("not pushed: add --push, or `git push` it yourself")
-        return
-    err.print("pushed")
-    if nudge:
-        _nudge(trigger)
-
-
-def _nudge(trigger: str) -> None:
-    """Tell a controller on this host to fetch now, so the push deploys at once."""
-    try:
-        _client(None, None, None).post("/api/v1/sync", {"trigger": trigger}, timeout=10)
-    except OndeckError:
-        return  # no controller here: it will see the commit on its next poll or webhook
-    err.print("the local ondeck is syncing it: `ondeck status`")
-
-
 def _set(
     field: Literal["version", "image"],
     assignments: list[str],
@@ -798,12 +799,14 @@ def _set(
     branch: str | None,
     path: str,
     sync: bool,
+    state_dir: Path | None,
 ) -> None:
     """`set-version` and `set-image`: the same one-line edit of a different field."""
     from ondeck.gitops import set_field
 
     pairs = _assignments(assignments, field.upper())
-    _report(set_field(repo, pairs, field, env, push, author, branch, path), nudge=sync)
+    result = set_field(repo, pairs, field, env, push, author, branch, path)
+    _report(result, repo, state_dir, nudge=sync)
 
 
 @app.command("set-version")
@@ -816,9 +819,10 @@ def set_version(
     branch: BranchOpt = None,
     path: PathOpt = "",
     sync: Nudge = True,
+    state_dir: StateDir = None,
 ) -> None:
     """Commit a new version for services (CI's step after a build): a one-line diff."""
-    _set("version", assignments, env, push, author, repo, branch, path, sync)
+    _set("version", assignments, env, push, author, repo, branch, path, sync, state_dir)
 
 
 @app.command("set-image")
@@ -831,9 +835,10 @@ def set_image(
     branch: BranchOpt = None,
     path: PathOpt = "",
     sync: Nudge = True,
+    state_dir: StateDir = None,
 ) -> None:
     """Commit a new image reference for services: a one-line diff."""
-    _set("image", assignments, env, push, author, repo, branch, path, sync)
+    _set("image", assignments, env, push, author, repo, branch, path, sync, state_dir)
 
 
 @app.command("promote")
@@ -849,11 +854,13 @@ def promote_cmd(
     branch: BranchOpt = None,
     path: PathOpt = "",
     sync: Nudge = True,
+    state_dir: StateDir = None,
 ) -> None:
     """Make TO_ENV run the versions and images FROM_ENV runs, as one commit."""
     from ondeck.gitops import promote
 
-    _report(promote(repo, from_env, to_env, service, push, author, branch, path), nudge=sync)
+    result = promote(repo, from_env, to_env, service, push, author, branch, path)
+    _report(result, repo, state_dir, nudge=sync)
 
 
 @app.command()
@@ -868,11 +875,13 @@ def rollback(
     branch: BranchOpt = None,
     path: PathOpt = "",
     sync: Nudge = True,
+    state_dir: StateDir = None,
 ) -> None:
     """Undo the last deploy with a revert commit (git stays the truth; auto-sync deploys it)."""
     from ondeck.gitops import rollback as do_rollback
 
-    _report(do_rollback(repo, env, to, push, author, branch, path), "rollback", nudge=sync)
+    result = do_rollback(repo, env, to, push, author, branch, path)
+    _report(result, repo, state_dir, "rollback", nudge=sync)
 
 
 @app.command()

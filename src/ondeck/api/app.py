@@ -6,9 +6,11 @@ state dir, since status and logs can reveal as much as a mutating call can.
 """
 
 import asyncio
+import functools
 import hmac
 import socket
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -50,6 +52,7 @@ from ondeck.store import SyncRecord
 from ondeck.tokens import ADMIN, Scope, TokenInfo, Tokens, allows, visible_envs
 
 FOLLOW_INTERVAL = 0.2
+RESOLVE_INTERVAL = 1.0  # how often a follow looks for new instances
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="The most rows to return.")]
 
 
@@ -236,19 +239,22 @@ def create_app(
         follow: bool = False,
         job: bool = False,
     ) -> Response:
+        envs = shown(info, env)
         if job:
-            paths = _job_log_paths(controller, service, shown(info, env))
+            paths = _job_log_paths(controller, service, envs)
             if not paths:
                 raise HTTPException(404, f"no job {service!r}; see `ondeck job list`")
+            resolve = functools.partial(_job_log_paths, controller, service, envs)
         else:
-            paths = _log_paths(controller, service, shown(info, env))
+            paths = _log_paths(controller, service, envs)
+            resolve = functools.partial(_log_paths, controller, service, envs)
         if not paths:
             raise HTTPException(404, f"no instance of service {service!r}; see `ondeck status`")
         if not follow:
             return PlainTextResponse(
-                "".join(_prefixed(p.inst_id, p.text(tail(p.path, lines).encode())) for p in paths)
+                "".join(_prefixed(p.label, p.text(tail(p.path, lines).encode())) for p in paths)
             )
-        return StreamingResponse(_follow(paths, lines), media_type="text/plain")
+        return StreamingResponse(_follow(resolve, lines), media_type="text/plain")
 
     app.include_router(api)
     app.include_router(
@@ -282,9 +288,15 @@ def _sync_entry(r: SyncRecord) -> SyncEntry:
 
 @dataclass(frozen=True)
 class LogSource:
+    env: str
     inst_id: str
     path: Path
     cri: bool  # written by a container engine (`TIME STREAM F|P text` lines)
+
+    @property
+    def label(self) -> str:
+        """The line prefix: environment and instance, since one service runs in several."""
+        return f"{self.env}/{self.inst_id}"
 
     def text(self, raw: bytes) -> str:
         return (decode_cri_log(raw) if self.cri else raw).decode(errors="replace")
@@ -298,14 +310,14 @@ def _log_paths(controller: Controller, service: str, envs: list[str]) -> list[Lo
         for inst in state.supervisor.instances.values():
             if inst.rec.service == service:
                 cri = inst.rec.runtime == "container"
-                found.append(LogSource(inst.rec.id, Path(inst.rec.log_path), cri))
+                found.append(LogSource(state.name, inst.rec.id, Path(inst.rec.log_path), cri))
     return found
 
 
 def _job_log_paths(controller: Controller, job: str, envs: list[str]) -> list[LogSource]:
     """A job's log in each environment that has it (one file, every run behind a header)."""
     return [
-        LogSource(f"{env}/{job}", jobs.runner.log_path(job), False)
+        LogSource(env, job, jobs.runner.log_path(job), False)
         for env, jobs in controller.jobs.items()
         if env in envs and job in jobs.jobs
     ]
@@ -315,21 +327,35 @@ def _prefixed(inst_id: str, text: str) -> str:
     return "".join(f"[{inst_id}] {line}\n" for line in text.splitlines())
 
 
-async def _follow(sources: list[LogSource], lines: int) -> AsyncIterator[bytes]:
-    """Like `tail -f` over every instance's log; survives copytruncate rotation."""
-    offsets: dict[str, int] = {}
-    for src in sources:
-        yield _prefixed(src.inst_id, src.text(tail(src.path, lines).encode())).encode()
-        offsets[src.inst_id] = src.path.stat().st_size if src.path.exists() else 0
+async def _follow(resolve: Callable[[], list[LogSource]], lines: int) -> AsyncIterator[bytes]:
+    """Like `tail -f` over every instance's log; survives copytruncate rotation.
+
+    The instance list is resolved again every RESOLVE_INTERVAL, so instances started
+    after the follow began (a deploy, a scale-up, a restart) are followed from their
+    first line; those that are gone stay until their file has been read to the end.
+    """
+    offsets: dict[Path, int] = {}
+    sources: dict[Path, LogSource] = {}
+    for src in resolve():
+        yield _prefixed(src.label, src.text(tail(src.path, lines).encode())).encode()
+        offsets[src.path] = src.path.stat().st_size if src.path.exists() else 0
+        sources[src.path] = src
+    resolved_at = time.monotonic()
     while True:
-        for src in sources:
+        if time.monotonic() - resolved_at >= RESOLVE_INTERVAL:
+            resolved_at = time.monotonic()
+            for src in resolve():
+                if src.path not in sources:
+                    sources[src.path] = src
+                    offsets[src.path] = 0  # new since the follow began: all of it is new
+        for src in sources.values():
             size = src.path.stat().st_size if src.path.exists() else 0
-            if size < offsets[src.inst_id]:
-                offsets[src.inst_id] = 0  # rotated (truncated): read from the start
-            if size > offsets[src.inst_id]:
+            if size < offsets[src.path]:
+                offsets[src.path] = 0  # rotated (truncated): read from the start
+            if size > offsets[src.path]:
                 with src.path.open("rb") as f:
-                    f.seek(offsets[src.inst_id])
-                    chunk = f.read(size - offsets[src.inst_id])
-                offsets[src.inst_id] = size
-                yield _prefixed(src.inst_id, src.text(chunk)).encode()
+                    f.seek(offsets[src.path])
+                    chunk = f.read(size - offsets[src.path])
+                offsets[src.path] = size
+                yield _prefixed(src.label, src.text(chunk)).encode()
         await asyncio.sleep(FOLLOW_INTERVAL)

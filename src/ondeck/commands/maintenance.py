@@ -9,22 +9,18 @@ on. Registered in cli.py as the `maintenance` group.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
-from ondeck.client import Client, default_state_dir
-from ondeck.errors import OndeckError
-from ondeck.gitops import Result, set_maintenance
+from ondeck.commands.committed import report
+from ondeck.gitops import set_maintenance
 
 maintenance_app = typer.Typer(
     help="Maintenance mode: the router answers a service's routes with 503 and a message.",
     no_args_is_help=True,
 )
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
 
 Service = Annotated[
     str, typer.Argument(help="The service to take out of (or put back in) service.")
@@ -43,6 +39,10 @@ Target = Annotated[
 ]
 BranchOpt = Annotated[str | None, typer.Option("--branch", help="Branch to commit to.")]
 PathOpt = Annotated[str, typer.Option("--path", help="Directory in the repo holding ondeck.yaml.")]
+StateDir = Annotated[
+    Path | None,
+    typer.Option("--state-dir", help="State dir of the local `ondeck up` to nudge."),
+]
 Nudge = Annotated[
     bool,
     typer.Option("--sync/--no-sync", help="After a push, ask a local `ondeck up` to fetch now."),
@@ -65,10 +65,11 @@ def on(
     branch: BranchOpt = None,
     path: PathOpt = "",
     sync: Nudge = True,
+    state_dir: StateDir = None,
 ) -> None:
     """Commit maintenance mode for SERVICE: its routes answer 503 with the message."""
     result = set_maintenance(repo, service, True, message, env, push, author, branch, path)
-    _report(result, sync)
+    report(result, repo, state_dir, nudge=sync)
 
 
 @maintenance_app.command("off")
@@ -81,27 +82,8 @@ def off(
     branch: BranchOpt = None,
     path: PathOpt = "",
     sync: Nudge = True,
+    state_dir: StateDir = None,
 ) -> None:
     """Commit the end of maintenance for SERVICE: its routes serve again."""
     result = set_maintenance(repo, service, False, None, env, push, author, branch, path)
-    _report(result, sync)
-
-
-def _report(result: Result, sync: bool) -> None:
-    if result.sha is None:
-        err.print(f"[yellow]{escape(result.message)}[/yellow]")
-        return
-    subject, *rest = result.message.splitlines()
-    out.print(f"[green]committed[/green] {result.sha[:12]}  {escape(subject)}")
-    for line in rest[1:]:
-        out.print(f"  {escape(line)}")
-    if not result.pushed:
-        err.print("not pushed: add --push, or `git push` it yourself")
-        return
-    err.print("pushed")
-    if sync:
-        try:
-            Client(default_state_dir()).post("/api/v1/sync", {"trigger": "cli"}, timeout=10)
-        except OndeckError:
-            return  # no controller here: it sees the commit on its next poll or webhook
-        err.print("the local ondeck is syncing it: `ondeck status`")
+    report(result, repo, state_dir, nudge=sync)

@@ -374,6 +374,12 @@ def _author_args(author: str | None) -> list[str]:
     return [f"--author={author.strip()}"]
 
 
+def checkout_root(target: str) -> Path | None:
+    """The resolved top of the checkout commits to `target` land in; None for a URL or bare repo."""
+    root = _work_tree(target)
+    return root.resolve() if root is not None else None
+
+
 def _work_tree(target: str) -> Path | None:
     """The top of the non-bare checkout `target`; None for a URL or a bare repository."""
     if not _is_local(target):
