@@ -188,7 +188,9 @@ class Cluster:
     def stop(self, deadline: float = 30.0) -> None:
         if self._proc is None or self._proc.poll() is not None:
             return
-        self._proc.send_signal(signal.SIGINT)  # fast shutdown
+        # The whole session (runuser does not forward signals): SIGINT is a fast shutdown.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._proc.pid, signal.SIGINT)
         try:
             self._proc.wait(timeout=deadline)
         except subprocess.TimeoutExpired:
