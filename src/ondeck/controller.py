@@ -51,7 +51,7 @@ from ondeck.status import (
     SyncAnswer,
 )
 from ondeck.store import Store
-from ondeck.supervisor import Stray
+from ondeck.supervisor import Stray, records_from_proc
 from ondeck.traffic import RouterControl
 
 __all__ = ["Controller", "Options", "Trigger"]
@@ -362,6 +362,7 @@ class Controller:
         process = self.runtimes["process"]
         scanned.update({i: (h, process) for i, h in process.scan().items()})
         handles = {i: handle for i, (handle, _) in scanned.items()}
+        self._recover_records({i: h for i, (h, owner) in scanned.items() if owner is process})
         for env in self.envs.values():
             records = self.store.instances(env=env.name)
             if not records:
@@ -380,6 +381,22 @@ class Controller:
                 )
                 if owner.adopt(handle):
                     asyncio.get_running_loop().create_task(owner.stop(handle, "TERM", 10.0))
+
+    def _recover_records(self, handles: dict[str, Handle]) -> None:
+        """Instances running without a record (the db lost or set aside) are adopted, not
+        stopped: their records are rebuilt from what each process carries."""
+        known = {r.id for r in self.store.instances()}
+        lost = {i: h for i, h in handles.items() if i not in known}
+        for rec in records_from_proc(lost, self.opts.state_dir, self.clock.time()):
+            if rec.env not in self.envs:
+                continue  # another controller's environment: a stray here, as before
+            log.warning(
+                "[%s] %s (pid %s) runs without a record: rebuilt from the process, adopted",
+                rec.env,
+                rec.id,
+                rec.pid,
+            )
+            self.store.put_instance(rec)
 
     async def _housekeep(self) -> None:
         """Logs rotated, old releases pruned, drift found: in worker threads, off the pass."""

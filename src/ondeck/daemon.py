@@ -33,7 +33,7 @@ from ondeck.runtime.base import ExitCallback, Runtimes
 from ondeck.runtime.container import ContainerRuntime
 from ondeck.runtime.process import ProcessRuntime
 from ondeck.source.git import GitSource
-from ondeck.store import Store
+from ondeck.store import open_store
 from ondeck.traffic import RouterLink
 
 log = logging.getLogger("ondeck")
@@ -64,7 +64,7 @@ def build_controller(opts: Options, clock: Clock = SYSTEM_CLOCK) -> Controller:
     )
     return Controller(
         opts,
-        store=Store(opts.state_dir / "ondeck.db"),
+        store=open_store(opts.state_dir / "ondeck.db", clock.time()),
         source=GitSource(opts.repo, mirror, opts.branch),
         runtimes=default_runtimes(opts),
         router=router,

@@ -508,3 +508,30 @@ def _statements(script: str) -> Iterator[str]:
             buffer = ""
     if buffer.strip():
         raise ValueError(f"incomplete SQL statement in migration: {buffer.strip()!r}")
+
+
+def open_store(path: Path, now: float) -> Store:
+    """The store at `path`; a corrupt file is moved aside (with its WAL) and a new one begun.
+
+    The controller then rebuilds what it needs from live state: instances from
+    the processes that run (`supervisor.records_from_proc`), the deployed
+    revision from git. Locked or unreadable files are not corruption: they raise.
+    """
+    try:
+        return Store(path)
+    except sqlite3.OperationalError:
+        raise
+    except sqlite3.DatabaseError as err:
+        aside = path.with_name(f"{path.name}.corrupt-{int(now)}")
+        for suffix in ("", "-wal", "-shm"):
+            part = path.with_name(path.name + suffix)
+            if part.exists():
+                part.rename(aside.with_name(aside.name + suffix))
+        log.error(
+            "%s is corrupt (%s): moved aside to %s; starting a new one and rebuilding "
+            "from what runs",
+            path,
+            err,
+            aside,
+        )
+        return Store(path)

@@ -557,6 +557,55 @@ def _env_signature(environ: Mapping[str, str]) -> dict[str, str | None]:
     return {k: _sig(v) for k, v in environ.items()}
 
 
+def records_from_proc(
+    handles: Mapping[str, Handle], state_dir: Path, now: float
+) -> list[InstanceRecord]:
+    """Records of running instances the db has lost, rebuilt from what each process carries.
+
+    Every instance runs with ondeck's marker (that is how `scan` found it), the
+    ONDECK_* environment it was given, and its release as its working directory
+    (releases/APP/ENV/SERVICE/FINGERPRINT): enough to adopt it rather than stop
+    it as a stray before its replacement is ready. It served before, so it is
+    taken as healthy until its next probe or exit says otherwise.
+    """
+    releases = state_dir.resolve() / "releases"
+    found = []
+    for inst_id, handle in handles.items():
+        environ = read_environ(handle.pid) or {}
+        app, env, service = (environ.get(k) for k in ("ONDECK_APP", "ONDECK_ENV", "ONDECK_SERVICE"))
+        revision = environ.get("ONDECK_REVISION")
+        try:
+            cwd = Path(os.readlink(f"/proc/{handle.pid}/cwd"))
+        except OSError:
+            continue
+        if (
+            not (app and env and service and revision)
+            or cwd.parent != releases / app / env / service
+        ):
+            continue
+        port = environ.get("PORT", "")
+        found.append(
+            InstanceRecord(
+                id=inst_id,
+                app=app,
+                env=env,
+                service=service,
+                fingerprint=cwd.name,
+                revision=revision,
+                release_dir=str(cwd),
+                log_path=str(state_dir / "logs" / app / env / f"{inst_id}.log"),
+                port=int(port) if port.isdigit() else None,
+                pid=handle.pid,
+                start_ticks=handle.start_ticks,
+                state=InstanceState.RUNNING,
+                created_at=now,
+                started_at=now,
+                healthy_since=now,
+            )
+        )
+    return found
+
+
 def read_environ(pid: int) -> dict[str, str] | None:
     """A live process's environment from /proc; None when it cannot be read."""
     try:
