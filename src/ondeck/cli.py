@@ -89,6 +89,7 @@ HEALTH_STYLE = {
     "Degraded": "red",
     "Unknown": "red",
 }
+DOWN_TIMEOUT = 180.0  # the controller waits up to 120 s for graceful stops
 RESULT_STYLE = {"Succeeded": "green", "Failed": "red", "Aborted": "yellow", "Running": "cyan"}
 
 
@@ -481,6 +482,29 @@ def sync(
         )
     ):
         raise typer.Exit(1)
+
+
+@app.command()
+def down(
+    env: Annotated[
+        str | None,
+        typer.Option("--env", help="Only this environment (held down until `ondeck sync --env`)."),
+    ] = None,
+    state_dir: StateDir = None,
+    api: ApiUrl = None,
+    token: Token = None,
+) -> None:
+    """Stop the app's instances gracefully, and the router; the state is kept for `ondeck up`."""
+    with err.status("stopping instances gracefully…"):
+        answer = _client(state_dir, api, token).post(
+            "/api/v1/down", {"env": env}, timeout=DOWN_TIMEOUT
+        )
+    stopped = answer["stopped"]
+    err.print(f"[green]stopped[/green] {len(stopped)} instance(s): {', '.join(stopped) or '-'}")
+    if answer["exiting"]:
+        err.print("the router and the controller have stopped; `ondeck up` starts it all again")
+    else:
+        err.print(f"{env} is held down; `ondeck sync --env {env}` starts it again")
 
 
 @app.command()

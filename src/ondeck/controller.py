@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,7 @@ from ondeck.backup.service import BackupService
 from ondeck.clock import SYSTEM_CLOCK, Clock
 from ondeck.drift import Finding, Strays, apply_drift, find_drift
 from ondeck.environment import Environment, Host, Options
-from ondeck.errors import RuntimeFailure, SourceError, UserError
+from ondeck.errors import OndeckError, RuntimeFailure, SourceError, UserError
 from ondeck.https import CertificateManager, env_tls, wanted
 from ondeck.jobs.scheduler import JobMetrics
 from ondeck.metrics import Metrics
@@ -59,6 +60,7 @@ __all__ = ["Controller", "Options", "Trigger"]
 log = logging.getLogger("ondeck")
 
 FETCH_BACKOFF_MAX = 300.0
+DOWN_DEADLINE = 120.0  # `ondeck down` waits this long for graceful stops
 STORE_RETRY = 5.0  # how often held writes are tried again while the disk is full
 
 
@@ -124,6 +126,7 @@ class Controller:
         self._wake_event: asyncio.Event | None = None
         self._refresh: Trigger | None = Trigger.STARTUP
         self._stopping = False
+        self._down: tuple[str | None, asyncio.Future[list[str]]] | None = None
         self._next_housekeeping = 0.0
         self._requests: list[SyncRequest] = []
         self._fetching: asyncio.Task[None] | None = None
@@ -142,6 +145,9 @@ class Controller:
         try:
             while not self._stopping:
                 await self.step()
+                if self._down is not None:
+                    await self._go_down(*self._down)
+                    continue
                 await self._sleep()
         finally:
             self.close()
@@ -162,6 +168,38 @@ class Controller:
         self._stopping = True
         self.wake()
 
+    def request_down(self, env: str | None) -> asyncio.Future[list[str]]:
+        """`ondeck down`: stop instances (and, for the whole host, the router) between passes.
+
+        Without `env` the controller then exits too: everything is down, the state is
+        kept, and the next `ondeck up` brings it all back. With `env` that environment
+        is held down while the others go on, until `ondeck sync --env` starts it again.
+        """
+        names = [self.env(env).name] if env else list(self.envs)
+        future: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+        self._down = (env and names[0], future)
+        self.wake()
+        return future
+
+    async def _go_down(self, env: str | None, future: asyncio.Future[list[str]]) -> None:
+        self._down = None
+        deadline = time.monotonic() + DOWN_DEADLINE
+        stopped: list[str] = []
+        try:
+            for state in self.envs.values():
+                if env in (None, state.name):
+                    stopped += await state.down(deadline)
+                    message = f"ondeck down: stopped {len(stopped)} instance(s)"
+                    self.store.events_add(state.name, None, "down", message, self.clock.time())
+            if env is None and self.router is not None:
+                await self.router.stop()
+        except OndeckError as err:
+            future.set_exception(err)
+            return
+        future.set_result(stopped)
+        if env is None:
+            self.stop()
+
     def wake(self) -> None:
         if self._wake_event is not None:
             self._wake_event.set()
@@ -171,6 +209,8 @@ class Controller:
     ) -> asyncio.Future[SyncAnswer]:
         """Fetch now and sync; the future resolves once the named env(s) settle."""
         names = [self.env(env).name] if env else list(self.envs)
+        for name in names:
+            self.envs[name].held_down = False  # after `ondeck down --env`: run it again
         for name in names if skip_backup else ():
             self.envs[name].skip_backup = True
             self.envs[name].seen = None  # a head refused for its failed backup is tried again
@@ -478,6 +518,7 @@ class Controller:
                 tuple(e.traffic.items()),
                 tuple(e.measurements.items()),
                 e.backups.version,
+                e.held_down,
             )
             for e in self.envs.values()
         )
@@ -513,6 +554,10 @@ class Controller:
             env_doc.notifications = [
                 NotificationStatus(**vars(t)) for t in self.notifier.status(app, env.name)
             ]
+            if env.held_down:
+                env_doc.conditions.append(
+                    f"held down by `ondeck down`: `ondeck sync --env {env.name}` starts it again"
+                )
         for env_doc, env in zip(environments, self.envs.values(), strict=True):
             owner = f"{env.desired.app}/{env.name}" if env.desired is not None else None
             for cert in certificates:

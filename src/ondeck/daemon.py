@@ -133,7 +133,14 @@ async def _serve(
         opts.state_dir,
         opts.repo,
     )
-    await asyncio.gather(controller.run(), server.serve(sockets=[sock]))
+
+    async def control() -> None:
+        try:
+            await controller.run()
+        finally:  # `ondeck down` (or a crash) ends the loop: the API goes with it
+            server.should_exit = True
+
+    await asyncio.gather(control(), server.serve(sockets=[sock]))
 
 
 class _Server:

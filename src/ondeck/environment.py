@@ -50,6 +50,7 @@ from ondeck.errors import (
     RuntimeFailure,
     SourceError,
     SpecError,
+    TemporaryError,
     UserError,
 )
 from ondeck.metrics import Metrics
@@ -146,6 +147,7 @@ class Environment:
     def __init__(self, name: str, overlay: str | None, host: Host) -> None:
         self.name, self.overlay, self.host = name, overlay, host
         self.supervisor: Supervisor | None = None
+        self.held_down = False  # `ondeck down --env`: nothing runs until `ondeck sync --env`
         self.desired: Desired | None = None
         self.commit: CommitInfo | None = None
         self.candidate: CommitInfo | None = None  # a newer revision not applied (auto-sync off)
@@ -431,6 +433,8 @@ class Environment:
     async def reconcile(self) -> None:
         """One pass: plan from desired and live, act, and judge the open sync."""
         self.check()
+        if self.held_down:
+            return
         desired = self.desired
         if desired is None:
             return
@@ -779,6 +783,28 @@ class Environment:
                     "see `ondeck status`"
                 )
             await asyncio.sleep(0.05)
+
+    async def down(self, deadline: float) -> list[str]:
+        """`ondeck down`: stop every instance gracefully (drain, stop signal, grace) and wait.
+
+        What was deployed stays in the store, so the next `ondeck up` (or, held down,
+        `ondeck sync --env`) starts the same release again.
+        """
+        self.held_down = True
+        sup = self.supervisor
+        if sup is None:
+            return []
+        stopped = sorted(sup.instances)
+        for inst_id, inst in list(sup.instances.items()):
+            if inst.rec.state is not InstanceState.STOPPING:
+                sup.stop(inst_id, "ondeck down")
+        while sup.instances and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if sup.instances:
+            raise TemporaryError(
+                f"{self.name}: {', '.join(sorted(sup.instances))} still stopping; run `ondeck down` again"
+            )
+        return stopped
 
     def close(self) -> None:
         """Stop watching; the instances keep running for the next controller to adopt."""

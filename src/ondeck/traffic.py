@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -47,6 +48,10 @@ class RouterControl(Protocol):
 
     async def drain(self, rec: InstanceRecord, envs: Iterable[EnvTraffic]) -> None:
         """Take an instance out of the pools and let its requests finish."""
+        ...
+
+    async def stop(self) -> None:
+        """`ondeck down`: the router exits."""
         ...
 
     async def stats(self) -> dict[str, Any]:
@@ -182,6 +187,21 @@ class RouterLink:
                 continue
             self.config, self.error = config, None
 
+    async def stop(self, timeout: float = 30.0) -> None:
+        """`ondeck down`: the router exits (SIGTERM: it finishes the requests in flight)."""
+        self.close()
+        pid = self._router_pid()
+        if pid is None:
+            return
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _alive(pid, self._process) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if _alive(pid, self._process):
+            os.kill(pid, signal.SIGKILL)  # a router that ignores TERM must not outlive `down`
+        (self.state_dir / "router.pid").unlink(missing_ok=True)
+        self._process, self.config = None, None
+
     def close(self) -> None:
         """Stop watching (the router itself keeps serving)."""
         self._unwatch()
@@ -238,3 +258,14 @@ class RouterLink:
             return await self.control.metrics()
         except (RouterUnavailable, RouterRefused):
             return ""
+
+
+def _alive(pid: int, child: subprocess.Popen[bytes] | None) -> bool:
+    """Whether the router still runs: our child is reaped, an adopted one is looked up."""
+    if child is not None and child.pid == pid:
+        return child.poll() is None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

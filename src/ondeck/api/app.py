@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
+from pydantic import BaseModel
 
 from ondeck import __version__
 from ondeck.api import guard
@@ -29,7 +30,7 @@ from ondeck.api.secrets import secrets_router
 from ondeck.api.ui import ui_router
 from ondeck.api.webhooks import PushEvent, webhook_router
 from ondeck.controller import Controller
-from ondeck.errors import UserError
+from ondeck.errors import TemporaryError, UserError
 from ondeck.gitops import set_field
 from ondeck.runtime.container import decode_cri_log
 from ondeck.runtime.logs import tail
@@ -61,6 +62,17 @@ class DeployBody(Body):
     env: str | None = None
     version: str | None = None
     image: str | None = None
+
+
+class DownBody(Body):
+    env: str | None = None  # None: every environment and the router, then the controller
+
+
+class DownAnswer(BaseModel):
+    """POST /api/v1/down: the instances stopped; whether the controller exits now."""
+
+    stopped: list[str]
+    exiting: bool
 
 
 class SyncBody(Body):
@@ -159,6 +171,20 @@ def create_app(
             raise HTTPException(
                 504, f"sync not finished after {body.timeout:.0f}s; see `ondeck status`"
             ) from err
+
+    @api.post("/down")
+    async def down(body: DownBody, info: Caller) -> DownAnswer:
+        """`ondeck down`: stop instances gracefully (and the router); the state is kept."""
+        require(info, Scope.DEPLOY, body.env)
+        try:
+            future = controller.request_down(body.env)
+        except UserError as err:
+            raise HTTPException(404, str(err)) from err
+        try:
+            stopped = await asyncio.shield(future)
+        except TemporaryError as err:
+            raise HTTPException(503, str(err)) from err
+        return DownAnswer(stopped=stopped, exiting=body.env is None)
 
     @api.post("/deploy")
     async def deploy(body: DeployBody, info: Caller) -> DeployAnswer:
