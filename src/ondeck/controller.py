@@ -44,6 +44,7 @@ from ondeck.status import (
     CertificateStatus,
     ControllerStatus,
     EnvStatus,
+    JobStatus,
     NotificationStatus,
     RouterStatus,
     SourceStatus,
@@ -531,7 +532,7 @@ class Controller:
         certs = None
         if self.certificates is not None:  # expiry conditions move with time: hourly
             certs = (self.certificates.changes, int(self.clock.time() // 3600))
-        notified = self.notifier.changes
+        notified = (self.notifier.changes, tuple(j.runner.changes for j in self.jobs.values()))
         return (
             envs,
             strays,
@@ -553,6 +554,19 @@ class Controller:
             app = env.desired.app if env.desired else ""
             env_doc.notifications = [
                 NotificationStatus(**vars(t)) for t in self.notifier.status(app, env.name)
+            ]
+            env_doc.jobs = [
+                JobStatus(
+                    name=j.name,
+                    schedule=j.schedule,
+                    next_run=j.next_run,
+                    running=len(j.running),
+                    last_result=j.last.result.value if j.last else None,
+                    last_run_at=j.last.started_at if j.last else None,
+                    last_reason=j.last.reason if j.last else None,
+                    last_success_at=j.last_success.finished_at if j.last_success else None,
+                )
+                for j in self.jobs[env.name].status(self.clock.time())
             ]
             if env.held_down:
                 env_doc.conditions.append(

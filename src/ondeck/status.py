@@ -128,6 +128,19 @@ class BackupStatus(Model):
     next_run: str | None = None
 
 
+class JobStatus(Model):
+    """A scheduled job of the environment: its schedule, next run and last result."""
+
+    name: str
+    schedule: str
+    next_run: float | None = None
+    running: int = 0
+    last_result: str | None = None  # a RunResult value
+    last_run_at: float | None = None
+    last_reason: str | None = None
+    last_success_at: float | None = None
+
+
 class NotificationStatus(Model):
     """A notification target of the environment: deliveries and the last error."""
 
@@ -160,6 +173,7 @@ class EnvStatus(Model):
     conditions: list[str] = Field(default_factory=list)  # Degraded reasons beside services
     backups: list[BackupStatus] = Field(default_factory=list)
     notifications: list[NotificationStatus] = Field(default_factory=list)
+    jobs: list[JobStatus] = Field(default_factory=list)
 
 
 class CertificateStatus(Model):

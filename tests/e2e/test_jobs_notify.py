@@ -135,6 +135,8 @@ def test_a_job_runs_every_second_in_the_release_with_the_services_env(
     row = jobs_list(od)["tick"]
     assert row["schedule"] == "every 1s" and row["next_run"] is not None
     assert row["last_success_at"] is not None
+    (shown,) = od.env_status()["jobs"]
+    assert shown["name"] == "tick" and shown["last_success_at"] is not None
     logs = od.cli("logs", "--job", "tick").stdout
     assert "hello tick True" in logs  # the service's env, ONDECK_JOB, cwd = the release
     metrics = od.cli("status", "--json")  # the API answers while jobs run

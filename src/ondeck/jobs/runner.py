@@ -138,6 +138,7 @@ class JobRunner:
         self._watchers: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._popens: dict[tuple[str, int], subprocess.Popen[bytes]] = {}
         self._stopping: dict[tuple[str, int], str] = {}  # runs we stop, and why
+        self.changes = 0  # bumped when a run starts or ends: the status shows them
 
     # -- records -----------------------------------------------------------------
 
@@ -150,6 +151,7 @@ class JobRunner:
 
     def _save(self, name: str, record: JobRecord) -> None:
         self.store.set_kv(self._key(name), record.to_json())
+        self.changes += 1
 
     def handled(self, name: str, slot: float) -> None:
         """The slot is dealt with (started, skipped or first seen): never acted on again."""
