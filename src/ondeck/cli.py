@@ -31,6 +31,7 @@ from ondeck.commands.render import render_command
 from ondeck.commands.secret import secret_app
 from ondeck.errors import OndeckError, UserError
 from ondeck.redact import RedactingFilter
+from ondeck.secrets import known as known_secrets
 from ondeck.units import format_duration, parse_duration
 
 if TYPE_CHECKING:
@@ -278,7 +279,8 @@ def _setup_logging() -> None:
         handler.setFormatter(
             logging.Formatter("%(asctime)s.%(msecs)03d %(levelname)-7s %(message)s", "%H:%M:%S")
         )
-    handler.addFilter(RedactingFilter())  # URL passwords, secret-looking values: never logged
+    # URL passwords, secret-looking values and every secret value loaded: never logged
+    handler.addFilter(RedactingFilter(known_secrets.VALUES))
     root = logging.getLogger("ondeck")
     root.handlers[:] = [handler]
     root.setLevel(level)

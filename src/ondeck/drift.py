@@ -19,6 +19,7 @@ from pathlib import Path
 from ondeck.clock import Clock
 from ondeck.environment import Environment
 from ondeck.releases import drift, taint
+from ondeck.releasetask.runner import task_sessions
 from ondeck.state.lifecycle import InstanceState
 from ondeck.store import Store
 from ondeck.supervisor import Stray, find_strays
@@ -74,7 +75,23 @@ def known_pids(envs: Iterable[Environment]) -> set[int]:
             known |= {i.rec.pid for i in list(env.supervisor.instances.values()) if i.rec.pid}
         for more in env.owned_pids:
             known |= more()
-    return known
+    # A release task runs in its release, and is ours; so is everything in the session of a
+    # build or probe we started (pip, say, may run children of its own there).
+    return known | task_sessions() | _child_sessions()
+
+
+def _child_sessions() -> set[int]:
+    """Our direct children: each build or release wrapper leads the session of its work."""
+    me, found = os.getpid(), set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == me:
+                found.add(int(entry.name))
+    return found
 
 
 def apply_drift(

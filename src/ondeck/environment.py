@@ -47,6 +47,7 @@ from ondeck.errors import (
     BackupFailure,
     BuildError,
     OndeckError,
+    ReleaseTaskError,
     RuntimeFailure,
     SourceError,
     SpecError,
@@ -54,6 +55,7 @@ from ondeck.errors import (
     UserError,
 )
 from ondeck.metrics import Metrics
+from ondeck.release_phase import HostSecretsWatch, run_release_tasks, secrets_at
 from ondeck.releases import data_dir, is_complete, prepare, prune, release_dir
 from ondeck.rollout.analysis import Measurement, measure
 from ondeck.rollout.strategies import EnvTraffic
@@ -179,8 +181,12 @@ class Environment:
             Environment.backup_before_deploy,  # before anything that touches data (release tasks)
             Environment.pull_images,
             Environment.build_releases,
+            run_release_tasks,  # after the build, before any instance of the release starts
         ]
-        self.pass_hooks: list[PassHook] = [Environment.schedule_backups]
+        self.pass_hooks: list[PassHook] = [
+            Environment.schedule_backups,
+            HostSecretsWatch(host.opts.state_dir),
+        ]
         self.finish_hooks: list[FinishHook] = []
         self.wake_hints: dict[str, float | None] = {}  # hooks' next deadlines (jobs, ...)
         self.closers: list[Callable[[], None]] = []  # hooks' cleanup at shutdown
@@ -215,11 +221,21 @@ class Environment:
         if head == self.seen:
             if manual and self.candidate is not None and self.candidate.sha == head:
                 self._start(self._apply_revision(head, trigger, self.candidate))
+            elif manual and self.error_commit is not None and self.error_commit.sha == head:
+                self._start(self._apply_revision(head, trigger, self.error_commit))  # a retry
             return
         self.seen = head
         if self.desired is not None and self.desired.revision == head and self.error is None:
             return  # restored from the state dir: nothing new
         self._start(self._consider(head, trigger, manual))
+
+    def start_background(self, work: Awaitable[None]) -> None:
+        """Run prepare-phase work (a hook's) in the background, as for an offered revision."""
+        self._start(work)
+
+    async def apply_revision(self, rev: str, trigger: Trigger, commit: CommitInfo) -> None:
+        """Prepare `rev` again and switch to it (a hook's retry, e.g. after a secret changed)."""
+        await self._apply_revision(rev, trigger, commit)
 
     def _start(self, work: Awaitable[None]) -> None:
         async def run() -> None:
@@ -319,9 +335,11 @@ class Environment:
             raise UserError(
                 f"{spec_path}: not found at {rev[:12]}; add an ondeck.yaml there (`ondeck init`)"
             )
-        spec = render_spec(parse(text, spec_path), self.overlay)
+        doc = parse(text, spec_path)
+        secrets = secrets_at(self.host, self.name, self.overlay, rev, doc.data)
+        spec = render_spec(doc, self.overlay, secrets=secrets.values)
         code_id = self.host.source.tree_id(rev, path, frozenset({SPEC_FILE}))
-        return render(spec, self.name, rev, code_id)
+        return render(spec, self.name, rev, code_id, secrets=secrets)
 
     async def check_signature(self, desired: Desired) -> None:
         """`protect.signed_by`: the running release's rules and the new one's both apply."""
@@ -391,7 +409,7 @@ class Environment:
                 "ONDECK_VERSION": svc.spec.version or "",
                 "ONDECK_DATA_DIR": str(data_dir(opts.state_dir, desired.app, self.name)),
             }
-            environ = instance_env(svc.spec.env, builtins, os.environ)
+            environ = instance_env(svc.spec.env, builtins, os.environ, svc.secrets.values)
             prepare(
                 self.host.source,
                 desired.revision,
@@ -406,6 +424,8 @@ class Environment:
         message = str(err)
         if isinstance(err, BuildError) and err.log_tail:
             message += "\n--- build log (tail) ---\n" + err.log_tail
+        if isinstance(err, ReleaseTaskError) and err.log_tail:
+            message += "\n--- release task output (tail) ---\n" + err.log_tail
         self.error, self.error_commit = message, commit
         store = self.host.store
         op_id = store.begin_sync(

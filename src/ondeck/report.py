@@ -13,6 +13,7 @@ from dataclasses import replace
 
 from ondeck.environment import Environment, commit_json
 from ondeck.errors import SourceError, SpecError, UserError
+from ondeck.secrets import known as known_secrets
 from ondeck.source.git import CommitInfo
 from ondeck.state.desired import Desired, DesiredService
 from ondeck.state.diff import ServiceDiff, Sync, diff, overall, service_view, unified
@@ -77,8 +78,10 @@ class Reporter:
             want = target.service(name)
             out[name] = unified(
                 name,
-                service_view(runs, len(running), revisions),
-                service_view(want, want.replicas if want else 0, [target.revision]),
+                service_view(runs, len(running), revisions, known_secrets.VALUES),
+                service_view(
+                    want, want.replicas if want else 0, [target.revision], known_secrets.VALUES
+                ),
             )
         return out
 

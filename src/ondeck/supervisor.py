@@ -260,7 +260,8 @@ class Supervisor:
             "ONDECK_INSTANCE": inst.rec.id,
             "ONDECK_DATA_DIR": data,
         }
-        environ = instance_env(svc.spec.env, builtins, {} if container else os.environ)
+        host = {} if container else os.environ
+        environ = instance_env(svc.spec.env, builtins, host, svc.secrets.values)
         argv = tuple(expand(arg, environ) for arg in svc.spec.command or ())
         return InstanceSpec(
             id=inst.rec.id,

@@ -239,3 +239,24 @@ def test_a_second_recipient_reads_after_edit_adds_them(tmp_path: Path, editor: P
     assert laptop_key in file.read_text()
     ok(ondeck(laptop, "secret", "edit", str(file), env=env))
     assert f"TOKEN: {VALUE}" in seen.read_text()
+
+
+def test_validate_knows_the_secrets_of_the_host_and_of_the_age_file(tmp_path: Path) -> None:
+    state, repo = tmp_path / "state", tmp_path / "repo"
+    repo.mkdir()
+    (repo / "ondeck.yaml").write_text(
+        "app: shop\n"
+        "secrets: {file: secrets.age.yaml}\n"
+        "services:\n"
+        "  web:\n"
+        '    command: ["python3", "web.py"]\n'
+        '    env: {A: "${FROM_FILE}", B: "${FROM_HOST}"}\n'
+    )
+    ok(ondeck(state, "secret", "keygen"))
+    ok(ondeck(state, "secret", "encrypt", str(repo / "secrets.age.yaml"), "FROM_FILE", stdin="x"))
+    missing = ondeck(state, "validate", str(repo))
+    assert missing.returncode == 1
+    assert "secret ${FROM_HOST} is not set" in missing.stdout
+    assert "FROM_FILE" not in missing.stdout
+    ok(ondeck(state, "secret", "set", "FROM_HOST", stdin="y"))
+    ok(ondeck(state, "validate", str(repo)))

@@ -188,6 +188,25 @@ class ReleaseTasks:
             await asyncio.sleep(POLL)
 
 
+WRAPPER = b"ondeck.releasetask"
+
+
+def task_sessions() -> set[int]:
+    """The sessions of release tasks running on this host (their wrapper leads each one), so
+    the stray check leaves them alone, even before a restarted controller adopts them."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) > 3 and argv[1] == b"-m" and argv[2] == WRAPPER:
+            found.add(int(entry.name))
+    return found
+
+
 def _alive(record: TaskRecord) -> bool:
     return record.pid > 0 and read_start_ticks(record.pid) == record.start_ticks
 

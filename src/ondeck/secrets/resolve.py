@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ondeck.errors import UserError
-from ondeck.secrets import agefile
+from ondeck.secrets import agefile, known
 from ondeck.secrets.hoststore import HostStore, fingerprint, host_key
 from ondeck.state.desired import NO_SECRETS, SecretEnv
 
@@ -48,6 +48,7 @@ def load(state_dir: Path, app: str, env: str, file: tuple[str, bytes] | None = N
             values.update(agefile.decrypt(doc, _identities(state_dir, filename), filename))
     if not values:
         return NO_SECRETS
+    known.remember(values.values())
     key = host_key(state_dir)
     prints = {name: fingerprint(key, name, value) for name, value in values.items()}
     return SecretEnv(values, prints)

@@ -704,22 +704,6 @@ class Spec(Strict):
         return value
 
     @model_validator(mode="after")
-    def _secrets_release_not_yet(self) -> Spec:
-        # Nothing inert: until the controller decrypts the file and runs release tasks, refuse.
-        if self.secrets is not None:
-            raise ValueError(
-                "secrets: not supported yet (ondeck would not read the file); remove `secrets:` "
-                "until it is"
-            )
-        for name, service in self.services.items():
-            if service.release is not None:
-                raise ValueError(
-                    f"service {name!r}: release tasks are not supported yet (ondeck would run "
-                    "none); remove `release:` until they are"
-                )
-        return self
-
-    @model_validator(mode="after")
     def _jobs_fit(self) -> Spec:
         for name, job in self.jobs.items():
             if job.service is not None and job.service not in self.services:
