@@ -238,7 +238,10 @@ class Controller:
         if self.store.held:
             self.store.retry()  # the disk was full: write what was held, if there is room now
         for env in self.envs.values():
-            await env.reconcile()
+            try:
+                await env.reconcile()
+            except Exception as err:  # a bug in one environment: contained there, reported
+                env.contain(err)
         if self.router is not None:
             await self.router.push(self._routing())
         if self.certificates is not None:
@@ -444,7 +447,10 @@ class Controller:
         if self.router is not None:
             await self.router.ensure()
         for env in self.envs.values():
-            await asyncio.to_thread(env.housekeeping)
+            try:
+                await asyncio.to_thread(env.housekeeping)
+            except Exception as err:  # contained to that environment, as in a pass
+                env.contain(err)
         findings, strays = await asyncio.to_thread(
             find_drift, self.envs.values(), self.opts.state_dir
         )
@@ -515,6 +521,7 @@ class Controller:
                 e.op,
                 e.last_result,
                 e.supervisor.changes if e.supervisor else None,
+                e.fault,
                 tuple(e.releases.items()),
                 tuple(e.traffic.items()),
                 tuple(e.measurements.items()),
@@ -552,6 +559,9 @@ class Controller:
         environments = [self.report.env_status(e, self.fetch.error) for e in self.envs.values()]
         for env_doc, env in zip(environments, self.envs.values(), strict=True):
             app = env.desired.app if env.desired else ""
+            if env.fault is not None:
+                env_doc.conditions.append(env.fault)
+                env_doc.health = worst((env_doc.health, Health.DEGRADED))
             env_doc.notifications = [
                 NotificationStatus(**vars(t)) for t in self.notifier.status(app, env.name)
             ]

@@ -86,7 +86,8 @@ log = logging.getLogger("ondeck")
 SPEC_FILE = "ondeck.yaml"
 HOUSEKEEPING_EVERY = 30.0
 DEFAULT_DEADLINE = 300.0  # rollout.deadline's default
-REBUILD_RETRY = 30.0  # a release that failed to rebuild is tried again after this long
+REBUILD_RETRY = 30.0
+FAULT_RETRY = 5.0  # an environment whose pass raised is tried again after this long  # a release that failed to rebuild is tried again after this long
 REFUSABLE = (SpecError, UserError, SourceError, RuntimeFailure)
 RESTORE_STOP_DEADLINE = 120.0  # a restore waits this long for the services to stop
 RESTORE_HEALTH_DEADLINE = 300.0  # and this long for them to be healthy again after it
@@ -188,6 +189,7 @@ class Environment:
             HostSecretsWatch(host.opts.state_dir),
         ]
         self.finish_hooks: list[FinishHook] = []
+        self.fault: str | None = None  # a bug contained to this environment (`contain`)
         self.wake_hints: dict[str, float | None] = {}  # hooks' next deadlines (jobs, ...)
         self.closers: list[Callable[[], None]] = []  # hooks' cleanup at shutdown
         # session leaders hooks started in a release (job runs): not strays
@@ -205,9 +207,19 @@ class Environment:
         return self._loading is not None or self._queued is not None
 
     def check(self) -> None:
-        """Re-raise, on the host loop, a bug that ended a background task."""
-        if self._crash is not None:
-            raise self._crash
+        """Re-raise, on the host loop, a bug that ended a background task (once)."""
+        crash, self._crash = self._crash, None
+        if crash is not None:
+            raise crash
+
+    def contain(self, err: Exception) -> None:
+        """A bug in this environment's processing: reported in its status (Degraded) and
+        logged with its traceback once; the other environments, and the process, go on."""
+        fault = f"internal error in ondeck ({type(err).__name__}: {err}); please report it"
+        if fault != self.fault:
+            log.error("[%s] %s", self.name, fault, exc_info=err)
+        self.fault = fault
+        self.wake_at = self.host.clock.time() + FAULT_RETRY  # try again, without spinning
 
     # -- revision -> desired (the prepare phase, in the background) ------------------
 
@@ -593,6 +605,8 @@ class Environment:
         metrics.syncs.labels(self.name, result).inc()
         metrics.sync_duration.labels(self.name).observe(now - op.started)
         self.op, self.last_result = None, result
+        if result is SyncResult.SUCCEEDED:
+            self.fault = None  # a sync went through: whatever failed before did not stop it
         if result is SyncResult.SUCCEEDED:
             self._save_env(live=op.revision)
             asyncio.get_running_loop().run_in_executor(None, self._note, op.revision, now)

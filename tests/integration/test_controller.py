@@ -460,3 +460,35 @@ def test_two_environments_routing_one_host_and_path_are_named_in_status(
             assert docs["staging"].health == "Healthy"
 
     asyncio.run(scenario())
+
+
+def test_a_bug_in_one_environment_is_contained_there_and_reported(tmp_path: Path) -> None:
+    envs = "environments:\n  production: {}\n  staging: {}\n"
+
+    async def broken(env: Environment, now: float) -> None:
+        raise RuntimeError("a bug in a hook")
+
+    async def scenario() -> None:
+        async with harness(tmp_path, spec(envs=envs), ("production", "staging")) as h:
+            await h.until(
+                lambda: len(running(h, "production")) == 1 and len(running(h, "staging")) == 1,
+                "both environments running",
+            )
+            h.env("staging").pass_hooks.append(broken)
+            h.ctl.wake()
+            await h.until(lambda: h.env("staging").fault is not None, "staging's fault recorded")
+            (prod,) = running(h, "production")
+            assert prod.rec.pid is not None
+            os.kill(prod.rec.pid, signal.SIGKILL)  # production goes on being supervised
+            await h.until(
+                lambda: prod.rec.restarts == 1 and prod.rec.state is InstanceState.RUNNING,
+                "production's instance restarted while staging keeps failing",
+            )
+            doc = h.ctl.status()
+            staging = next(e for e in doc.environments if e.name == "staging")
+            assert staging.health == "Degraded"
+            assert any("RuntimeError: a bug in a hook" in c for c in staging.conditions)
+            production = next(e for e in doc.environments if e.name == "production")
+            assert not any("internal error" in c for c in production.conditions)
+
+    asyncio.run(scenario())
