@@ -52,11 +52,13 @@ def find_drift(envs: Iterable[Environment], state_dir: Path) -> tuple[list[Findi
             if inst.rec.state is not InstanceState.RUNNING or inst.rec.drift:
                 continue
             where = inst.rec.release_dir
-            if where not in checked:
+            if inst.rec.runtime != "process":
+                where = ""  # an image is the release: no directory of ours to check
+            if where and where not in checked:
                 checked[where] = drift(Path(where))
                 if checked[where]:
                     taint(Path(where))
-            if checked[where]:
+            if where and checked[where]:
                 edited = checked[where]
                 shown = ", ".join(edited[:3]) + (" …" if len(edited) > 3 else "")
                 findings.append(
