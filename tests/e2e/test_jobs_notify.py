@@ -225,6 +225,48 @@ def history_from_store(od: Ondeck) -> list[dict[str, Any]]:
     return runs
 
 
+def test_events_arrive_signed_and_a_crash_loop_is_one_message(
+    repo: Repo, ondeck: Callable[..., Ondeck], receivers: Callable[..., Receiver], tmp_path: Path
+) -> None:
+    rx = receivers()
+    notify = (
+        "notify:\n"
+        f'  - url: "json://127.0.0.1:{rx.port}/ondeck"\n'
+        "    secret: HOOK_KEY\n"
+        "jobs:\n  broken:\n"
+        '    command: ["python3", "-c", "raise SystemExit(2)"]\n'
+        '    schedule: "0 4 * * *"\n'
+    )
+    od = ondeck(repo.path, state="state")
+    secret(od, "HOOK_KEY", KEY)
+    sha = repo.commit("notify a receiver", BASE + notify)
+    od.cli("sync", "--wait")
+    od.wait_synced(sha)
+    wait_for(lambda: "sync-succeeded" in rx.kinds(), "sync-succeeded")
+    od.cli("job", "run", "broken", "--wait", check=False)
+    wait_for(lambda: "job-failed" in rx.kinds(), "job-failed")
+    # a bad commit: refused, nothing touched, one sync-failed
+    repo.commit("a broken spec", BASE.replace("port: true", "port: maybe") + notify)
+    od.cli("sync", "--wait", check=False)
+    wait_for(lambda: "sync-failed" in rx.kinds(), "sync-failed")
+    # a crash loop: many exits, one degraded message
+    crash = BASE.replace('["python3", "web.py"]', '["python3", "-c", "raise SystemExit(1)"]')
+    repo.commit("a release that crashes", crash + notify)
+    od.cli("sync", check=False)
+    wait_for(lambda: "degraded" in rx.kinds(), "degraded", timeout=60)
+
+    def crashes() -> int:
+        instances = (od.service("web") or {}).get("instances") or []
+        return max((i["restarts"] for i in instances), default=0)
+
+    wait_for(lambda: crashes() >= 3, "several crashes", timeout=60)
+    assert rx.kinds().count("degraded") == 1
+    assert rx.bad_signatures == 0
+    assert all(e["app"] == "shop" and e["env"] == "default" for e in rx.events)
+    targets = od.env_status()["notifications"]
+    assert targets[0]["delivered"] >= 4 and KEY not in json.dumps(od.status())
+
+
 def test_a_hanging_target_does_not_hold_up_a_sync(
     repo: Repo, ondeck: Callable[..., Ondeck], receivers: Callable[..., Receiver]
 ) -> None:
