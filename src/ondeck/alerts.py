@@ -56,6 +56,7 @@ def status_events(prev: StatusDoc | None, cur: StatusDoc) -> list[Notice]:
         if old is None or env.app is None:
             continue
         found += _health(old, env)
+        found += _rewritten(old, env)
         found += _failures(old, env, "backups", Event.BACKUP_FAILED)
     found += _certificates(prev, cur)
     return found
@@ -111,6 +112,16 @@ def _health(old: EnvStatus, env: EnvStatus) -> list[Notice]:
                 )
             )
     return out
+
+
+def _rewritten(old: EnvStatus, env: EnvStatus) -> list[Notice]:
+    """A force-pushed, unrelated history deployed: once, when its condition appears."""
+    assert env.app is not None
+    return [
+        Notice(Event.HISTORY_REWRITTEN, env.app, env.name, "", c, env.revision)
+        for c in env.conditions
+        if c.startswith("history rewritten") and c not in old.conditions
+    ]
 
 
 def _failures(old: EnvStatus, env: EnvStatus, field: str, event: Event) -> list[Notice]:

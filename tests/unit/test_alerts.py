@@ -10,7 +10,9 @@ from ondeck.state.lifecycle import SyncResult
 from ondeck.status import StatusDoc
 
 
-def doc(web: str, backups: list[dict[str, Any]] | None = None) -> StatusDoc:
+def doc(
+    web: str, backups: list[dict[str, Any]] | None = None, conditions: list[str] | None = None
+) -> StatusDoc:
     env: dict[str, Any] = {
         "name": "production",
         "app": "shop",
@@ -29,6 +31,8 @@ def doc(web: str, backups: list[dict[str, Any]] | None = None) -> StatusDoc:
     }
     if backups is not None:
         env["backups"] = backups
+    if conditions is not None:
+        env["conditions"] = conditions
     return StatusDoc.model_validate(
         {
             "environments": [env],
@@ -67,3 +71,10 @@ def test_sync_results() -> None:
     assert sync_event("shop", "prod", SyncResult.ABORTED, rev, "superseded by 1234") is None
     aborted = sync_event("shop", "prod", SyncResult.ABORTED, rev, "web: error rate 0.5")
     assert aborted is not None and aborted.event is Event.ROLLOUT_ABORTED
+
+
+def test_a_rewritten_history_is_one_notice() -> None:
+    why = ["history rewritten: 1234567890ab is not a descendant of ba0987654321"]
+    (rewritten,) = status_events(doc("Healthy", conditions=[]), doc("Healthy", conditions=why))
+    assert rewritten.event is Event.HISTORY_REWRITTEN and "not a descendant" in rewritten.message
+    assert status_events(doc("Healthy", conditions=why), doc("Healthy", conditions=why)) == []

@@ -578,6 +578,7 @@ class Event(StrEnum):
     JOB_FAILED = "job-failed"
     BACKUP_FAILED = "backup-failed"
     CERTIFICATE_FAILED = "certificate-failed"
+    HISTORY_REWRITTEN = "history-rewritten"  # a force-push deployed a commit not descended
 
 
 URL_PASSWORD = re.compile(r"^[a-z][a-z0-9+.-]*://[^/@\s]*:[^/@\s]+@", re.IGNORECASE)
