@@ -510,6 +510,36 @@ def down(
 
 
 @app.command()
+def run(
+    service: Annotated[str, typer.Argument(help="The service whose release and env to use.")],
+    argv: Annotated[list[str], typer.Argument(help="The command, after `--`.", metavar="ARGV...")],
+    env: EnvOpt = None,
+    state_dir: StateDir = None,
+    api: ApiUrl = None,
+    token: Token = None,
+) -> None:
+    """Run a one-off command in SERVICE's current release with its environment and secrets.
+
+    It runs here, in the foreground (interactive on a terminal), and is recorded in
+    the environment's events. Example: `ondeck run web -- python3 manage.py shell`.
+    """
+    answer = _client(state_dir, api, token).post(
+        f"/api/v1/run/{service}", {"env": env, "argv": argv}
+    )
+    environ = dict(answer["environ"])  # holds secret values: never printed
+    for name in ("TERM", "COLORTERM", "COLUMNS", "LINES"):  # the terminal is the user's
+        if name in os.environ:
+            environ.setdefault(name, os.environ[name])
+    err.print(f"[dim]{answer['env']}/{service} at {answer['revision'][:12]}: {answer['cwd']}[/dim]")
+    sys.stdout.flush()
+    os.chdir(answer["cwd"])
+    try:
+        os.execvpe(argv[0], argv, environ)
+    except OSError as error:
+        raise UserError(f"cannot run {argv[0]!r} in {answer['cwd']}: {error.strerror}") from error
+
+
+@app.command()
 def diff(
     env: EnvOpt = None,
     json_out: JsonOpt = False,

@@ -509,6 +509,9 @@ def _health_of(rec: InstanceRecord) -> HealthCheck | None:
     return HealthCheck.model_validate(rec.health) if rec.health else None
 
 
+ONE_OFF_VAR = "ONDECK_RUN"  # set in `ondeck run`'s commands (and their children): not strays
+
+
 @dataclass(frozen=True)
 class Stray:
     """A process running from a release directory that ondeck did not start."""
@@ -540,6 +543,8 @@ def find_strays(state_dir: Path, known: set[int]) -> list[Stray]:
         ppid, session = int(fields[1]), int(fields[3])
         if not cwd.is_relative_to(root) or pid in known or session in known or ppid == me:
             continue
+        if ONE_OFF_VAR in (read_environ(pid) or {}):
+            continue  # `ondeck run`: a one-off command a person started through ondeck
         parts = cwd.relative_to(root).parts
         if len(parts) >= 3:
             found.append(Stray(parts[1], parts[2], pid, command.strip()[:80]))

@@ -26,6 +26,7 @@ from ondeck.api.guard import MAX_LIMIT, Body
 from ondeck.api.jobs import jobs_router
 from ondeck.api.openapi import describe_errors
 from ondeck.api.releasetasks import release_task_router
+from ondeck.api.run import run_router
 from ondeck.api.secrets import secrets_router
 from ondeck.api.ui import ui_router
 from ondeck.api.webhooks import PushEvent, webhook_router
@@ -289,6 +290,7 @@ def create_app(
     app.include_router(jobs_router(lambda: controller.jobs, authorized, require))
     app.include_router(release_task_router(opts.state_dir, authorized, require, shown))
     app.include_router(backups_router(controller, authorized, require))
+    app.include_router(run_router(controller, authorized, require))
     app.include_router(ui_router(controller, token, public_read))  # the dashboard at /
     describe_errors(app)
     return app
