@@ -59,6 +59,8 @@ def test_api_answers_within_its_schema(live: Ondeck) -> None:
             continue
         operation = found.ok()
         label = f"{operation.method.upper()} {operation.path}"
+        if label == "POST /api/v1/down":
+            continue  # it stops the very controller this test probes; tests/e2e/test_down.py
 
         @given(case=operation.as_strategy())
         @settings(
