@@ -472,11 +472,13 @@ def test_logs_show_stdout_and_stderr_of_each_instance(repo: Repo, ondeck: Factor
     def complete() -> str | None:
         out = od.cli("logs", "web").stdout
         lines = out.splitlines()
-        wanted = [f"[{i}] starting version=1.0.0" for i in ids] + [f"[{i}] to stderr" for i in ids]
+        # each line names its environment and instance (issue 9: `[env/instance]`)
+        wanted = [f"[default/{i}] starting version=1.0.0" for i in ids]
+        wanted += [f"[default/{i}] to stderr" for i in ids]
         return out if all(any(line.startswith(w) for line in lines) for w in wanted) else None
 
     out = wait_for(complete, "stdout and stderr lines of both instances in `ondeck logs web`")
-    assert all(line.startswith(tuple(f"[{i}] " for i in ids)) for line in out.splitlines())
+    assert all(line.startswith(tuple(f"[default/{i}] " for i in ids)) for line in out.splitlines())
 
 
 def test_without_auto_sync_a_commit_waits_for_sync(repo: Repo, ondeck: Factory) -> None:
