@@ -30,6 +30,8 @@ from ondeck.store import InstanceRecord
 log = logging.getLogger("ondeck")
 
 START_TIMEOUT = 10.0
+RESTART_RETRY = 0.5  # a router that died while starting is started again after this,
+RESTART_RETRY_MAX = 30.0  # doubling up to this
 DRAIN_POLL = 0.05
 
 
@@ -175,10 +177,18 @@ class RouterLink:
     async def _restart(self) -> None:
         """A new router, given at once the routing the old one had (a new one starts empty)."""
         wanted = self.config
+        delay = RESTART_RETRY
         while self._lost_again:
             self._lost_again, self.config = False, None
-            if not await self.ensure() or wanted is None:
-                return  # the error is in the status; the next pass's `ensure` tries again
+            if not await self.ensure():
+                # it died while starting (or cannot start): the error is in the status;
+                # try again soon rather than at the next housekeeping
+                self._lost_again = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RESTART_RETRY_MAX)
+                continue
+            if wanted is None:
+                return
             try:
                 config = dataclasses.replace(wanted, generation=self.generation + 1)
                 self.generation = await self.control.apply(config)

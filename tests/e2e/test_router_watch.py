@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
 from conftest import SIMPLE_SPEC, Ondeck, Repo, wait_for
 
@@ -36,6 +37,14 @@ def _served(port: int) -> str | None:
         return None
 
 
+def _router_pid(state_dir: Path) -> int | None:
+    """The router's pid file, or None while it is absent or being rewritten."""
+    try:
+        return int((state_dir / "router.pid").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def test_a_killed_router_is_restarted_at_once_and_routes_again(
     repo: Repo, ondeck: Callable[..., Ondeck]
 ) -> None:
@@ -46,11 +55,11 @@ def test_a_killed_router_is_restarted_at_once_and_routes_again(
     assert wait_for(lambda: _served(port), "the router to serve the app", timeout=30) == "1.0.0"
 
     for _ in range(2):  # the restarted router is watched too
-        pid = int((od.state_dir / "router.pid").read_text())
+        pid = wait_for(lambda: _router_pid(od.state_dir), "the router's pid file")
         os.kill(pid, signal.SIGKILL)
         killed = time.monotonic()
         wait_for(
-            lambda pid=pid: int((od.state_dir / "router.pid").read_text()) != pid,  # type: ignore[misc]
+            lambda pid=pid: _router_pid(od.state_dir) not in (None, pid),  # type: ignore[misc]
             "a new router process",
             timeout=30,
         )
