@@ -75,3 +75,19 @@ def test_concurrency_when_a_run_is_still_going(policy: str, decision: Decision) 
     job = Job(command=["true"], every=10.0, concurrency=policy)
     assert due(job, 100.0, 1, 110.5).decision is decision
     assert due(job, 100.0, 0, 110.5).decision is Decision.START
+
+
+def test_a_job_image_is_refused_until_container_jobs_exist() -> None:
+    import pytest as _pytest
+    from pydantic import ValidationError
+
+    from ondeck.spec.model import Spec
+
+    with _pytest.raises(ValidationError, match="image is not supported yet"):
+        Spec.model_validate(
+            {
+                "app": "shop",
+                "services": {"web": {"command": ["python3", "web.py"]}},
+                "jobs": {"j": {"command": ["true"], "every": "1m", "image": "busybox"}},
+            }
+        )

@@ -508,7 +508,9 @@ class Job(Strict):
         None, description="argv list (process runtime); ${NAME} is expanded as for services."
     )
     image: str | None = Field(
-        None, description="Container runtime: the image the job runs in (default: the service's)."
+        None,
+        description="Container runtime: the image the job runs in (refused as not supported "
+        "yet: jobs run on the process runtime).",
     )
     service: str | None = Field(
         None,
@@ -719,6 +721,11 @@ class Spec(Strict):
                 )
             if job.command is None:
                 raise ValueError(f"job {name!r} needs a command (an argv list)")
+            if job.image is not None:
+                raise ValueError(
+                    f"job {name!r}: image is not supported yet (jobs run on the process "
+                    "runtime, in a service's release); remove image"
+                )
             if not self.services:
                 raise ValueError(f"job {name!r} runs in a service's release: add a service")
             if job.service is None and len(self.services) > 1:
