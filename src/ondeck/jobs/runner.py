@@ -246,7 +246,9 @@ class JobRunner:
         """After a restart: watch the runs still going, settle those that ended meanwhile."""
         for name in names:
             for run in self.record(name).running():
-                if (name, run.id) not in self._watchers:
+                if not _alive(run, None):
+                    self._settle(name, run)  # ended while we were down: at once, before a tick
+                elif (name, run.id) not in self._watchers:
                     self._watch(name, run)
 
     async def stop(self, name: str, run_id: int, why: str) -> None:
@@ -301,6 +303,11 @@ class JobRunner:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 await asyncio.to_thread(popen.wait, 5)
             self._popens.pop((name, run.id), None)
+        self._settle(name, run)
+
+    def _settle(self, name: str, run: Run) -> None:
+        """Record how an ended run ended, from the exit code its wrapper left."""
+        result = self.directory(name) / f"{run.id}.result"
         code = _exit_code(result)
         stopped = self._stopping.pop((name, run.id), None)
         if stopped is not None:
