@@ -22,11 +22,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from ondeck import __version__
-from ondeck.client import Client, default_state_dir
+from ondeck.client import default_state_dir
 from ondeck.commands.backup import backup_app
 from ondeck.commands.committed import report as _report
 from ondeck.commands.job import job_app
 from ondeck.commands.maintenance import maintenance_app
+from ondeck.commands.options import ApiUrl, JsonOpt, StateDir, Token, client
 from ondeck.commands.render import render_command
 from ondeck.commands.secret import secret_app
 from ondeck.errors import OndeckError, UserError
@@ -55,19 +56,6 @@ app.add_typer(backup_app, name="backup")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
-StateDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--state-dir", help="State dir (default: $ONDECK_STATE_DIR or ~/.local/state/ondeck)."
-    ),
-]
-ApiUrl = Annotated[
-    str | None, typer.Option("--api", help="API URL (default: from the state dir, or $ONDECK_API).")
-]
-Token = Annotated[
-    str | None,
-    typer.Option("--token", help="Bearer token (default: from the state dir, or $ONDECK_TOKEN)."),
-]
 EnvOpt = Annotated[str | None, typer.Option("--env", help="Only this environment.")]
 TrustedProxy = Annotated[
     list[str] | None,
@@ -77,10 +65,6 @@ TrustedProxy = Annotated[
         help="A proxy in front of the router whose X-Forwarded-For/-Proto are kept; repeatable.",
     ),
 ]
-JsonOpt = Annotated[
-    bool, typer.Option("--json", help="Machine-readable output (a stable contract).")
-]
-
 SYNC_STYLE = {"Synced": "green", "OutOfSync": "yellow", "Unknown": "red"}
 HEALTH_STYLE = {
     "Healthy": "green",
@@ -102,8 +86,7 @@ def main() -> None:
         sys.exit(1)
 
 
-def _client(state_dir: Path | None, api: str | None, token: str | None) -> Client:
-    return Client(state_dir or default_state_dir(), api, token)
+_client = client
 
 
 # -- spec ------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ command asks the running `ondeck up`; `--json` output is a stable contract
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -16,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ondeck.client import Client, default_state_dir
+from ondeck.commands.options import ApiUrl, JsonOpt, StateDir, Token, client
 
 backup_app = typer.Typer(
     help="Backups that are proven: run, list, verify (a scratch restore) and restore.",
@@ -25,32 +24,15 @@ backup_app = typer.Typer(
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
-StateDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--state-dir", help="State dir (default: $ONDECK_STATE_DIR or ~/.local/state/ondeck)."
-    ),
-]
-ApiUrl = Annotated[
-    str | None, typer.Option("--api", help="API URL (default: from the state dir, or $ONDECK_API).")
-]
-Token = Annotated[
-    str | None,
-    typer.Option("--token", help="Bearer token (default: from the state dir, or $ONDECK_TOKEN)."),
-]
 EnvOpt = Annotated[
     str | None, typer.Option("--env", help="The environment (default: the only one).")
 ]
 IdOpt = Annotated[str | None, typer.Option("--id", help="A backup id from `ondeck backup list`.")]
-JsonOpt = Annotated[
-    bool, typer.Option("--json", help="Machine-readable output (a stable contract).")
-]
 Name = Annotated[str, typer.Argument(help="The backup's name under `backups:`.")]
 LONG = 3600.0  # a backup or a restore of a big database takes minutes
 
 
-def _client(state_dir: Path | None, api: str | None, token: str | None) -> Client:
-    return Client(state_dir or default_state_dir(), api, token)
+_client = client
 
 
 def _show(manifest: dict[str, Any], verb: str, as_json: bool) -> None:

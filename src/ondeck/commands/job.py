@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -16,18 +15,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ondeck.client import Client
+from ondeck.commands.options import ApiUrl, JsonOpt, StateDir, Token, client
 
 job_app = typer.Typer(
     help="Scheduled jobs: list them, run one now, see its runs.", no_args_is_help=True
 )
 out = Console(soft_wrap=True)
 
-StateDir = Annotated[Path | None, typer.Option("--state-dir", help="State dir.")]
-ApiUrl = Annotated[str | None, typer.Option("--api", help="API URL.")]
-Token = Annotated[str | None, typer.Option("--token", help="Bearer token.")]
 EnvOpt = Annotated[str | None, typer.Option("--env", help="Only this environment.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 RESULT_STYLE = {
     "succeeded": "green",
     "running": "cyan",
@@ -38,10 +33,7 @@ RESULT_STYLE = {
 }
 
 
-def _client(state_dir: Path | None, api: str | None, token: str | None) -> Client:
-    from ondeck.client import default_state_dir
-
-    return Client(state_dir or default_state_dir(), api, token)
+_client = client
 
 
 def _ago(at: float | None) -> str:

@@ -1,0 +1,32 @@
+"""Options and the API client shared by `cli.py` and the command groups in `commands/`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ondeck.client import Client, default_state_dir
+
+StateDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--state-dir", help="State dir (default: $ONDECK_STATE_DIR or ~/.local/state/ondeck)."
+    ),
+]
+ApiUrl = Annotated[
+    str | None, typer.Option("--api", help="API URL (default: from the state dir, or $ONDECK_API).")
+]
+Token = Annotated[
+    str | None,
+    typer.Option("--token", help="Bearer token (default: from the state dir, or $ONDECK_TOKEN)."),
+]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Machine-readable output (a stable contract).")
+]
+
+
+def client(state_dir: Path | None, api: str | None, token: str | None) -> Client:
+    """The API of the controller of this state dir (or of `--api`/`--token`)."""
+    return Client(state_dir or default_state_dir(), api, token)
