@@ -399,18 +399,26 @@ def _overlay(doc: Document, env: str) -> tuple[dict[str, Any], list[Problem]]:
 
 
 def _validation_problems(
-    err: ValidationError, data: dict[str, Any], locator: _Locator
+    err: ValidationError, data: dict[str, Any], locator: _Locator, root: type[BaseModel] = Spec
 ) -> list[Problem]:
-    """One located problem per error; the alternatives of a union become one problem."""
+    """One located problem per error; the alternatives of a union become one problem.
+
+    `root` is the model `data` was validated against (the host file has its own).
+    """
     grouped: dict[DocPath, list[_Failure]] = {}
     for detail in err.errors():
-        failure = _translate(detail, data)
+        failure = _translate(detail, data, root)
         grouped.setdefault(failure.path, []).append(failure)
     problems: list[Problem] = []
     for path, failures in grouped.items():
         for failure in _combine(failures):
             problems.append(locator.problem(path, failure.text, failure.hint, failure.subject))
     return problems
+
+
+def model_problems(err: ValidationError, doc: Document, root: type[BaseModel]) -> list[Problem]:
+    """`err` from validating `doc.data` against `root` (another file's model), located."""
+    return _validation_problems(err, doc.data, _Locator(doc), root)
 
 
 # --- translating pydantic errors -----------------------------------------------------------
@@ -443,8 +451,8 @@ def _combine(failures: list[_Failure]) -> Iterator[_Failure]:
         yield _Failure(union[0].path, "; or ".join(dict.fromkeys(texts)))
 
 
-def _translate(detail: ErrorDetails, data: dict[str, Any]) -> _Failure:
-    walk = _walk_loc(detail["loc"])
+def _translate(detail: ErrorDetails, data: dict[str, Any], root: type[BaseModel]) -> _Failure:
+    walk = _walk_loc(detail["loc"], root)
     kind, ctx = detail["type"], detail.get("ctx", {})
     value = detail["input"]
     if kind == "extra_forbidden":
@@ -572,9 +580,9 @@ class _Walk:
     key_error: bool = False
 
 
-def _walk_loc(loc: tuple[Key, ...]) -> _Walk:
+def _walk_loc(loc: tuple[Key, ...], root: type[BaseModel] = Spec) -> _Walk:
     """Follow `loc` through the model's types to tell data keys from union member tags."""
-    tp: Any = Spec
+    tp: Any = root
     path: list[Key] = []
     parent_fields: tuple[str, ...] = ()
     in_union = key_error = False
