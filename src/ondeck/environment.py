@@ -62,7 +62,7 @@ from ondeck.rollout.strategies import EnvTraffic
 from ondeck.runtime.base import Runtime
 from ondeck.runtime.container import ContainerRuntime
 from ondeck.runtime.logs import rotate
-from ondeck.secrets.hoststore import HostStore
+from ondeck.secrets.hoststore import HostStore, host_key
 from ondeck.source.base import Source
 from ondeck.source.git import CommitInfo
 from ondeck.source.verify import verify_commit
@@ -460,6 +460,7 @@ class Environment:
                 app, self.name, h.opts.state_dir, h.store, h.runtimes, h.metrics, h.wake, h.clock
             )
             self.supervisor.before_stop = self._drain
+            self.supervisor.fingerprint_key = host_key(h.opts.state_dir)
         return self.supervisor
 
     async def reconcile(self) -> None:

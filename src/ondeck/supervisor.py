@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import logging
 import os
 import socket
@@ -123,6 +124,9 @@ class Supervisor:
         self.metrics, self.wake, self.clock = metrics, wake, clock
         self.instances: dict[str, Instance] = {}
         self.before_stop: Callable[[InstanceRecord], Awaitable[None]] | None = None
+        # The host's fingerprint key (set by the environment): env signatures are keyed,
+        # so a copy of the db tells nothing about the values (secrets among them).
+        self.fingerprint_key: bytes | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -309,7 +313,7 @@ class Supervisor:
         Only the spec's own variables and the builtins count: a wrapper such as a
         pyenv shim may add or adjust host variables before the app starts.
         """
-        inst.rec = replace(inst.rec, env_signature=_env_signature(environ))
+        inst.rec = replace(inst.rec, env_signature=_env_signature(environ, self.fingerprint_key))
         self.store.put_instance(inst.rec)
 
     def env_drift(self, inst: Instance) -> str | None:
@@ -320,7 +324,8 @@ class Supervisor:
         actual = read_environ(inst.rec.pid)
         if actual is None or MARKER not in actual:
             return None  # gone, or forked but not yet exec'd: /proc shows our own environment
-        changed = sorted(k for k in expected if expected[k] != _sig(actual.get(k)))
+        key = self.fingerprint_key
+        changed = sorted(k for k in expected if not _same(expected[k], actual.get(k), key))
         return f"environment differs from the spec: {', '.join(changed)}" if changed else None
 
     def mark_drift(self, inst_id: str, reason: str) -> None:
@@ -555,12 +560,31 @@ def _owned(svc: DesiredService) -> set[str]:
     return set(svc.spec.env) | set(BUILTIN)
 
 
-def _sig(value: str | None) -> str | None:
-    return None if value is None else hashlib.sha256(value.encode()).hexdigest()[:12]
+KEYED = "k:"
+"""Prefix of a keyed signature; a bare one was written before ondeck keyed them."""
 
 
-def _env_signature(environ: Mapping[str, str]) -> dict[str, str | None]:
-    return {k: _sig(v) for k, v in environ.items()}
+def _sig(value: str | None, key: bytes | None) -> str | None:
+    """What the db keeps of an env value: an HMAC under the host key, never the value.
+
+    Without a key (a supervisor no environment configured) the plain hash of old
+    records is used, so those still compare and nothing restarts on upgrade.
+    """
+    if value is None:
+        return None
+    if key is None:
+        return hashlib.sha256(value.encode()).hexdigest()[:12]
+    return KEYED + hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def _same(expected: str | None, value: str | None, key: bytes | None) -> bool:
+    """Does `value` have the signature `expected`, keyed or written before keys?"""
+    keyed = expected is not None and expected.startswith(KEYED)
+    return expected == _sig(value, key if keyed else None)
+
+
+def _env_signature(environ: Mapping[str, str], key: bytes | None) -> dict[str, str | None]:
+    return {k: _sig(v, key) for k, v in environ.items()}
 
 
 def records_from_proc(
