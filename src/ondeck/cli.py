@@ -27,7 +27,19 @@ from ondeck.commands.backup import backup_app
 from ondeck.commands.committed import report as _report
 from ondeck.commands.job import job_app
 from ondeck.commands.maintenance import maintenance_app
-from ondeck.commands.options import ApiUrl, JsonOpt, StateDir, Token, client
+from ondeck.commands.options import (
+    ApiUrl,
+    Author,
+    BranchOpt,
+    JsonOpt,
+    Nudge,
+    PathOpt,
+    Push,
+    StateDir,
+    Target,
+    Token,
+    client,
+)
 from ondeck.commands.render import render_command
 from ondeck.commands.secret import secret_app
 from ondeck.errors import OndeckError, UserError
@@ -799,22 +811,6 @@ def token_revoke(name: str, state_dir: StateDir = None) -> None:
 
 
 # -- the write path: every change to what runs is a commit ------------------------------------
-
-Target = Annotated[
-    str, typer.Option("--repo", help="A git checkout (default: here) or a remote URL.")
-]
-Push = Annotated[
-    bool, typer.Option("--push", help="Push the commit (retried with rebase if the remote moved).")
-]
-Author = Annotated[
-    str | None, typer.Option("--author", help="'Name <email>' (default: git config).")
-]
-BranchOpt = Annotated[str | None, typer.Option("--branch", help="Branch to commit to.")]
-PathOpt = Annotated[str, typer.Option("--path", help="Directory in the repo holding ondeck.yaml.")]
-Nudge = Annotated[
-    bool,
-    typer.Option("--sync/--no-sync", help="After a push, ask a local `ondeck up` to fetch now."),
-]
 
 
 def _assignments(pairs: list[str], what: str) -> list[tuple[str, str]]:

@@ -9,12 +9,12 @@ on. Registered in cli.py as the `maintenance` group.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from ondeck.commands.committed import report
+from ondeck.commands.options import Author, BranchOpt, Nudge, PathOpt, Push, StateDir, Target
 from ondeck.gitops import set_maintenance
 
 maintenance_app = typer.Typer(
@@ -27,25 +27,6 @@ Service = Annotated[
 ]
 EnvOpt = Annotated[
     str | None, typer.Option("--env", help="The environment (default: the base spec).")
-]
-Push = Annotated[
-    bool, typer.Option("--push", help="Push the commit (retried with rebase if the remote moved).")
-]
-Author = Annotated[
-    str | None, typer.Option("--author", help="'Name <email>' (default: git config).")
-]
-Target = Annotated[
-    str, typer.Option("--repo", help="A git checkout (default: here) or a remote URL.")
-]
-BranchOpt = Annotated[str | None, typer.Option("--branch", help="Branch to commit to.")]
-PathOpt = Annotated[str, typer.Option("--path", help="Directory in the repo holding ondeck.yaml.")]
-StateDir = Annotated[
-    Path | None,
-    typer.Option("--state-dir", help="State dir of the local `ondeck up` to nudge."),
-]
-Nudge = Annotated[
-    bool,
-    typer.Option("--sync/--no-sync", help="After a push, ask a local `ondeck up` to fetch now."),
 ]
 
 

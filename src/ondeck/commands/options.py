@@ -26,6 +26,23 @@ JsonOpt = Annotated[
     bool, typer.Option("--json", help="Machine-readable output (a stable contract).")
 ]
 
+# The write path (`set-version`, `promote`, `rollback`, `maintenance` ...): each writes a commit.
+Target = Annotated[
+    str, typer.Option("--repo", help="A git checkout (default: here) or a remote URL.")
+]
+Push = Annotated[
+    bool, typer.Option("--push", help="Push the commit (retried with rebase if the remote moved).")
+]
+Author = Annotated[
+    str | None, typer.Option("--author", help="'Name <email>' (default: git config).")
+]
+BranchOpt = Annotated[str | None, typer.Option("--branch", help="Branch to commit to.")]
+PathOpt = Annotated[str, typer.Option("--path", help="Directory in the repo holding ondeck.yaml.")]
+Nudge = Annotated[
+    bool,
+    typer.Option("--sync/--no-sync", help="After a push, ask a local `ondeck up` to fetch now."),
+]
+
 
 def client(state_dir: Path | None, api: str | None, token: str | None) -> Client:
     """The API of the controller of this state dir (or of `--api`/`--token`)."""

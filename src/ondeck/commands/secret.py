@@ -26,6 +26,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from ondeck.client import Client, default_state_dir
+from ondeck.commands.options import StateDir
 from ondeck.errors import OndeckError, UserError
 from ondeck.secrets import agefile
 from ondeck.secrets.hoststore import HostStore
@@ -39,12 +40,6 @@ secret_app = typer.Typer(
 )
 err = Console(stderr=True, soft_wrap=True)
 
-StateDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--state-dir", help="State dir (default: $ONDECK_STATE_DIR or ~/.local/state/ondeck)."
-    ),
-]
 EnvOpt = Annotated[
     str | None, typer.Option("--env", help="Only this environment (default: every one).")
 ]
