@@ -733,7 +733,8 @@ app.add_typer(maintenance_app, name="maintenance")
 app.add_typer(job_app, name="job")
 
 token_app = typer.Typer(
-    help="Scoped API tokens (read < sync < deploy, per environment).", no_args_is_help=True
+    help="Scoped API tokens (read < sync < deploy, per environment and app).",
+    no_args_is_help=True,
 )
 app.add_typer(token_app, name="token")
 
@@ -759,14 +760,20 @@ def token_create(
     env: Annotated[
         list[str] | None, typer.Option("--env", help="Only this environment; repeatable.")
     ] = None,
+    app_name: Annotated[
+        list[str] | None,
+        typer.Option("--app", help="Only this app of the host file; repeatable."),
+    ] = None,
     state_dir: StateDir = None,
 ) -> None:
     """Create a token; it is printed once, only its hash is kept."""
     from ondeck.tokens import parse_scope
 
-    value = _tokens(state_dir).create(name, parse_scope(scope), env or [])
+    value = _tokens(state_dir).create(name, parse_scope(scope), env or [], app_name or [])
     print(value)
     where = ", ".join(env) if env else "every environment"
+    if app_name:
+        where += f" of app {', '.join(app_name)}"
     err.print(
         f"[green]token {name!r}[/green]: {scope} on {where}; store it now, it is not shown again"
     )
@@ -784,6 +791,7 @@ def token_list(json_out: JsonOpt = False, state_dir: StateDir = None) -> None:
                         "name": t.name,
                         "scope": t.scope.label,
                         "envs": list(t.envs),
+                        "apps": list(t.apps),
                         "prefix": t.prefix,
                         "created_at": t.created_at,
                         "last_used": t.last_used,
@@ -798,8 +806,10 @@ def token_list(json_out: JsonOpt = False, state_dir: StateDir = None) -> None:
         used = (
             time.strftime("%Y-%m-%d %H:%M", time.localtime(t.last_used)) if t.last_used else "never"
         )
+        apps = ", ".join(t.apps) or "all"
         out.print(
-            f"{t.name:20} {t.scope.label:7} {', '.join(t.envs) or 'all':20} {t.prefix}…  used {used}"
+            f"{t.name:20} {t.scope.label:7} {', '.join(t.envs) or 'all':20} {apps:12} "
+            f"{t.prefix}…  used {used}"
         )
 
 

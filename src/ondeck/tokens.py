@@ -1,4 +1,4 @@
-"""Scoped API tokens: read < sync < deploy, optionally limited to environments.
+"""Scoped API tokens: read < sync < deploy, optionally limited to environments and apps.
 
 `ondeck token create|revoke|list` manages them; the API calls `Tokens.check` and
 `allows` on each request. Only a sha256 of a token rests in the store's kv
@@ -58,6 +58,17 @@ class TokenInfo:
     created_at: float
     last_used: float | None
     prefix: str
+    apps: tuple[str, ...] = ()  # empty: every app of the host
+
+    def may_touch_apps(self, apps: Iterable[str] | None) -> bool:
+        """May this token act on each app of `apps`? None: the apps are not known yet.
+
+        An app-restricted token is refused when the apps are unknown: what it
+        would act on cannot be shown to be its own.
+        """
+        if not self.apps:
+            return True
+        return apps is not None and set(apps) <= set(self.apps)
 
 
 # The admin token from the state dir: full power, every environment.
@@ -77,10 +88,13 @@ class Tokens:
         self._clock = clock
         self._lock = threading.Lock()  # read-modify-write of the kv within this process
 
-    def create(self, name: str, scope: Scope, envs: Sequence[str] = ()) -> str:
+    def create(
+        self, name: str, scope: Scope, envs: Sequence[str] = (), apps: Sequence[str] = ()
+    ) -> str:
         """Make a token and return it; this is the only time it can be seen."""
         _check_name(name)
         env_names = _clean_envs(envs)
+        app_names = _clean_labels("app name", apps)
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         with self._lock:
             records = self._records()
@@ -92,6 +106,7 @@ class Tokens:
                 "hash": _digest(token),
                 "scope": scope.label,
                 "envs": list(env_names),
+                "apps": list(app_names),
                 "created_at": self._clock(),
                 "prefix": token[:SHOWN_CHARS],
             }
@@ -187,11 +202,15 @@ def _check_label(what: str, value: str) -> None:
 
 
 def _clean_envs(envs: Sequence[str]) -> tuple[str, ...]:
-    if isinstance(envs, str):  # a bare string would become one env per letter
-        raise TypeError("envs is a sequence of environment names, not a string")
-    for env in envs:
-        _check_label("environment name", env)
-    return tuple(sorted(set(envs)))
+    return _clean_labels("environment name", envs)
+
+
+def _clean_labels(what: str, names: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(names, str):  # a bare string would become one name per letter
+        raise TypeError(f"a sequence of {what}s, not a string")
+    for name in names:
+        _check_label(what, name)
+    return tuple(sorted(set(names)))
 
 
 def _digest(token: str) -> str:
@@ -214,6 +233,7 @@ def _info(name: str, record: Record, used: dict[str, float]) -> TokenInfo:
         created_at=float(record["created_at"]),
         last_used=used.get(record["hash"]),
         prefix=record["prefix"],
+        apps=tuple(record.get("apps", ())),  # tokens made before apps could be scoped: all
     )
 
 

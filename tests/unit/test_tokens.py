@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -256,3 +257,44 @@ def test_admin_may_do_everything_everywhere() -> None:
         assert allows(ADMIN, scope, None)
         assert allows(ADMIN, scope, "production")
     assert visible_envs(ADMIN, ["a", "b"]) == ["a", "b"]
+
+
+# -- apps ------------------------------------------------------------------
+
+
+def test_a_token_may_be_limited_to_apps(tokens: Tokens, clock: Clock) -> None:
+    token = tokens.create("shop-ci", Scope.DEPLOY, ["staging"], ["shop", "blog", "shop"])
+    found = tokens.check(token)
+    assert found is not None and found.apps == ("blog", "shop")
+    tokens.create("every-app", Scope.READ)
+    assert [(t.name, t.apps) for t in tokens.list()] == [
+        ("every-app", ()),
+        ("shop-ci", ("blog", "shop")),
+    ]
+
+
+def test_bad_app_names_are_refused(tokens: Tokens) -> None:
+    with pytest.raises(UserError, match="not a valid app name"):
+        tokens.create("ci", Scope.READ, [], ["Shop"])
+    assert tokens.list() == []
+
+
+def test_a_token_made_before_apps_existed_covers_every_app(store: Store, clock: Clock) -> None:
+    tokens = Tokens(store, clock=clock)
+    token = tokens.create("old", Scope.DEPLOY)
+    records = json.loads(store.get_kv("tokens") or "{}")
+    del records["old"]["apps"]  # as an older ondeck wrote it
+    store.set_kv("tokens", json.dumps(records))
+    found = tokens.check(token)
+    assert found is not None and found.apps == ()
+    assert found.may_touch_apps(["shop", "blog"]) and found.may_touch_apps(None)
+
+
+def test_an_app_limited_token_touches_only_its_apps() -> None:
+    shop = TokenInfo("ci", Scope.DEPLOY, (), 0.0, None, "odk_abcd", ("shop",))
+    assert shop.may_touch_apps(["shop"])
+    assert shop.may_touch_apps([])
+    assert not shop.may_touch_apps(["blog"])
+    assert not shop.may_touch_apps(["shop", "blog"])
+    assert not shop.may_touch_apps(None)  # not known yet: refused
+    assert ADMIN.may_touch_apps(["shop", "blog"]) and ADMIN.may_touch_apps(None)

@@ -126,6 +126,11 @@ def create_app(
             raise HTTPException(
                 403, f"token {info.name!r} ({info.scope.label}) may not {scope.label} {where}"
             )
+        if scope is Scope.READ and env is None:
+            return  # a read of everything: `shown` filters what it returns
+        apps = _apps_of(controller, env)
+        if not info.may_touch_apps(apps):
+            raise HTTPException(403, _app_refusal(info, scope, env, apps))
 
     def shown(info: TokenInfo, env: str | None) -> list[str]:
         """The environments a read may show: one asked for, or all the token sees."""
@@ -134,7 +139,11 @@ def create_app(
                 raise HTTPException(404, f"unknown environment {env!r}")
             require(info, Scope.READ, env)
             return [env]
-        return visible_envs(info, controller.envs)
+        return [
+            name
+            for name in visible_envs(info, controller.envs)
+            if info.may_touch_apps(_apps_of(controller, name))
+        ]
 
     api = APIRouter(prefix="/api/v1", dependencies=[Depends(authorized)])
 
@@ -294,6 +303,39 @@ def create_app(
     app.include_router(ui_router(controller, token, public_read))  # the dashboard at /
     describe_errors(app)
     return app
+
+
+def _apps_of(controller: Controller, env: str | None) -> set[str] | None:
+    """The apps a call on `env` (None: every environment) acts on; None while one is unknown.
+
+    An environment's app is the `app:` of the spec it runs, known once a spec is loaded.
+    """
+    if env is None:
+        states = list(controller.envs.values())
+    elif env in controller.envs:
+        states = [controller.envs[env]]
+    else:
+        return None
+    desired = [s.desired for s in states]
+    if any(d is None for d in desired):
+        return None
+    return {d.app for d in desired if d is not None}
+
+
+def _app_refusal(info: TokenInfo, scope: Scope, env: str | None, apps: set[str] | None) -> str:
+    """Why an app-restricted token may not act: which apps it holds, which the call touches."""
+    held = ", ".join(info.apps)
+    where = f"environment {env!r}" if env else "every environment"
+    if apps is None:
+        return (
+            f"token {info.name!r} is limited to app {held}: the app of {where} is not known "
+            "yet (no spec loaded); try again after its first sync"
+        )
+    others = ", ".join(sorted(apps - set(info.apps)))
+    return (
+        f"token {info.name!r} is limited to app {held}: it may not {scope.label} "
+        f"app {others} ({where}); use a token for that app"
+    )
 
 
 def _sync_entry(r: SyncRecord) -> SyncEntry:

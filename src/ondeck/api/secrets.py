@@ -39,8 +39,15 @@ def secrets_router(
     @router.get("")
     def list_secrets(info: Caller, env: str | None = None, app: str | None = None) -> Any:
         require(info, Scope.READ, env)
+        if app is not None:
+            _require_app(info, Scope.READ, app)
         rows = store.infos(app=app, env=env)
-        seen = [r for r in rows if allows(info, Scope.READ, None if r.env == ANY else r.env)]
+        seen = [
+            r
+            for r in rows
+            if allows(info, Scope.READ, None if r.env == ANY else r.env)
+            and (r.app == ANY or info.may_touch_apps([r.app]))
+        ]
         return {"secrets": [r.to_json() for r in seen]}
 
     @router.put("/{name}")
@@ -48,10 +55,11 @@ def secrets_router(
         body = await _body(request)
         env, app, value = body.get("env"), body.get("app"), body.get("value")
         require(info, Scope.DEPLOY, env)
-        if not isinstance(value, str):
-            raise HTTPException(422, 'the body is {"value": "...", "env": "E"} with a string value')
         if not all(v is None or isinstance(v, str) for v in (env, app)):
             raise HTTPException(422, "env and app are strings")
+        _require_app(info, Scope.DEPLOY, app)
+        if not isinstance(value, str):
+            raise HTTPException(422, 'the body is {"value": "...", "env": "E"} with a string value')
         try:
             saved = store.set(name, value, app=app, env=env)
         except UserError as err:
@@ -64,6 +72,7 @@ def secrets_router(
         name: str, info: Caller, env: str | None = None, app: str | None = None
     ) -> Any:
         require(info, Scope.DEPLOY, env)
+        _require_app(info, Scope.DEPLOY, app)
         try:
             store.unset(name, app=app, env=env)
         except UserError as err:
@@ -72,6 +81,19 @@ def secrets_router(
         return {"unset": name}
 
     return router
+
+
+def _require_app(info: TokenInfo, scope: Scope, app: str | None) -> None:
+    """An app-restricted token names one of its apps (None would mean every app): else 403."""
+    if info.may_touch_apps(None if app in (None, ANY) else [app]):
+        return
+    held = ", ".join(info.apps)
+    target = f"app {app!r}" if app not in (None, ANY) else "every app"
+    raise HTTPException(
+        403,
+        f"token {info.name!r} is limited to app {held}: it may not {scope.label} "
+        f"secrets of {target}; name one of its apps",
+    )
 
 
 async def _body(request: Request) -> dict[str, Any]:
