@@ -29,6 +29,7 @@ from ondeck.commands.job import job_app
 from ondeck.commands.maintenance import maintenance_app
 from ondeck.commands.options import (
     ApiUrl,
+    AppName,
     Author,
     BranchOpt,
     JsonOpt,
@@ -151,7 +152,9 @@ def init(
 
 @app.command()
 def up(
-    repo: Annotated[str, typer.Argument(help="Local path or any URL git can fetch.")],
+    repo: Annotated[
+        str | None, typer.Argument(help="Local path or any URL git can fetch (one app).")
+    ] = None,
     branch: Annotated[
         str | None, typer.Option(help="Branch to follow (default: the remote's HEAD).")
     ] = None,
@@ -202,15 +205,26 @@ def up(
             help="Anyone who reaches the API may read the dashboard (never act, never see logs).",
         ),
     ] = False,
+    host_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--host-file", help="Run every app this file lists (instead of REPO), one router."
+        ),
+    ] = None,
 ) -> None:
     """Run the controller in the foreground: make this host match the repo, and keep it so."""
     from ondeck.environment import Options
 
     directory = (state_dir or default_state_dir()).resolve()
     _setup_logging()
-    is_local = os.path.exists(repo)
+    if (repo is None) == (host_file is None):
+        raise UserError("give `ondeck up` a REPO (one app) or --host-file FILE (many), not both")
+    if host_file is not None and (branch or path or env):
+        raise UserError("--branch, --path and --env are per app with --host-file: set them there")
+    source = str(host_file.resolve()) if host_file is not None else str(repo)
+    is_local = os.path.exists(source)
     opts = Options(
-        repo=str(Path(repo).resolve()) if is_local else repo,
+        repo=str(Path(source).resolve()) if is_local else source,
         state_dir=directory,
         branch=branch,
         path=path,
@@ -224,6 +238,13 @@ def up(
         container_host=container_host,
         trusted_proxies=_router_options(trusted_proxy).trusted_proxies,
     )
+    if host_file is not None:
+        from ondeck.api.host import create_host_app
+        from ondeck.daemon import serve_host
+
+        host_app = functools.partial(create_host_app, public_read=public_read)
+        serve_host(host_file.resolve(), opts, api, webhook_secret, host_app)
+        return
     from ondeck.api.app import create_app
     from ondeck.daemon import serve
 
@@ -286,14 +307,22 @@ def _setup_logging() -> None:
 
 @app.command()
 def status(
-    json_out: JsonOpt = False, state_dir: StateDir = None, api: ApiUrl = None, token: Token = None
+    json_out: JsonOpt = False,
+    state_dir: StateDir = None,
+    api: ApiUrl = None,
+    token: Token = None,
+    app_name: AppName = None,
 ) -> None:
     """Desired vs live, per environment and service."""
-    doc = _client(state_dir, api, token).get("/api/v1/status")
+    doc = _client(state_dir, api, token, app_name).get("/api/v1/status")
     if json_out:
         shown = {"environments": doc["environments"]}
         if doc.get("certificates"):
             shown["certificates"] = doc["certificates"]
+        if doc.get("apps"):  # `ondeck up --host-file`: every app listed, running or not
+            shown["apps"] = doc["apps"]
+        if doc.get("host_file"):
+            shown["host_file"] = doc["host_file"]
         print(json.dumps(shown, indent=2))
         return
     _print_status(doc)
@@ -323,8 +352,13 @@ def _print_doc(doc: StatusDoc) -> None:
         )
     if doc.store.error:
         out.print(f"[red]state dir:[/red] {escape(doc.store.error)} (free some space)")
+    if doc.host_file is not None and doc.host_file.error:
+        out.print(f"[red]host file not applied:[/red] {escape(doc.host_file.error)}")
+    for row in doc.apps:
+        if row.error:
+            out.print(f"[red]app {row.name} not running:[/red] {escape(row.error)}")
     for env in doc.environments:
-        _print_env(env)
+        _print_env(env, len(doc.apps) > 1)
     for cert in doc.certificates:
         _print_certificate(cert)
     if doc.certificates and not doc.router.listen_tls:
@@ -359,10 +393,11 @@ def _print_backup(b: BackupStatus) -> None:
         out.print(f"    [red]last error:[/red] {escape(b.last_error)}")
 
 
-def _print_env(env: EnvStatus) -> None:
+def _print_env(env: EnvStatus, with_app: bool = False) -> None:
     sync, health = env.sync, env.health
+    name = f"{env.app}/{env.name}" if with_app and env.app else env.name
     out.print(
-        f"[bold]{env.name}[/bold]  [{SYNC_STYLE.get(sync, 'white')}]{sync}[/]  "
+        f"[bold]{escape(name)}[/bold]  [{SYNC_STYLE.get(sync, 'white')}]{sync}[/]  "
         f"[{HEALTH_STYLE.get(health, 'white')}]{health}[/]"
     )
     for label, commit in (
@@ -453,12 +488,13 @@ def sync(
     state_dir: StateDir = None,
     api: ApiUrl = None,
     token: Token = None,
+    app_name: AppName = None,
 ) -> None:
     """Refresh from git now and sync."""
     seconds = parse_duration(timeout)
     started = time.monotonic()
     with err.status("fetching and syncing…") if wait and not json_out else contextlib.nullcontext():
-        answer = _client(state_dir, api, token).post(
+        answer = _client(state_dir, api, token, app_name).post(
             "/api/v1/sync",
             {"env": env, "wait": wait, "timeout": seconds, "skip_backup": skip_backup},
             timeout=seconds + 10,
@@ -490,10 +526,11 @@ def down(
     state_dir: StateDir = None,
     api: ApiUrl = None,
     token: Token = None,
+    app_name: AppName = None,
 ) -> None:
     """Stop the app's instances gracefully, and the router; the state is kept for `ondeck up`."""
     with err.status("stopping instances gracefully…"):
-        answer = _client(state_dir, api, token).post(
+        answer = _client(state_dir, api, token, app_name).post(
             "/api/v1/down", {"env": env}, timeout=DOWN_TIMEOUT
         )
     stopped = answer["stopped"]
@@ -512,13 +549,14 @@ def run(
     state_dir: StateDir = None,
     api: ApiUrl = None,
     token: Token = None,
+    app_name: AppName = None,
 ) -> None:
     """Run a one-off command in SERVICE's current release with its environment and secrets.
 
     It runs here, in the foreground (interactive on a terminal), and is recorded in
     the environment's events. Example: `ondeck run web -- python3 manage.py shell`.
     """
-    answer = _client(state_dir, api, token).post(
+    answer = _client(state_dir, api, token, app_name).post(
         f"/api/v1/run/{service}", {"env": env, "argv": argv}
     )
     environ = dict(answer["environ"])  # holds secret values: never printed
@@ -541,9 +579,10 @@ def diff(
     state_dir: StateDir = None,
     api: ApiUrl = None,
     token: Token = None,
+    app_name: AppName = None,
 ) -> None:
     """What differs between desired and live, and why."""
-    doc = _client(state_dir, api, token).get("/api/v1/diff", env=env)
+    doc = _client(state_dir, api, token, app_name).get("/api/v1/diff", env=env)
     if json_out:
         print(json.dumps(doc, indent=2))
         return
@@ -574,9 +613,10 @@ def history(
     state_dir: StateDir = None,
     api: ApiUrl = None,
     token: Token = None,
+    app_name: AppName = None,
 ) -> None:
     """Every sync: revision, author, message, trigger, result, duration, actions."""
-    doc = _client(state_dir, api, token).get("/api/v1/history", env=env, limit=limit)
+    doc = _client(state_dir, api, token, app_name).get("/api/v1/history", env=env, limit=limit)
     if json_out:
         print(json.dumps(doc, indent=2))
         return
@@ -610,6 +650,7 @@ def logs(
     state_dir: StateDir = None,
     api: ApiUrl = None,
     token: Token = None,
+    app_name: AppName = None,
     access: Annotated[
         bool, typer.Option("--access", help="The router's access log of the service instead.")
     ] = False,
@@ -631,7 +672,7 @@ def logs(
 
         show((state_dir or default_state_dir()).resolve(), service, env, lines, follow, sys.stdout)
         return
-    client = _client(state_dir, api, token)
+    client = _client(state_dir, api, token, app_name)
     if release:
         sys.stdout.write(client.get(f"/api/v1/release-task/{service}", env=env))
         return
@@ -693,8 +734,9 @@ def _rollout(
     state_dir: Path | None,
     api: str | None,
     token: str | None,
+    app_name: str | None = None,
 ) -> None:
-    answer = _client(state_dir, api, token).post(
+    answer = _client(state_dir, api, token, app_name).post(
         f"/api/v1/rollout/{service}/{action}" + (f"?env={env}" if env else ""), {}
     )
     release = answer["release"]
@@ -711,9 +753,10 @@ def rollout_promote(
     state_dir: StateDir = None,
     api: ApiUrl = None,
     token: Token = None,
+    app_name: AppName = None,
 ) -> None:
     """Go past the current pause (or retry an aborted release)."""
-    _rollout("promote", service, env, state_dir, api, token)
+    _rollout("promote", service, env, state_dir, api, token, app_name)
 
 
 @rollout_app.command("abort")
@@ -723,9 +766,10 @@ def rollout_abort(
     state_dir: StateDir = None,
     api: ApiUrl = None,
     token: Token = None,
+    app_name: AppName = None,
 ) -> None:
     """Send all traffic back to the stable version and stop the new one."""
-    _rollout("abort", service, env, state_dir, api, token)
+    _rollout("abort", service, env, state_dir, api, token, app_name)
 
 
 app.add_typer(secret_app, name="secret")

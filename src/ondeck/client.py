@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -27,9 +28,17 @@ class ApiError(OndeckError):
 
 
 class Client:
-    def __init__(self, state_dir: Path, api: str | None = None, token: str | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        api: str | None = None,
+        token: str | None = None,
+        app: str | None = None,
+    ) -> None:
         self.state_dir = state_dir
         self.url = (api or os.environ.get("ONDECK_API") or self._saved_url()).rstrip("/")
+        if app:  # one app of `ondeck up --host-file`: its own API, under /apps/NAME/
+            self.url += f"/apps/{quote(app, safe='')}"
         self.token = token or os.environ.get("ONDECK_TOKEN") or self._saved_token()
         self.http = httpx.Client(
             base_url=self.url,

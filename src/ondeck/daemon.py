@@ -18,16 +18,17 @@ import os
 import secrets
 import signal
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from ondeck import __version__
+from ondeck.apphost import AppHost
 from ondeck.clock import SYSTEM_CLOCK, Clock
 from ondeck.controller import Controller
 from ondeck.environment import Options
 from ondeck.errors import UserError
-from ondeck.files import write_atomic
+from ondeck.hostrouter import HostRouter
 from ondeck.https import CertificateManager
 from ondeck.permissions import secure_state_dir
 from ondeck.runtime.base import ExitCallback, Runtimes
@@ -35,11 +36,12 @@ from ondeck.runtime.container import ContainerRuntime
 from ondeck.runtime.process import ProcessRuntime
 from ondeck.source.git import GitSource
 from ondeck.store import open_store
-from ondeck.traffic import RouterLink
+from ondeck.traffic import RouterControl, RouterLink
 
 log = logging.getLogger("ondeck")
 
 AppFactory = Callable[[Controller, str, str | None], Any]  # (controller, token, webhook secret)
+HostAppFactory = Callable[[AppHost, str, str | None], Any]  # the same, for a host of many apps
 
 
 def default_runtimes(opts: Options) -> Runtimes:
@@ -54,10 +56,15 @@ def default_runtimes(opts: Options) -> Runtimes:
     return Runtimes({"process": process, "container": container})
 
 
+def default_source(opts: Options) -> GitSource:
+    """The git mirror of the state dir's repo."""
+    mirror = opts.state_dir / "repos" / hashlib.sha256(opts.repo.encode()).hexdigest()[:16]
+    return GitSource(opts.repo, mirror, opts.branch)
+
+
 def build_controller(opts: Options, clock: Clock = SYSTEM_CLOCK) -> Controller:
     """A controller with the real collaborators of a state dir."""
     opts.state_dir.mkdir(parents=True, exist_ok=True)
-    mirror = opts.state_dir / "repos" / hashlib.sha256(opts.repo.encode()).hexdigest()[:16]
     router = (
         RouterLink(opts.state_dir, opts.listen, opts.trusted_proxies, opts.listen_tls)
         if opts.listen
@@ -66,7 +73,7 @@ def build_controller(opts: Options, clock: Clock = SYSTEM_CLOCK) -> Controller:
     return Controller(
         opts,
         store=open_store(opts.state_dir / "ondeck.db", clock.time()),
-        source=GitSource(opts.repo, mirror, opts.branch),
+        source=default_source(opts),
         runtimes=default_runtimes(opts),
         router=router,
         clock=clock,
@@ -74,6 +81,43 @@ def build_controller(opts: Options, clock: Clock = SYSTEM_CLOCK) -> Controller:
         if router is not None
         else None,
     )
+
+
+def build_app_controller(opts: Options, router: RouterControl | None) -> Controller:
+    """One app of a host file: its own state dir, the host's router (HTTPS: not yet)."""
+    opts.state_dir.mkdir(parents=True, exist_ok=True)
+    secure_state_dir(opts.state_dir)
+    return Controller(
+        opts,
+        store=open_store(opts.state_dir / "ondeck.db", SYSTEM_CLOCK.time()),
+        source=default_source(opts),
+        runtimes=default_runtimes(opts),
+        router=router,
+    )
+
+
+def build_host(host_file: Path, opts: Options) -> AppHost:
+    """`ondeck up --host-file`: every app of the file, one router in the host's state dir."""
+    if opts.listen_tls:
+        raise UserError(
+            "--listen-tls with --host-file: not supported yet; "
+            "run an app that needs HTTPS on its own (`ondeck up REPO --listen-tls ...`)"
+        )
+    if (opts.state_dir / "repos").exists():  # a mirror at the top: `up REPO` was here
+        raise UserError(
+            f"{opts.state_dir} holds the state of `ondeck up REPO` (one app): "
+            "give `--host-file` a state dir of its own (--state-dir), its apps live in apps/NAME/"
+        )
+    link = RouterLink(opts.state_dir, opts.listen, opts.trusted_proxies) if opts.listen else None
+    host = AppHost(
+        host_file,
+        opts,
+        build_app_controller,
+        default_source,
+        HostRouter(link) if link is not None else None,
+    )
+    host.load()  # a bad host file: `ondeck up` says so and does not start
+    return host
 
 
 def serve(opts: Options, api: str, webhook_secret: str | None, app_factory: AppFactory) -> None:
@@ -96,27 +140,65 @@ def _lock(directory: Path) -> Iterator[None]:
         yield
 
 
+def serve_host(
+    host_file: Path,
+    opts: Options,
+    api: str,
+    webhook_secret: str | None,
+    app_factory: HostAppFactory,
+) -> None:
+    """`ondeck up --host-file`: every app of the file in one process, API and router."""
+    with _lock(opts.state_dir):
+        asyncio.run(_serve_host(host_file, opts, api, webhook_secret, app_factory))
+
+
+async def _serve_host(
+    host_file: Path,
+    opts: Options,
+    api: str,
+    webhook_secret: str | None,
+    app_factory: HostAppFactory,
+) -> None:
+    sock = _bind(api)
+    host = build_host(host_file, opts)
+    secure_state_dir(opts.state_dir)
+    token = _ensure_token(opts.state_dir)
+    await _run(opts, sock, app_factory(host, token, webhook_secret), host.run, host.stop)
+
+
 async def _serve(
     opts: Options, api: str, webhook_secret: str | None, app_factory: AppFactory
 ) -> None:
-    import uvicorn
-
+    if (opts.state_dir / "apps").is_dir():
+        raise UserError(
+            f"{opts.state_dir} holds the apps of `ondeck up --host-file`: run that again, "
+            "or give `ondeck up REPO` a state dir of its own (--state-dir)"
+        )
     sock = _bind(api)
     controller = build_controller(opts)
     secure_state_dir(opts.state_dir)  # 0700, files 0600: also a state dir an older ondeck made
     token = _ensure_token(opts.state_dir)
-    config = uvicorn.Config(
-        app_factory(controller, token, webhook_secret),
-        log_level="warning",
-        lifespan="off",
-        access_log=False,
-    )
+    asgi = app_factory(controller, token, webhook_secret)
+    await _run(opts, sock, asgi, controller.run, controller.stop)
+
+
+async def _run(
+    opts: Options,
+    sock: socket.socket,
+    asgi: Any,
+    run: Callable[[], Awaitable[None]],
+    stop: Callable[[], None],
+) -> None:
+    """Serve the API on `sock` while `run` (the controller loop) runs; both end together."""
+    import uvicorn
+
+    config = uvicorn.Config(asgi, log_level="warning", lifespan="off", access_log=False)
     server = _Server(config)
     loop = asyncio.get_running_loop()
 
     def shutdown() -> None:
         log.info("stopping the controller; instances keep running")
-        controller.stop()
+        stop()
         server.should_exit = True
 
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -124,7 +206,7 @@ async def _serve(
     host, port = sock.getsockname()[:2]
     url = f"http://{host}:{port}"
     try:
-        write_atomic(opts.state_dir / "api.json", json.dumps({"url": url, "pid": os.getpid()}))
+        _write_atomic(opts.state_dir / "api.json", json.dumps({"url": url, "pid": os.getpid()}))
     except OSError as err:  # a full disk: supervise anyway, clients need --api
         log.error("cannot write %s/api.json (%s): clients need --api %s", opts.state_dir, err, url)
     log.info(
@@ -137,7 +219,7 @@ async def _serve(
 
     async def control() -> None:
         try:
-            await controller.run()
+            await run()
         finally:  # `ondeck down` (or a crash) ends the loop: the API goes with it
             server.should_exit = True
 
@@ -189,5 +271,14 @@ def _ensure_token(state_dir: Path) -> str:
     if path.exists():
         return path.read_text().strip()
     token = secrets.token_urlsafe(32)
-    write_atomic(path, token + "\n", 0o600)
+    _write_atomic(path, token + "\n", mode=0o600)
     return token
+
+
+def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)

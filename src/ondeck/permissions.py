@@ -29,6 +29,7 @@ LOG_GROUP_ENV = "ONDECK_LOG_GROUP"
 _LOG_TREES = ("logs",)
 # Trees left alone: app data (the app decides), releases (their modes are part of drift).
 _SKIPPED_TREES = ("data", "releases")
+_APPS = "apps"  # `ondeck up --host-file`: one state dir per app under it
 
 
 @dataclass(frozen=True)
@@ -89,11 +90,23 @@ def _walk(state_dir: Path) -> Iterator[tuple[Path, bool]]:
     for child in state_dir.iterdir():
         if child.name in _SKIPPED_TREES:
             continue
+        if child.name == _APPS and child.is_dir() and not child.is_symlink():
+            yield from _walk_apps(child)
+            continue
         yield child, child.name in _LOG_TREES
         if child.is_dir() and not child.is_symlink():
             for root, dirs, files in os.walk(child):
                 for name in dirs + files:
                     yield Path(root) / name, child.name in _LOG_TREES
+
+
+def _walk_apps(apps: Path) -> Iterator[tuple[Path, bool]]:
+    """`ondeck up --host-file`: each app's state dir, walked by the same rules."""
+    yield apps, False
+    for app in apps.iterdir():
+        if app.is_dir() and not app.is_symlink():
+            yield app, False
+            yield from _walk(app)
 
 
 def _chmod(path: Path, mode: int) -> bool:

@@ -226,6 +226,22 @@ class ControllerStatus(Model):
     poll: float
 
 
+class AppStatus(Model):
+    """One app of the host file (`ondeck up --host-file`): its source, or why it does not run."""
+
+    name: str
+    source: SourceStatus
+    envs: list[str] = Field(default_factory=list)  # the environments it runs
+    error: str | None = None  # why it is not running (its repo unreachable, its spec unreadable)
+
+
+class HostFileStatus(Model):
+    """The host file `ondeck up --host-file` follows, and why its last change was not applied."""
+
+    path: str
+    error: str | None = None
+
+
 class StatusDoc(Model):
     """The `ondeck status --json` document (GET /api/v1/status)."""
 
@@ -235,6 +251,8 @@ class StatusDoc(Model):
     store: StoreStatus = Field(default_factory=StoreStatus)
     controller: ControllerStatus
     certificates: list[CertificateStatus] = Field(default_factory=list)
+    apps: list[AppStatus] = Field(default_factory=list)  # `--host-file`: every app listed
+    host_file: HostFileStatus | None = None  # `--host-file` only
 
 
 class SyncEntry(Model):

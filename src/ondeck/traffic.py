@@ -38,7 +38,10 @@ DRAIN_POLL = 0.05
 class RouterControl(Protocol):
     """What the controller needs of the router: `RouterLink`, or a test's stand-in."""
 
-    error: str | None  # why the router cannot serve, shown in the status
+    @property
+    def error(self) -> str | None:
+        """Why the router cannot serve, shown in the status."""
+        ...
 
     async def ensure(self) -> bool:
         """A router answers: the running one, or one started now."""
@@ -229,7 +232,11 @@ class RouterLink:
 
     async def push(self, envs: Iterable[EnvTraffic]) -> None:
         """Send the routing of `envs` if it changed; a router down is reported, not fatal."""
-        config = router_config(envs, self.generation + 1)
+        await self.send(router_config(envs, self.generation + 1))
+
+    async def send(self, config: RouterConfig) -> None:
+        """Send `config` if its routing changed (a host of many apps merges theirs first)."""
+        config = dataclasses.replace(config, generation=self.generation + 1)
         if self.config is not None and same_routing(config, self.config):
             return
         try:
@@ -244,6 +251,10 @@ class RouterLink:
     async def drain(self, rec: InstanceRecord, envs: Iterable[EnvTraffic]) -> None:
         """Take `rec` out of the pools, then wait (up to its `drain`) for its requests."""
         await self.push(envs)
+        await self.drained(rec)
+
+    async def drained(self, rec: InstanceRecord) -> None:
+        """Wait (up to `rec.drain`) until the router has no request in flight to `rec`."""
         deadline = time.monotonic() + rec.drain
         while time.monotonic() < deadline:
             try:

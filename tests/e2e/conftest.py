@@ -113,7 +113,7 @@ class Ondeck:
                 "-m",
                 "ondeck",
                 "up",
-                self.repo,
+                *([self.repo] if self.repo else []),  # none: `--host-file FILE` in the flags
                 "--api",
                 "127.0.0.1:0",
                 "--poll",
@@ -202,11 +202,13 @@ def kill_instances(state_dir: Path) -> None:
     if pid_file.exists():
         with contextlib.suppress(ProcessLookupError, ValueError):
             os.killpg(int(pid_file.read_text()), signal.SIGKILL)
-    runtime = ProcessRuntime(state_dir, lambda _: None)
-    for handle in runtime.scan().values():
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(handle.pid, signal.SIGKILL)
-    runtime.close()
+    apps = state_dir / "apps"  # `ondeck up --host-file`: one state dir per app
+    for app_dir in [state_dir, *(sorted(apps.iterdir()) if apps.is_dir() else [])]:
+        runtime = ProcessRuntime(app_dir, lambda _: None)
+        for handle in runtime.scan().values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(handle.pid, signal.SIGKILL)
+        runtime.close()
 
 
 @pytest.fixture

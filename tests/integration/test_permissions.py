@@ -67,6 +67,19 @@ def test_an_old_state_dir_is_made_private_at_start(tmp_path: Path) -> None:
     assert secure_state_dir(state, LogAccess()) == []  # nothing left to fix
 
 
+def test_each_app_of_a_host_file_is_walked_like_a_state_dir(tmp_path: Path) -> None:
+    """`ondeck up --host-file` keeps each app in apps/NAME/: its releases keep their modes
+    (a chmod there was drift, and every instance was replaced at each restart)."""
+    host = tmp_path / "host"
+    shop = _old_state_dir(host / "apps")
+    secure_state_dir(host, LogAccess())
+    assert _mode(host / "apps") == 0o700
+    assert _mode(shop / "ondeck.db") == 0o600
+    assert _mode(shop / "logs/shop/default/web-1.log") == 0o600
+    assert _mode(shop / "releases/shop/default/web/abc/ondeck.yaml") == 0o644
+    assert _mode(shop / "data/shop/default/app.sqlite") == 0o644
+
+
 def _a_group_of_mine() -> grp.struct_group:
     return grp.getgrgid(os.getgid())
 

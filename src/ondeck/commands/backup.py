@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ondeck.commands.options import ApiUrl, JsonOpt, StateDir, Token, client
+from ondeck.commands.options import ApiUrl, AppName, JsonOpt, StateDir, Token, client
 
 backup_app = typer.Typer(
     help="Backups that are proven: run, list, verify (a scratch restore) and restore.",
@@ -63,9 +63,10 @@ def run(
     state_dir: StateDir = None,
     api: ApiUrl = None,
     token: Token = None,
+    app_name: AppName = None,
 ) -> None:
     """Take a backup now (and prove it by restoring it when `verify` is on)."""
-    client = _client(state_dir, api, token)
+    client = _client(state_dir, api, token, app_name)
     _show(client.post(f"/api/v1/backups/{name}/run", {"env": env}, timeout=LONG), "took", as_json)
 
 
@@ -78,9 +79,10 @@ def verify(
     state_dir: StateDir = None,
     api: ApiUrl = None,
     token: Token = None,
+    app_name: AppName = None,
 ) -> None:
     """Restore a backup (the newest unless --id) into a scratch target and compare it."""
-    client = _client(state_dir, api, token)
+    client = _client(state_dir, api, token, app_name)
     body = {"env": env, "id": backup_id}
     _show(client.post(f"/api/v1/backups/{name}/verify", body, timeout=LONG), "verified", as_json)
 
@@ -97,9 +99,10 @@ def restore(
     state_dir: StateDir = None,
     api: ApiUrl = None,
     token: Token = None,
+    app_name: AppName = None,
 ) -> None:
     """Put back the latest verified backup (or --id); the current state is backed up first."""
-    client = _client(state_dir, api, token)
+    client = _client(state_dir, api, token, app_name)
     body = {"env": env, "id": backup_id, "while_running": while_running}
     answer = client.post(f"/api/v1/backups/{name}/restore", body, timeout=LONG)
     _show(answer, "restored", as_json)
@@ -113,9 +116,10 @@ def list_backups(
     state_dir: StateDir = None,
     api: ApiUrl = None,
     token: Token = None,
+    app_name: AppName = None,
 ) -> None:
     """The backups of NAME, oldest first, with whether a restore proved each."""
-    answer = _client(state_dir, api, token).get(f"/api/v1/backups/{name}", env=env)
+    answer = _client(state_dir, api, token, app_name).get(f"/api/v1/backups/{name}", env=env)
     rows = answer["backups"]
     if as_json:
         out.print_json(json.dumps(rows))

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ondeck.commands.options import ApiUrl, JsonOpt, StateDir, Token, client
+from ondeck.commands.options import ApiUrl, AppName, JsonOpt, StateDir, Token, client
 
 job_app = typer.Typer(
     help="Scheduled jobs: list them, run one now, see its runs.", no_args_is_help=True
@@ -69,9 +69,10 @@ def job_list(
     state_dir: StateDir = None,
     api: ApiUrl = None,
     token: Token = None,
+    app_name: AppName = None,
 ) -> None:
     """Every job: schedule, next run, last result."""
-    doc = _client(state_dir, api, token).get("/api/v1/jobs", env=env)
+    doc = _client(state_dir, api, token, app_name).get("/api/v1/jobs", env=env)
     if json_out:
         print(json.dumps(doc, indent=2))
         return
@@ -103,9 +104,10 @@ def job_run(
     state_dir: StateDir = None,
     api: ApiUrl = None,
     token: Token = None,
+    app_name: AppName = None,
 ) -> None:
     """Run a job now (recorded with trigger `manual`)."""
-    doc = _client(state_dir, api, token).post(
+    doc = _client(state_dir, api, token, app_name).post(
         f"/api/v1/jobs/{name}/run", {"env": env, "wait": wait}, timeout=None if wait else 30
     )
     run = doc["run"]
@@ -128,9 +130,10 @@ def job_history(
     state_dir: StateDir = None,
     api: ApiUrl = None,
     token: Token = None,
+    app_name: AppName = None,
 ) -> None:
     """A job's runs, newest first: trigger, result, exit code, duration."""
-    doc = _client(state_dir, api, token).get(f"/api/v1/jobs/{name}/history", env=env)
+    doc = _client(state_dir, api, token, app_name).get(f"/api/v1/jobs/{name}/history", env=env)
     if json_out:
         print(json.dumps(doc, indent=2))
         return

@@ -22,6 +22,14 @@ Token = Annotated[
     str | None,
     typer.Option("--token", help="Bearer token (default: from the state dir, or $ONDECK_TOKEN)."),
 ]
+AppName = Annotated[
+    str | None,
+    typer.Option(
+        "--app",
+        envvar="ONDECK_APP",
+        help="The app, when `ondeck up --host-file` runs several (default: $ONDECK_APP).",
+    ),
+]
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Machine-readable output (a stable contract).")
 ]
@@ -44,6 +52,9 @@ Nudge = Annotated[
 ]
 
 
-def client(state_dir: Path | None, api: str | None, token: str | None) -> Client:
-    """The API of the controller of this state dir (or of `--api`/`--token`)."""
-    return Client(state_dir or default_state_dir(), api, token)
+def client(
+    state_dir: Path | None, api: str | None, token: str | None, app: str | None = None
+) -> Client:
+    """The API of the controller of this state dir (or of `--api`/`--token`); with `app`,
+    the API of that app of a host file (`/apps/APP/`)."""
+    return Client(state_dir or default_state_dir(), api, token, app)

@@ -60,6 +60,20 @@ def _state(state_dir: Path | None) -> Path:
     return (state_dir or default_state_dir()).resolve()
 
 
+def _store(state_dir: Path | None, app: str | None) -> HostStore:
+    """The host's secrets; under `ondeck up --host-file`, the named app's own (apps/NAME/)."""
+    root = _state(state_dir)
+    apps = root / "apps"
+    if not apps.is_dir():
+        return HostStore(root)
+    names = sorted(p.name for p in apps.iterdir() if p.is_dir())
+    if app is None or app not in names:
+        what = "name one with --app" if app is None else f"unknown app {app!r}"
+        raise UserError(f"{root} runs the apps of a host file, each with its own secrets: "
+                        f"{what} ({', '.join(names) or 'none yet'})")  # fmt: skip
+    return HostStore(apps / app)
+
+
 def read_value(name: str) -> str:
     """The secret's value: standard input (one trailing newline dropped), or a prompt on a tty."""
     if sys.stdin.isatty():
@@ -82,7 +96,7 @@ def secret_set(
     name: str, env: EnvOpt = None, app: AppOpt = None, state_dir: StateDir = None
 ) -> None:
     """Store a secret on this host; the value is read from standard input, never argv."""
-    info = HostStore(_state(state_dir)).set(name, read_value(name), app=app, env=env)
+    info = _store(state_dir, app).set(name, read_value(name), app=app, env=env)
     where = f"environment {env}" if env else "every environment"
     err.print(f"[green]secret {name}[/green] set for {where} (fingerprint {info.fingerprint})")
     _nudge(state_dir)
@@ -93,7 +107,7 @@ def secret_unset(
     name: str, env: EnvOpt = None, app: AppOpt = None, state_dir: StateDir = None
 ) -> None:
     """Forget a secret in exactly that scope."""
-    HostStore(_state(state_dir)).unset(name, app=app, env=env)
+    _store(state_dir, app).unset(name, app=app, env=env)
     err.print(f"[green]secret {name}[/green] unset")
     _nudge(state_dir)
 
@@ -115,7 +129,7 @@ def secret_list(
     state_dir: StateDir = None,
 ) -> None:
     """Names, scopes, when set and a keyed fingerprint: never a value."""
-    rows = HostStore(_state(state_dir)).infos(app=app, env=env)
+    rows = _store(state_dir, app).infos(app=app, env=env)
     if json_out:
         print(json.dumps([r.to_json() for r in rows], indent=2))
         return

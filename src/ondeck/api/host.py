@@ -1,0 +1,238 @@
+"""The API of a host of many apps (`ondeck up --host-file`): one port, an app dimension.
+
+Each app's own API (api/app.py, unchanged) answers under `/apps/NAME/`, so
+every command works with `--app NAME`. At the top: `status` merges every app
+(each environment names its `app`), `sync` without `--env` syncs them all,
+`down` takes the whole host down, `/` lists every app's environments. Any other
+call goes to the only app when there is one (a one-app host file behaves like
+`ondeck up REPO`), and is refused, naming the apps, when there are several.
+Built by cli.py (`ondeck up --host-file`), served by daemon.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from html import escape
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse
+from starlette.types import Receive, Scope, Send
+
+from ondeck import __version__
+from ondeck.api import guard
+from ondeck.api.app import DownAnswer, DownBody, SyncBody, create_app
+from ondeck.apphost import AppHost
+from ondeck.controller import Controller
+from ondeck.errors import TemporaryError, UserError
+from ondeck.status import (
+    ControllerStatus,
+    RouterStatus,
+    SourceStatus,
+    StatusDoc,
+    SyncAnswer,
+)
+
+HOST_PATHS = {"/", "/api/v1/status", "/api/v1/sync", "/api/v1/down", "/healthz"}
+
+
+class HostApi:
+    """ASGI: `/apps/NAME/...` to that app's API, the host's own calls here."""
+
+    def __init__(
+        self, host: AppHost, token: str, webhook_secret: str | None, public_read: bool
+    ) -> None:
+        self.host, self.token = host, token
+        self.webhook_secret, self.public_read = webhook_secret, public_read
+        self.own = _host_routes(self)
+        self._apis: dict[int, tuple[Controller, Any]] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if scope["type"] not in ("http", "websocket"):
+            await self.own(scope, receive, send)
+            return
+        if path == "/apps" or path.startswith("/apps/"):
+            name = path.removeprefix("/apps").strip("/").split("/", 1)[0]
+            target = self.host.apps.get(name)
+            if target is None:
+                known = ", ".join(self.host.apps) or "none"
+                await _refuse(send, 404, f"unknown app {name!r}; this host runs: {known}")
+                return
+            root = f"{scope.get('root_path', '')}/apps/{name}"
+            await self._api(target.controller)({**scope, "root_path": root}, receive, send)
+            return
+        if path in HOST_PATHS or path.startswith("/static") or len(self.host.apps) != 1:
+            if path not in HOST_PATHS and path.startswith("/api/"):
+                names = ", ".join(self.host.apps) or "none"
+                await _refuse(
+                    send,
+                    400,
+                    f"this host runs several apps ({names}): name one with --app NAME "
+                    "(the API of app NAME is under /apps/NAME/)",
+                )
+                return
+            await self.own(scope, receive, send)
+            return
+        only = next(iter(self.host.apps.values()))
+        await self._api(only.controller)(scope, receive, send)
+
+    def _api(self, controller: Controller) -> Any:
+        """The app's own API, made once per controller (a restarted app gets a new one)."""
+        made = self._apis.get(id(controller))
+        if made is None or made[0] is not controller:
+            api = create_app(controller, self.token, self.webhook_secret, self.public_read)
+            made = self._apis[id(controller)] = (controller, api)
+            running = {id(r.controller) for r in self.host.apps.values()}
+            for key in [k for k in self._apis if k not in running]:
+                del self._apis[key]
+        return made[1]
+
+    def status(self) -> StatusDoc:
+        """Every app's environments in one document, each naming its app."""
+        rows, host_file = self.host.status()
+        environments = []
+        certificates = []
+        for name, running in self.host.apps.items():
+            doc = running.controller.status()
+            certificates += doc.certificates
+            environments += [e.model_copy(update={"app": e.app or name}) for e in doc.environments]
+        first = next(iter(self.host.apps.values()), None)
+        base = self.host.base
+        router_error = first.controller.status().router.error if first is not None else None
+        return StatusDoc(
+            environments=environments,
+            source=rows[0].source if rows else SourceStatus(repo=str(self.host.host_file)),
+            router=RouterStatus(listen=base.listen, error=router_error),
+            controller=ControllerStatus(
+                started_at=first.controller.started if first is not None else 0.0,
+                auto_sync=base.auto_sync,
+                self_heal=base.self_heal,
+                poll=base.poll,
+            ),
+            certificates=certificates,
+            apps=rows,
+            host_file=host_file,
+        )
+
+
+def _host_routes(host_api: HostApi) -> FastAPI:
+    app = FastAPI(title="ondeck", version=__version__, docs_url=None, redoc_url=None)
+    guard.install(app)
+    host = host_api.host
+
+    def authorized(request: Request) -> None:
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not (given and hmac.compare_digest(given.encode(), host_api.token.encode())):
+            raise HTTPException(
+                401,
+                "missing or wrong bearer token: see the `token` file in the state dir "
+                "(a token of one app works under /apps/NAME/)",
+            )
+
+    def reader(request: Request) -> None:
+        if not host_api.public_read:
+            authorized(request)
+
+    admin, read = [Depends(authorized)], [Depends(reader)]
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/api/v1/status", dependencies=read)
+    def status() -> StatusDoc:
+        return host_api.status()
+
+    @app.post("/api/v1/sync", dependencies=admin)
+    async def sync(body: SyncBody) -> SyncAnswer:
+        if body.env is not None and len(host.apps) > 1:
+            names = ", ".join(host.apps)
+            raise HTTPException(400, f"this host runs several apps ({names}): add --app NAME")
+        try:
+            futures = [
+                r.controller.request_sync(body.env, body.trigger, body.skip_backup)
+                for r in host.apps.values()
+            ]
+        except UserError as err:
+            raise HTTPException(404, str(err)) from err
+        if not body.wait:
+            return SyncAnswer()
+        try:
+            answers = await asyncio.wait_for(
+                asyncio.gather(*(asyncio.shield(f) for f in futures)), body.timeout
+            )
+        except TimeoutError as err:
+            raise HTTPException(
+                504, f"sync not finished after {body.timeout:.0f}s; see `ondeck status`"
+            ) from err
+        error = next((a.error for a in answers if a.error), None)
+        return SyncAnswer(error=error, status=host_api.status())
+
+    @app.post("/api/v1/down", dependencies=admin)
+    async def down(body: DownBody) -> DownAnswer:
+        """`ondeck down` of the whole host (`--env` needs `--app`): every app, then the router."""
+        if body.env is not None:
+            if len(host.apps) != 1:
+                names = ", ".join(host.apps)
+                raise HTTPException(400, f"this host runs several apps ({names}): add --app NAME")
+            only = next(iter(host.apps.values())).controller
+            try:
+                held = await asyncio.shield(only.request_down(body.env))
+            except UserError as err:
+                raise HTTPException(404, str(err)) from err
+            except TemporaryError as err:
+                raise HTTPException(503, str(err)) from err
+            return DownAnswer(stopped=held, exiting=False)
+        try:
+            stopped = await asyncio.shield(host.request_down())
+        except TemporaryError as err:
+            raise HTTPException(503, str(err)) from err
+        return DownAnswer(stopped=stopped, exiting=True)
+
+    @app.get("/", response_class=HTMLResponse, dependencies=read)
+    def overview() -> str:
+        return _overview(host_api.status())
+
+    return app
+
+
+def _overview(doc: StatusDoc) -> str:
+    """The host's dashboard: every app's environments; each app's own is under /apps/NAME/."""
+    rows = "".join(
+        f"<tr><td><a href='/apps/{escape(e.app or '')}/'>{escape(e.app or '')}</a></td>"
+        f"<td>{escape(e.name)}</td><td>{escape(e.sync)}</td><td>{escape(e.health)}</td>"
+        f"<td><code>{escape((e.revision or '')[:12])}</code></td>"
+        f"<td>{escape(e.error or '')}</td></tr>"
+        for e in doc.environments
+    )
+    waiting = "".join(
+        f"<li>{escape(a.name)}: {escape(a.error)}</li>" for a in doc.apps if a.error is not None
+    )
+    problem = doc.host_file.error if doc.host_file is not None else None
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>ondeck: apps</title></head>"
+        "<body><h1>ondeck</h1>"
+        + (f"<p class='error'>host file: {escape(problem)}</p>" if problem else "")
+        + "<table><thead><tr><th>app</th><th>environment</th><th>sync</th><th>health</th>"
+        "<th>revision</th><th>error</th></tr></thead><tbody>"
+        + rows
+        + "</tbody></table>"
+        + (f"<h2>not running</h2><ul>{waiting}</ul>" if waiting else "")
+        + "</body></html>"
+    )
+
+
+async def _refuse(send: Send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_host_app(
+    host: AppHost, token: str, webhook_secret: str | None = None, public_read: bool = False
+) -> HostApi:
+    return HostApi(host, token, webhook_secret, public_read)
