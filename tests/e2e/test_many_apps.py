@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from conftest import Ondeck, Repo, wait_for
 
 from ondeck.runtime.process import allocate_port
@@ -164,6 +165,10 @@ def test_two_apps_behind_one_router_and_one_removed_while_the_other_serves(
         ambiguous = od.cli(*command, check=False)
         assert ambiguous.returncode != 0 and "--app" in ambiguous.stderr, command
     assert "[staging/" in od.cli("logs", "web", "--env", "staging", "--app", "shop").stdout
+    api = json.loads((od.state_dir / "api.json").read_text())["url"]
+    scrape = httpx.get(f"{api}/metrics", timeout=10).text
+    samples = [s for f in text_string_to_metric_families(scrape) for s in f.samples]
+    assert {s.labels.get("app") for s in samples} >= {"shop", "blog"}  # one scrape, every app
     blog_pids = [
         i["pid"]
         for (app, _), e in _envs(od).items()

@@ -15,10 +15,14 @@ import asyncio
 import hmac
 import json
 from html import escape
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 from starlette.types import Receive, Scope, Send
 
 from ondeck import __version__
@@ -35,7 +39,26 @@ from ondeck.status import (
     SyncAnswer,
 )
 
-HOST_PATHS = {"/", "/api/v1/status", "/api/v1/sync", "/api/v1/down", "/healthz"}
+HOST_PATHS = {"/", "/api/v1/status", "/api/v1/sync", "/api/v1/down", "/healthz", "/metrics"}
+
+
+class AppsMetrics(Collector):
+    """Every app's metrics in one scrape, each sample labelled with its `app`."""
+
+    def __init__(self, host: AppHost) -> None:
+        self.host = host
+
+    def collect(self) -> Iterable[Metric]:
+        merged: dict[tuple[str, str], Metric] = {}
+        for name, running in list(self.host.apps.items()):
+            for family in running.controller.metrics.registry.collect():
+                key = (family.name, family.type)
+                if key not in merged:
+                    merged[key] = Metric(family.name, family.documentation, family.type)
+                merged[key].samples += [
+                    s._replace(labels={**s.labels, "app": name}) for s in family.samples
+                ]
+        return list(merged.values())
 
 
 class HostApi:
@@ -141,6 +164,16 @@ def _host_routes(host_api: HostApi) -> FastAPI:
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(AppsMetrics(host))
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        body = generate_latest(registry)
+        if host.router is not None:  # the router's per-backend figures, once for every app
+            body += (await host.router.link.metrics()).encode()
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/api/v1/status", dependencies=read)
     def status() -> StatusDoc:
