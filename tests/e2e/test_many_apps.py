@@ -19,8 +19,8 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from conftest import Ondeck, Repo, wait_for
+from prometheus_client.parser import text_string_to_metric_families
 
 from ondeck.runtime.process import allocate_port
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-from html import escape
 from collections.abc import Iterable
+from html import escape
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
