@@ -19,7 +19,7 @@ from typing import Any
 from ondeck.environment import Environment, PrepareStep
 from ondeck.errors import UserError
 from ondeck.rollout.strategies import EnvTraffic, router_config
-from ondeck.router.table import Pool, Route, RouterConfig
+from ondeck.router.table import Backend, Pool, Route, RouterConfig
 from ondeck.spec.routes import Claim, collisions, service_claims
 from ondeck.state.desired import Desired
 from ondeck.store import InstanceRecord
@@ -65,15 +65,26 @@ def merge_routes(
             continue
         routes.setdefault(key, (app, dataclasses.replace(route, pool=f"{app}/{route.pool}")))
     pools: dict[str, Pool] = {
-        f"{app}/{name}": dataclasses.replace(pool, name=f"{app}/{name}")
-        for app, config in parts.items()
+        f"{app}/{name}": _owned(app, pool) for app, config in parts.items()
         for name, pool in config.pools.items()
-    }
+    }  # fmt: skip
     config = RouterConfig(tuple(route for _, route in routes.values()), pools)
     return Merged(
         config,
         {key: app for key, (app, _) in routes.items()},
         {app: tuple(texts) for app, texts in refused.items()},
+    )
+
+
+def _owned(app: str, pool: Pool) -> Pool:
+    """`pool` of `app` in the host's config: its name and its backends' ids prefixed with
+    `APP/` (two apps' instances may have the same id; the router wants each id once)."""
+
+    def owned(backends: tuple[Backend, ...]) -> tuple[Backend, ...]:
+        return tuple(dataclasses.replace(b, id=f"{app}/{b.id}") for b in backends)
+
+    return dataclasses.replace(
+        pool, name=f"{app}/{pool.name}", stable=owned(pool.stable), canary=owned(pool.canary)
     )
 
 
@@ -141,14 +152,17 @@ class AppRouter:
 
     async def drain(self, rec: InstanceRecord, envs: Iterable[EnvTraffic]) -> None:
         await self.push(envs)
-        await self.host.link.drained(rec)
+        await self.host.link.drained(f"{self.app}/{rec.id}", rec.drain)
 
     async def stop(self) -> None:
         """This app is down: its routes leave the router, which goes on serving the others."""
         await self.host.forget(self.app)
 
     async def stats(self) -> dict[str, Any]:
-        return await self.host.link.stats()
+        """This app's backends, by instance id (the router knows them as `APP/ID`)."""
+        prefix = f"{self.app}/"
+        backends = await self.host.link.stats()
+        return {k.removeprefix(prefix): v for k, v in backends.items() if k.startswith(prefix)}
 
     async def metrics(self) -> str:
         return await self.host.link.metrics()

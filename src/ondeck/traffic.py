@@ -251,21 +251,21 @@ class RouterLink:
     async def drain(self, rec: InstanceRecord, envs: Iterable[EnvTraffic]) -> None:
         """Take `rec` out of the pools, then wait (up to its `drain`) for its requests."""
         await self.push(envs)
-        await self.drained(rec)
+        await self.drained(rec.id, rec.drain)
 
-    async def drained(self, rec: InstanceRecord) -> None:
-        """Wait (up to `rec.drain`) until the router has no request in flight to `rec`."""
-        deadline = time.monotonic() + rec.drain
+    async def drained(self, backend_id: str, seconds: float) -> None:
+        """Wait (up to `seconds`) until the router has no request in flight to the backend."""
+        deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             try:
                 stats = await self.control.stats()
             except (RouterUnavailable, RouterRefused):
                 return
-            backend = stats.get("backends", {}).get(rec.id)
+            backend = stats.get("backends", {}).get(backend_id)
             if backend is None or int(backend.get("active", 0)) == 0:
                 return
             await asyncio.sleep(DRAIN_POLL)
-        log.warning("%s still had requests in flight after its drain time", rec.id)
+        log.warning("%s still had requests in flight after its drain time", backend_id)
 
     async def stats(self) -> dict[str, Any]:
         try:

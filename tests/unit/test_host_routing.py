@@ -42,6 +42,18 @@ def test_pools_of_two_apps_are_kept_apart_and_routed_by_host() -> None:
     assert merged.refused == {}
 
 
+def test_two_apps_may_have_instances_of_the_same_id() -> None:
+    """Instance ids are per app (`web-<fingerprint[:4]>-<seq>`); the router wants each once."""
+    merged = merge_routes(
+        {
+            "shop": _config("production", ("shop.example", "/"), port=1000),
+            "blog": _config("production", ("blog.example", "/"), port=1000),
+        }
+    )
+    ids = [b.id for p in merged.config.pools.values() for b in p.stable]
+    assert sorted(ids) == ["blog/web-1000", "shop/web-1000"]
+
+
 def test_a_route_two_apps_claim_stays_with_its_holder_and_names_both() -> None:
     first = merge_routes({"shop": _config("production", ("shop.example", "/"), port=1)})
     # blog comes first in the host file now, but shop already serves the route
