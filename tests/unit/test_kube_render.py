@@ -17,10 +17,12 @@ from ruamel.yaml import YAML
 from typer.testing import CliRunner
 
 from ondeck.cli import app
-from ondeck.errors import UserError
-from ondeck.kube.render import Obj, dump, manifests
+from ondeck.commands.render import secret_names
+from ondeck.errors import SpecError, UserError
+from ondeck.kube.cron import every_as_cron
+from ondeck.kube.render import Obj, dump, manifests, pre_deploy, secret
 from ondeck.spec.load import parse, render_spec
-from ondeck.state.desired import render
+from ondeck.state.desired import SecretEnv, render
 
 SPEC = """\
 app: shop
@@ -55,8 +57,49 @@ environments:
 """
 
 
+# A host spec (process runtime) given images: what a user renders to move to a cluster.
+TASKS = """\
+app: shop
+services:
+  web:
+    image: registry.example/shop:2
+    command: ["/bin/app"]
+    port: 8080
+    replicas: 2
+    env:
+      LOG_LEVEL: info
+      DATABASE_URL: "${DB_URL}"
+      DSN: "postgres://app:${DB_PW}@db/shop?opt=$(x)"
+      SELF: "${ONDECK_APP}"
+    release: ["/bin/migrate", "--app", "${ONDECK_APP}"]
+    release_timeout: 90s
+    volumes: {uploads: /uploads}
+  worker:
+    image: registry.example/shop:2
+    command: ["/bin/worker"]
+jobs:
+  cleanup:
+    command: ["/bin/cleanup", "--env", "${ONDECK_ENV}"]
+    service: web
+    schedule: "0 4 * * *"
+    timezone: Europe/Paris
+    timeout: 10m
+    concurrency: replace
+  tick:
+    command: ["/bin/tick"]
+    service: worker
+    every: 10m
+    env: {TOKEN: "${API_TOKEN}", PLAIN: "a $(b)"}
+    concurrency: allow
+environments:
+  production:
+    services: {web: {image: registry.example/shop:3}}
+"""
+
+
 def _render(text: str, env: str | None = None, namespace: str | None = None) -> list[Obj]:
-    spec = render_spec(parse(text), env)
+    doc = parse(text)
+    spec = render_spec(doc, env, secrets=secret_names(doc))
     return manifests(render(spec, env or "default", "", ""), namespace)
 
 
@@ -72,11 +115,17 @@ def _versions() -> list[str]:
 
 
 @pytest.mark.parametrize("version", _versions())
-@pytest.mark.parametrize("env", [None, "staging", "production"])
+@pytest.mark.parametrize(
+    ("text", "env"),
+    [(SPEC, None), (SPEC, "staging"), (SPEC, "production"), (TASKS, None), (TASKS, "production")],
+)
 def test_every_manifest_validates_against_the_official_schema(
-    version: str, env: str | None
+    version: str, text: str, env: str | None
 ) -> None:
-    objects = _render(SPEC, env)
+    objects = _render(text, env)
+    kinds = {o["kind"] for o in objects}
+    if text == TASKS:  # every kind the renderer makes is checked
+        assert {"CronJob", "Job", "Deployment", "Service", "ConfigMap"} <= kinds
     for obj in YAML(typ="safe").load_all(dump(objects)):
         kubernetes_validate.validate(obj, version, strict=True)
 
@@ -143,14 +192,25 @@ def test_service_ingress_and_claims() -> None:
     assert _one(objects, "Deployment", "worker")["spec"]["strategy"] == {"type": "Recreate"}
 
 
-def test_every_object_is_labelled() -> None:
-    for obj in _render(SPEC, "staging"):
+@pytest.mark.parametrize(("text", "env"), [(SPEC, "staging"), (TASKS, "production")])
+def test_every_object_is_labelled(text: str, env: str) -> None:
+    for obj in _render(text, env):
         lbls = obj["metadata"]["labels"]
         assert lbls["app.kubernetes.io/managed-by"] == "ondeck"
         assert lbls["app.kubernetes.io/name"] == "shop"
-        assert lbls["ondeck.dev/env"] == "staging"
+        assert lbls["ondeck.dev/env"] == env
+        assert lbls["ondeck.dev/app"] == lbls["app.kubernetes.io/part-of"] == "shop"
         if obj["kind"] != "Namespace":
-            assert obj["metadata"]["namespace"] == "shop-staging"
+            assert obj["metadata"]["namespace"] == f"shop-{env}"
+        for pods in _pod_templates(obj):
+            assert pods["metadata"]["labels"]["ondeck.dev/env"] == env
+
+
+def _pod_templates(obj: Obj) -> list[Obj]:
+    spec = obj.get("spec", {})
+    if obj["kind"] == "CronJob":
+        return [spec["jobTemplate"], spec["jobTemplate"]["spec"]["template"]]
+    return [spec["template"]] if "template" in spec else []
 
 
 def test_environments_get_their_overlay_and_namespace() -> None:
@@ -185,6 +245,14 @@ NO_IMAGE = SPEC.replace("runtime: container", "runtime: process").replace(
         (SPEC.replace("rollout: {strategy: recreate}", "restart: {policy: never}"), "restart"),
         (SPEC.replace("stop: {grace: 45s}", "stop: {grace: 45s, signal: QUIT}"), "signal QUIT"),
         (SPEC.replace('"${ONDECK_APP}-${ONDECK_ENV}"', '"${HOME}"'), "host variable"),
+        (
+            SPEC.replace("{strategy: rolling,", "{strategy: canary, match: {header: {X-C: a}},"),
+            "rollout.match",
+        ),
+        (
+            SPEC.replace("{strategy: rolling,", "{strategy: canary, analysis: {interval: 5s},"),
+            "rollout.analysis",
+        ),
     ],
 )
 def test_what_a_deployment_cannot_carry_is_an_error(text: str, message: str) -> None:
@@ -208,7 +276,7 @@ def test_the_command_prints_or_writes_files(tmp_path: Path) -> None:
     )
     assert written.exit_code == 0, written.output
     files = sorted(p.name for p in (out / "staging").iterdir())
-    assert files[0] == "0-namespace-s1.yaml" and "4-deployment-web.yaml" in files
+    assert files[0] == "0-namespace-s1.yaml" and "6-deployment-web.yaml" in files
     refused = runner.invoke(app, ["render", str(tmp_path), "--namespace", "s1"])
     assert refused.exit_code != 0
 
@@ -226,3 +294,164 @@ def test_blue_green_sets_are_named_and_selected_by_color() -> None:
     assert _one(switched, "Service", "web")["spec"]["selector"]["ondeck.dev/color"] == "green"
     for obj in objects:
         kubernetes_validate.validate(obj, _versions()[-1], strict=True)
+
+
+# --- jobs, release tasks, secrets ------------------------------------------------------------
+
+
+def _env(container: Obj) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def test_a_scheduled_job_is_a_cronjob_in_its_services_image() -> None:
+    objects = _render(TASKS, "production")
+    cron = _one(objects, "CronJob", "cleanup")["spec"]
+    assert cron["schedule"] == "0 4 * * *"
+    assert cron["timeZone"] == "Europe/Paris"
+    assert cron["concurrencyPolicy"] == "Replace"
+    run = cron["jobTemplate"]["spec"]
+    assert run["activeDeadlineSeconds"] == 600 and run["backoffLimit"] == 0
+    pod = run["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    (container,) = pod["containers"]
+    assert container["image"] == "registry.example/shop:3"  # the overlay's image of web
+    assert container["command"] == ["/bin/cleanup", "--env", "$(ONDECK_ENV)"]
+    env = _env(container)
+    # the service's env, inline; a job has ONDECK_JOB and neither PORT nor ONDECK_INSTANCE
+    assert env["LOG_LEVEL"] == "info" and env["ONDECK_JOB"] == "cleanup"
+    assert "PORT" not in env and "ONDECK_INSTANCE" not in env
+    assert env["DATABASE_URL"] == {
+        "secretKeyRef": {"name": "shop-production-secrets", "key": "DB_URL"}
+    }
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts == {"/data", "/uploads"}
+    # its pods are not the service's: no Service or Deployment counts them
+    assert "ondeck.dev/service" not in run["template"]["metadata"]["labels"]
+
+    tick = _one(objects, "CronJob", "tick")["spec"]
+    assert tick["schedule"] == "*/10 * * * *" and tick["concurrencyPolicy"] == "Allow"
+    assert "timeZone" not in tick
+    (worker,) = tick["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    env = _env(worker)
+    assert env["TOKEN"] == {"secretKeyRef": {"name": "shop-production-secrets", "key": "API_TOKEN"}}
+    assert env["PLAIN"] == "a $$(b)"  # inline, so a literal $( is escaped
+    assert env["ONDECK_SERVICE"] == "worker"
+
+
+@pytest.mark.parametrize(
+    ("every", "cron"),
+    [
+        (60, "* * * * *"),
+        (600, "*/10 * * * *"),
+        (900, "*/15 * * * *"),
+        (3600, "0 * * * *"),
+        (7200, "0 */2 * * *"),
+        (6 * 3600, "0 */6 * * *"),
+        (86400, "0 0 * * *"),
+        (7 * 86400, "0 0 * * 0"),
+    ],
+)
+def test_every_becomes_the_cron_that_says_the_same(every: float, cron: str) -> None:
+    assert every_as_cron(every, "jobs.x.every") == cron
+
+
+@pytest.mark.parametrize(
+    ("every", "message"),
+    [
+        (30, "once a minute"),
+        (90, "once a minute"),
+        (420, "no cron equivalent"),
+        (5 * 3600, "no cron equivalent"),
+        (2 * 86400, "no cron equivalent"),
+    ],
+)
+def test_an_interval_cron_cannot_say_is_refused(every: float, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        every_as_cron(every, "jobs.x.every")
+    with pytest.raises(UserError, match=r"jobs\.tick\.every"):
+        _render(TASKS.replace("every: 10m", f"every: {int(every)}s"))
+
+
+def test_the_release_task_is_a_job_named_by_its_release() -> None:
+    objects = _render(TASKS)
+    (job,) = [o for o in objects if o["kind"] == "Job"]
+    assert job["metadata"]["name"].startswith("web-release-")
+    spec = job["spec"]
+    assert spec["backoffLimit"] == 0 and spec["activeDeadlineSeconds"] == 90
+    pod = spec["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    (container,) = pod["containers"]
+    assert container["command"] == ["/bin/migrate", "--app", "$(ONDECK_APP)"]
+    env = _env(container)
+    assert env["LOG_LEVEL"] == "info" and "PORT" not in env and "ONDECK_JOB" not in env
+    assert spec["template"]["metadata"]["labels"]["ondeck.dev/release"] == "web"
+    assert "ondeck.dev/service" not in spec["template"]["metadata"]["labels"]
+    # the same release keeps its name (it runs once); a new image is a new release
+    assert _one(_render(TASKS), "Job", job["metadata"]["name"]) == job
+    scaled = _render(TASKS.replace("replicas: 2", "replicas: 5"))
+    assert [o["metadata"]["name"] for o in scaled if o["kind"] == "Job"] == [
+        job["metadata"]["name"]
+    ]
+    (other,) = [o for o in _render(TASKS, "production") if o["kind"] == "Job"]
+    assert other["metadata"]["name"] != job["metadata"]["name"]
+    # it goes before the Deployments, and is among what the runtime applies first
+    kinds = [o["kind"] for o in objects]
+    assert kinds.index("Job") < kinds.index("Deployment")
+    assert job in pre_deploy(objects)
+    assert {o["kind"] for o in pre_deploy(objects)} == {"Namespace", "PersistentVolumeClaim", "Job"}
+
+
+def test_secrets_are_referenced_never_rendered() -> None:
+    objects = _render(TASKS)
+    web = _one(objects, "Deployment", "web")["spec"]["template"]["spec"]["containers"][0]
+    env = web["env"]
+    names = [e["name"] for e in env]
+    by_name = {e["name"]: e for e in env}
+    ref = {"secretKeyRef": {"name": "shop-secrets", "key": "DB_URL"}}
+    assert by_name["DATABASE_URL"] == {"name": "DATABASE_URL", "valueFrom": ref}
+    # a secret inside a longer value is read through a variable defined before it
+    assert by_name["DSN"]["value"] == "postgres://app:$(ONDECK_SECRET_DB_PW)@db/shop?opt=$$(x)"
+    assert by_name["ONDECK_SECRET_DB_PW"]["valueFrom"]["secretKeyRef"]["key"] == "DB_PW"
+    assert names.index("ONDECK_SECRET_DB_PW") < names.index("DSN")
+    assert by_name["SELF"]["value"] == "$(ONDECK_APP)"
+    # secret-carrying values are not in the ConfigMap
+    assert _one(objects, "ConfigMap", "web-env")["data"] == {"LOG_LEVEL": "info"}
+    assert not [o for o in objects if o["kind"] == "Secret"]
+
+
+def test_the_runtimes_secret_holds_values_and_shows_only_fingerprints() -> None:
+    doc = parse(TASKS)
+    spec = render_spec(doc, None, secrets=["DB_URL", "DB_PW", "API_TOKEN"])
+    values = {"DB_URL": "postgres://s3cret", "DB_PW": "hunter2", "API_TOKEN": "tok"}
+    prints = {n: f"fp-{n.lower()}" for n in values}
+    desired = render(spec, "default", "", "", secrets=SecretEnv(values, prints))
+    obj = secret(desired, "shop", values)
+    assert obj["metadata"]["name"] == "shop-secrets"
+    assert obj["data"]["DB_PW"] == "aHVudGVyMg=="  # base64 of the value, as Kubernetes stores it
+    annotations = obj["metadata"]["annotations"]
+    assert (
+        annotations["ondeck.dev/fingerprints"]
+        == "API_TOKEN=fp-api_token,DB_PW=fp-db_pw,DB_URL=fp-db_url"
+    )
+    assert "hunter2" not in str(obj["metadata"])
+    kubernetes_validate.validate(obj, _versions()[-1], strict=True)
+
+
+def test_a_secret_on_a_command_line_is_refused_as_on_a_host() -> None:
+    text = TASKS.replace('command: ["/bin/worker"]', 'command: ["/bin/worker", "${DB_PW}"]')
+    with pytest.raises(SpecError, match="is a secret"):
+        _render(text)
+
+
+def test_ondeck_revision_in_a_pod_is_refused() -> None:
+    with pytest.raises(UserError, match="ONDECK_REVISION"):
+        _render(TASKS.replace('SELF: "${ONDECK_APP}"', 'SELF: "${ONDECK_REVISION}"'))
+
+
+def test_render_names_secrets_without_a_store(tmp_path: Path) -> None:
+    (tmp_path / "ondeck.yaml").write_text(TASKS)
+    printed = CliRunner().invoke(app, ["render", "--target", "kubernetes", str(tmp_path)])
+    assert printed.exit_code == 0, printed.output
+    docs: list[Any] = list(YAML(typ="safe").load_all(printed.stdout))
+    assert {d["kind"] for d in docs} >= {"CronJob", "Job"}
+    assert "shop-production-secrets" in printed.stdout and "kind: Secret" not in printed.stdout

@@ -17,7 +17,8 @@ import typer
 
 from ondeck.errors import UserError
 from ondeck.kube.render import KIND_ORDER, Obj, dump, manifests
-from ondeck.spec.load import environment_names, parse, render_spec
+from ondeck.spec import template
+from ondeck.spec.load import Document, environment_names, parse, render_spec
 from ondeck.state.desired import DEFAULT_ENV, render
 
 
@@ -73,11 +74,39 @@ def render_environments(path: Path, env: str | None, namespace: str | None) -> d
         )
     rendered: dict[str, list[Obj]] = {}
     defined = environment_names(doc)
+    secrets = secret_names(doc)
     for name in names:
-        spec = render_spec(doc, name if name in defined else None if name == DEFAULT_ENV else name)
+        chosen = name if name in defined else None if name == DEFAULT_ENV else name
+        spec = render_spec(doc, chosen, secrets=secrets)
         desired = render(spec, name, revision="", code_id="")
         rendered[name] = manifests(desired, namespace)
     return rendered
+
+
+def secret_names(doc: Document) -> list[str]:
+    """Names an `env` value refers to that are neither builtins nor host variables.
+
+    Manifests name secrets and never hold them, so no store is read: each such name
+    becomes a key of the environment's Secret, which the runtime (or you) creates.
+    """
+    found: set[str] = set()
+    keys: set[str] = set()  # an env key is never a secret (a value may not refer to one)
+
+    def walk(node: object, under_env: bool) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "env" and isinstance(value, dict):
+                    keys.update(str(k) for k in value)
+                walk(value, under_env or key == "env")
+        elif isinstance(node, list):
+            for item in node:
+                walk(item, under_env)
+        elif under_env and isinstance(node, str):
+            found.update(template.names(node))
+
+    walk(doc.data, False)
+    reserved = {*template.BUILTIN, *template.PASSTHROUGH, "ONDECK_JOB"}
+    return sorted(found - reserved - keys)
 
 
 def _write(path: Path, text: str) -> None:

@@ -9,20 +9,22 @@ or Flux.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from ruamel.yaml import YAML
 
 from ondeck.errors import UserError
+from ondeck.kube.cron import every_as_cron
 from ondeck.spec import template
 from ondeck.spec.model import HealthCheck, Service
-from ondeck.state.desired import Desired, DesiredService
+from ondeck.state.desired import Desired, DesiredJob, DesiredService
 
 Obj = dict[str, Any]
 
@@ -32,17 +34,35 @@ DATA_DIR = "/data"
 DATA_CLAIM = "ondeck-data"
 DATA_SIZE = "1Gi"
 SERVICE_PORT = 80
-COLOR = "ondeck.dev/color"  # blue/green and canary sets, runtime only
-# Kinds in the order they are applied; pruning goes the other way.
-KIND_ORDER = ("Namespace", "PersistentVolumeClaim", "ConfigMap", "Service", "Deployment", "Ingress")
+COLOR = "ondeck.dev/color"  # blue/green sets, runtime only
+TRACK = "ondeck.dev/track"  # `canary` on the pods of a canary's second Deployment, runtime only
+SECRET_VAR = "ONDECK_SECRET_"  # a secret used inside a longer value is read through this var
+# Kinds in the order they are applied; pruning goes the other way. A release Job comes
+# before the Deployments: the runtime applies PRE_DEPLOY kinds first and waits for the Job.
+KIND_ORDER = (
+    "Namespace",
+    "PersistentVolumeClaim",
+    "Secret",
+    "ConfigMap",
+    "Service",
+    "Job",
+    "Deployment",
+    "CronJob",
+    "Ingress",
+)
+PRE_DEPLOY = frozenset({"Namespace", "PersistentVolumeClaim", "Secret", "Job"})
 API_VERSION = {
     "Namespace": "v1",
     "PersistentVolumeClaim": "v1",
+    "Secret": "v1",
     "ConfigMap": "v1",
     "Service": "v1",
+    "Job": "batch/v1",
     "Deployment": "apps/v1",
+    "CronJob": "batch/v1",
     "Ingress": "networking.k8s.io/v1",
 }
+CRONJOB_NAME_MAX = 52  # the CronJob controller appends 11 characters to name each Job
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -74,6 +94,11 @@ def labels(desired: Desired, service: str | None = None) -> dict[str, str]:
     return found
 
 
+def secret_name(app: str, env: str) -> str:
+    """The Secret holding an environment's secret values (created by the runtime, never rendered)."""
+    return f"{app}-secrets" if env == "default" else f"{app}-{env}-secrets"
+
+
 def selector(desired: Desired, service: str) -> dict[str, str]:
     """The pod selector of a service (immutable on a Deployment: never add to it)."""
     return {
@@ -88,19 +113,56 @@ def manifests(
     namespace: str | None = None,
     colors: Mapping[str, str] | None = None,
     serving: Mapping[str, str] | None = None,
+    canary: Mapping[str, int] | None = None,
 ) -> list[Obj]:
     """Every object of one environment, in apply order.
 
     `colors` (runtime only) names the Deployment set of a blue/green service (`web-blue`);
-    its Service selects the `serving` color (default: the same).
+    its Service selects the `serving` color (default: the same). `canary` (runtime only)
+    renders a service's new release as `SERVICE-canary` with that many replicas, instead
+    of its stable Deployment, which the runtime keeps as it is.
     """
     ns = namespace or namespace_of(desired.app, desired.env)
     objects: list[Obj] = [_meta("Namespace", ns, None, labels(desired))]
     objects.append(_data_claim(desired, ns))
     for svc in desired.services:
         color = (colors or {}).get(svc.name)
-        objects.extend(_service_objects(desired, svc, ns, color, (serving or {}).get(svc.name)))
+        serve = (serving or {}).get(svc.name)
+        objects.extend(
+            _service_objects(desired, svc, ns, color, serve, (canary or {}).get(svc.name))
+        )
+        if svc.spec.release is not None:
+            objects.append(_release_job(desired, svc, ns))
+    for job in desired.jobs:
+        objects.append(_cron_job(desired, job, ns))
     return sort_objects(objects)
+
+
+def pre_deploy(objects: Iterable[Obj]) -> list[Obj]:
+    """What must be in place (and, for a release Job, have succeeded) before a Deployment changes."""
+    return [obj for obj in objects if obj["kind"] in PRE_DEPLOY]
+
+
+def secret(desired: Desired, namespace: str, values: Mapping[str, str]) -> Obj:
+    """The environment's Secret with `values`: applied by the runtime, never printed or rendered.
+
+    Its `ondeck.dev/fingerprints` annotation holds the keyed fingerprints of the values,
+    so a change shows without a hash of a value ever leaving the Secret's data.
+    """
+    prints: dict[str, str] = {}
+    for svc in desired.services:
+        prints.update(svc.secrets.prints)
+    for job in desired.jobs:
+        prints.update(job.secrets.prints)
+    obj = _meta("Secret", secret_name(desired.app, desired.env), namespace, labels(desired))
+    obj["metadata"]["annotations"] = {
+        "ondeck.dev/fingerprints": ",".join(f"{n}={prints.get(n, '')}" for n in sorted(values))
+    }
+    obj["type"] = "Opaque"
+    obj["data"] = {
+        name: base64.b64encode(value.encode()).decode() for name, value in sorted(values.items())
+    }
+    return obj
 
 
 def sort_objects(objects: Iterable[Obj]) -> list[Obj]:
@@ -148,17 +210,28 @@ def _data_claim(desired: Desired, ns: str) -> Obj:
 
 
 def _service_objects(
-    desired: Desired, svc: DesiredService, ns: str, color: str | None, serving: str | None
+    desired: Desired,
+    svc: DesiredService,
+    ns: str,
+    color: str | None,
+    serving: str | None,
+    canary: int | None = None,
 ) -> list[Obj]:
     spec = svc.spec
     _refuse_unrepresentable(svc.name, spec)
-    plain, templated = _split_env(svc.name, spec.env)
+    plain, templated = _env_entries(
+        spec.env,
+        f"services.{svc.name}.env",
+        secret_name(desired.app, desired.env),
+        template.BUILTIN,
+    )
     objects: list[Obj] = []
     if plain:
         config = _meta("ConfigMap", f"{svc.name}-env", ns, labels(desired, svc.name))
         config["data"] = dict(sorted(plain.items()))
         objects.append(config)
-    objects.append(_deployment(desired, svc, ns, plain, templated, color))
+    deployment = _deployment(desired, svc, ns, plain, templated, color)
+    objects.append(deployment if canary is None else canary_of(deployment, canary))
     port = container_port(spec)
     if port is not None:
         pods = selector(desired, svc.name)
@@ -172,6 +245,21 @@ def _service_objects(
         claim["spec"] = _data_claim(desired, ns)["spec"]
         objects.append(claim)
     return objects
+
+
+def canary_of(deployment: Obj, replicas: int) -> Obj:
+    """`deployment` as its canary: `NAME-canary`, `replicas` pods labelled `track: canary`.
+
+    Its pods keep the service's labels, so the Service selects them with the stable ones.
+    """
+    obj: Obj = json.loads(json.dumps(deployment))
+    obj["metadata"]["name"] = f"{deployment['metadata']['name']}-canary"
+    obj["metadata"]["labels"][TRACK] = "canary"
+    spec = obj["spec"]
+    spec["replicas"] = replicas
+    spec["selector"]["matchLabels"][TRACK] = "canary"
+    spec["template"]["metadata"]["labels"][TRACK] = "canary"
+    return obj
 
 
 def container_port(spec: Service) -> int | None:
@@ -195,21 +283,53 @@ def _refuse_unrepresentable(name: str, spec: Service) -> None:
             f"{where}: stop signal {spec.stop.signal} cannot be set on Kubernetes (the "
             "kubelet sends TERM, or the image's STOPSIGNAL); remove stop.signal"
         )
+    if spec.rollout.match is not None:
+        raise UserError(
+            f"{where}: rollout.match (header/cookie A/B) needs ondeck's router, and on "
+            "Kubernetes a canary splits traffic by replicas only; remove rollout.match"
+        )
+    if spec.rollout.analysis is not None:
+        raise UserError(
+            f"{where}: rollout.analysis measures the new version through ondeck's router, "
+            "which does not carry a cluster's traffic; remove rollout.analysis"
+        )
 
 
-def _split_env(name: str, env: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
-    """Plain values (into the ConfigMap) and values with `${NAME}` (inline, expanded by k8s)."""
+def _env_entries(
+    env: Mapping[str, str], where: str, secret: str, defined: Collection[str]
+) -> tuple[dict[str, str], list[Obj]]:
+    """Plain values, and env entries for the values that refer to something.
+
+    `${BUILTIN}` becomes Kubernetes' `$(BUILTIN)`; any other name is a secret, read from
+    the environment's Secret: a value that is only `${NAME}` is a `secretKeyRef` itself,
+    one that holds more text reads it through `ONDECK_SECRET_NAME` (defined before it, as
+    Kubernetes expands in order). Secret values are never rendered.
+    """
     plain: dict[str, str] = {}
-    templated: dict[str, str] = {}
-    for key, value in env.items():
-        if template.names(value):
-            templated[key] = _k8s_refs(value, f"services.{name}.env.{key}")
-        else:
+    carriers: dict[str, Obj] = {}
+    entries: list[Obj] = []
+    for key, value in sorted(env.items()):
+        refs = template.names(value)
+        if not refs:
             plain[key] = template.expand(value, {})
-    return plain, templated
+            continue
+        secrets = {n for n in refs if n not in defined and n not in template.PASSTHROUGH}
+        if len(refs) == 1 and value == f"${{{refs[0]}}}" and refs[0] in secrets:
+            entries.append({"name": key, "valueFrom": _secret_ref(secret, refs[0])})
+            continue
+        for name in sorted(secrets):
+            carriers.setdefault(
+                name, {"name": SECRET_VAR + name, "valueFrom": _secret_ref(secret, name)}
+            )
+        entries.append({"name": key, "value": _k8s_refs(value, f"{where}.{key}", secrets)})
+    return plain, [carriers[name] for name in sorted(carriers)] + entries
 
 
-def _k8s_refs(value: str, where: str) -> str:
+def _secret_ref(secret: str, name: str) -> Obj:
+    return {"secretKeyRef": {"name": secret, "key": name}}
+
+
+def _k8s_refs(value: str, where: str, secrets: Collection[str] = ()) -> str:
     """`${NAME}` as Kubernetes' `$(NAME)`; a literal `$(` escaped as `$$(`."""
     parts: list[str] = []
     for kind, text in template._tokens(value):
@@ -219,15 +339,29 @@ def _k8s_refs(value: str, where: str) -> str:
                     f"{where}: ${{{text}}} is a host variable, and a pod has no host to take "
                     "it from; write the value instead"
                 )
-            parts.append(f"$({text})")
+            if text == "ONDECK_REVISION":
+                raise UserError(
+                    f"{where}: ${{ONDECK_REVISION}} is not set in pods (it would change every "
+                    "pod at every commit); read the ondeck.dev/revision annotation instead"
+                )
+            parts.append(f"$({SECRET_VAR}{text})" if text in secrets else f"$({text})")
         elif kind == "text":
-            parts.append(text.replace("$(", "$$("))
+            parts.append(_escape(text))
         else:
             raise UserError(f"{where}: malformed reference {text!r}")
     return "".join(parts)
 
 
-def _builtin_env(desired: Desired, svc: DesiredService) -> list[Obj]:
+def _escape(text: str) -> str:
+    """Literal text in an inline env value or argument: Kubernetes would expand `$(`."""
+    return text.replace("$(", "$$(")
+
+
+def _builtin_env(desired: Desired, svc: DesiredService, job: str | None = None) -> list[Obj]:
+    """The builtins of a pod: an instance's, or (`job` set) a release task's or job run's.
+
+    As on a host, a task or job has no PORT and no ONDECK_INSTANCE; a job has ONDECK_JOB.
+    """
     env: list[Obj] = [
         {"name": "ONDECK_APP", "value": desired.app},
         {"name": "ONDECK_SERVICE", "value": svc.name},
@@ -237,12 +371,55 @@ def _builtin_env(desired: Desired, svc: DesiredService) -> list[Obj]:
         if svc.spec.version
         else {"name": "ONDECK_VERSION"},
         {"name": "ONDECK_DATA_DIR", "value": DATA_DIR},
-        {"name": "ONDECK_INSTANCE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
+    if job is not None:
+        return env + ([{"name": "ONDECK_JOB", "value": job}] if job else [])
+    env.append(
+        {"name": "ONDECK_INSTANCE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+    )
     port = container_port(svc.spec)
     if port is not None:
         env.append({"name": "PORT", "value": str(port)})
     return env
+
+
+def _container(
+    svc: DesiredService, name: str, env: list[Obj], argv: list[str] | None, where: str
+) -> Obj:
+    """A container running `svc`'s image with `argv` (the image's own when None)."""
+    spec = svc.spec
+    container: Obj = {
+        "name": name,
+        "image": spec.image,
+        "imagePullPolicy": {"always": "Always", "missing": "IfNotPresent", "never": "Never"}[
+            spec.pull
+        ],
+        "env": env,
+        "volumeMounts": [{"name": "data", "mountPath": DATA_DIR}]
+        + [{"name": f"vol-{v}", "mountPath": spec.volumes[v]} for v in sorted(spec.volumes)],
+    }
+    if argv:
+        container["command"] = [_k8s_refs(arg, f"{where}[{i}]") for i, arg in enumerate(argv)]
+    resources = _resources(spec)
+    if resources:
+        container["resources"] = resources
+    return container
+
+
+def _pod(spec: Service, container: Obj, restart: str | None = None) -> Obj:
+    volumes: list[Obj] = [{"name": "data", "persistentVolumeClaim": {"claimName": DATA_CLAIM}}]
+    volumes += [
+        {"name": f"vol-{v}", "persistentVolumeClaim": {"claimName": v}}
+        for v in sorted(spec.volumes)
+    ]
+    pod: Obj = {
+        "containers": [container],
+        "terminationGracePeriodSeconds": math.ceil(spec.stop.grace),
+        "volumes": volumes,
+    }
+    if restart is not None:
+        pod["restartPolicy"] = restart
+    return pod
 
 
 def _deployment(
@@ -250,7 +427,7 @@ def _deployment(
     svc: DesiredService,
     ns: str,
     plain: Mapping[str, str],
-    templated: Mapping[str, str],
+    templated: list[Obj],
     color: str | None = None,
 ) -> Obj:
     spec = svc.spec
@@ -258,39 +435,17 @@ def _deployment(
     pods = selector(desired, svc.name)
     if color is not None:
         pod_labels[COLOR] = pods[COLOR] = color
-    container: Obj = {
-        "name": svc.name,
-        "image": spec.image,
-        "imagePullPolicy": {"always": "Always", "missing": "IfNotPresent", "never": "Never"}[
-            spec.pull
-        ],
-        "env": _builtin_env(desired, svc)
-        + [{"name": k, "value": v} for k, v in sorted(templated.items())],
-        "volumeMounts": [{"name": "data", "mountPath": DATA_DIR}]
-        + [{"name": f"vol-{v}", "mountPath": spec.volumes[v]} for v in sorted(spec.volumes)],
-    }
-    if spec.command:
-        container["command"] = [
-            _k8s_refs(arg, f"services.{svc.name}.command[{i}]")
-            for i, arg in enumerate(spec.command)
-        ]
+    env = _builtin_env(desired, svc) + templated
+    container = _container(svc, svc.name, env, spec.command, f"services.{svc.name}.command")
     if plain:
         container["envFrom"] = [{"configMapRef": {"name": f"{svc.name}-env"}}]
     port = container_port(spec)
     if port is not None:
         container["ports"] = [{"name": "http", "containerPort": port, "protocol": "TCP"}]
-    resources = _resources(spec)
-    if resources:
-        container["resources"] = resources
     health = spec.health or (HealthCheck(tcp=True) if port is not None else None)
     if health is not None:
         container["readinessProbe"] = _probe(health, port, initial=0)
         container["livenessProbe"] = _probe(health, port, initial=math.ceil(health.start_period))
-    volumes: list[Obj] = [{"name": "data", "persistentVolumeClaim": {"claimName": DATA_CLAIM}}]
-    volumes += [
-        {"name": f"vol-{v}", "persistentVolumeClaim": {"claimName": v}}
-        for v in sorted(spec.volumes)
-    ]
     annotations = {"ondeck.dev/config-hash": config_hash(plain)} if plain else {}
     template_meta: Obj = {"labels": pod_labels}
     if annotations:
@@ -302,15 +457,83 @@ def _deployment(
         "revisionHistoryLimit": 5,
         "selector": {"matchLabels": pods},
         "strategy": _strategy(spec),
-        "template": {
-            "metadata": template_meta,
-            "spec": {
-                "containers": [container],
-                "terminationGracePeriodSeconds": math.ceil(spec.stop.grace),
-                "volumes": volumes,
-            },
-        },
+        "template": {"metadata": template_meta, "spec": _pod(spec, container)},
     }
+    return obj
+
+
+def _task_env(
+    desired: Desired, svc: DesiredService, env: Mapping[str, str], job: str, where: str
+) -> list[Obj]:
+    """A release task's or job run's env, all inline (a Job does not wait for a ConfigMap)."""
+    defined = (*template.BUILTIN, "ONDECK_JOB") if job else template.BUILTIN
+    plain, templated = _env_entries(env, where, secret_name(desired.app, desired.env), defined)
+    inline = [{"name": k, "value": _escape(v)} for k, v in sorted(plain.items())]
+    return _builtin_env(desired, svc, job) + inline + templated
+
+
+def _release_job(desired: Desired, svc: DesiredService, ns: str) -> Obj:
+    """The release task of `svc` as a Job named by what it runs, so it runs once per release.
+
+    Its pods carry no `ondeck.dev/service` label: the Service and the Deployment's
+    health never count them. No TTL: a finished Job is kept (a deleted one would run again).
+    """
+    spec = svc.spec
+    where = f"services.{svc.name}"
+    env = _task_env(desired, svc, spec.env, "", f"{where}.env")
+    container = _container(svc, "release", env, spec.release, f"{where}.release")
+    lbls = {
+        **labels(desired),
+        "app.kubernetes.io/component": "release",
+        "ondeck.dev/release": svc.name,
+    }
+    pod_template = {"metadata": {"labels": lbls}, "spec": _pod(spec, container, "Never")}
+    digest = hashlib.sha256(json.dumps(pod_template, sort_keys=True).encode()).hexdigest()
+    obj = _meta("Job", f"{svc.name[:41]}-release-{digest[:10]}", ns, lbls)
+    obj["spec"] = {
+        "backoffLimit": 0,
+        "activeDeadlineSeconds": max(1, math.ceil(spec.release_timeout)),
+        "template": pod_template,
+    }
+    return obj
+
+
+_CONCURRENCY = {"allow": "Allow", "forbid": "Forbid", "replace": "Replace"}
+
+
+def _cron_job(desired: Desired, job: DesiredJob, ns: str) -> Obj:
+    """A scheduled job as a CronJob running in its service's image with its service's env."""
+    spec = job.spec
+    where = f"jobs.{job.name}"
+    if len(job.name) > CRONJOB_NAME_MAX:
+        raise UserError(
+            f"{where}: a CronJob name has at most {CRONJOB_NAME_MAX} characters; "
+            "give the job a shorter name"
+        )
+    svc = desired.service(spec.service) if spec.service else desired.services[0]
+    assert svc is not None  # validation: a job's service is in the spec
+    _refuse_unrepresentable(svc.name, svc.spec)
+    env = _task_env(desired, svc, {**svc.spec.env, **spec.env}, job.name, f"{where}.env")
+    container = _container(svc, "job", env, spec.command, f"{where}.command")
+    lbls = {**labels(desired), "app.kubernetes.io/component": "job", "ondeck.dev/job": job.name}
+    if spec.schedule is not None:
+        schedule = spec.schedule
+    else:
+        assert spec.every is not None  # validation: exactly one of schedule and every
+        schedule = every_as_cron(spec.every, f"{where}.every")
+    run: Obj = {
+        "backoffLimit": 0,  # as on a host: a failed run is reported, not retried
+        "activeDeadlineSeconds": max(1, math.ceil(spec.timeout)),
+        "template": {"metadata": {"labels": lbls}, "spec": _pod(svc.spec, container, "Never")},
+    }
+    obj = _meta("CronJob", job.name, ns, lbls)
+    obj["spec"] = {
+        "schedule": schedule,
+        "concurrencyPolicy": _CONCURRENCY[spec.concurrency],
+        "jobTemplate": {"metadata": {"labels": lbls}, "spec": run},
+    }
+    if spec.timezone is not None:
+        obj["spec"]["timeZone"] = spec.timezone
     return obj
 
 

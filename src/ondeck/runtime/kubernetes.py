@@ -17,7 +17,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from ondeck.errors import OndeckError, TemporaryError, UserError
+from ondeck.errors import OndeckError, UserError
 from ondeck.kube.health import Crash, service_health
 from ondeck.kube.render import (
     API_VERSION,
@@ -41,7 +41,11 @@ from ondeck.kube.render import (
     key_order,
     manifests,
     namespace_of,
+    secret,
+    sort_objects,
 )
+from ondeck.runtime.kube_errors import api_errors as _api_errors
+from ondeck.runtime.kube_release import run_release_tasks
 from ondeck.state.desired import Desired
 from ondeck.state.health import Health, Verdict, worst
 
@@ -58,9 +62,12 @@ SWITCHED = "ondeck.dev/switched-at"  # when a blue/green Service last changed se
 _COLLECTION = {
     "Namespace": "/api/v1/namespaces",
     "PersistentVolumeClaim": "/api/v1/namespaces/{ns}/persistentvolumeclaims",
+    "Secret": "/api/v1/namespaces/{ns}/secrets",
     "ConfigMap": "/api/v1/namespaces/{ns}/configmaps",
     "Service": "/api/v1/namespaces/{ns}/services",
+    "Job": "/apis/batch/v1/namespaces/{ns}/jobs",
     "Deployment": "/apis/apps/v1/namespaces/{ns}/deployments",
+    "CronJob": "/apis/batch/v1/namespaces/{ns}/cronjobs",
     "Ingress": "/apis/networking.k8s.io/v1/namespaces/{ns}/ingresses",
 }
 _TIMEOUT = 20.0
@@ -111,27 +118,6 @@ def _default_kubeconfig() -> Path | None:
     return home if home.is_file() else None
 
 
-@contextlib.contextmanager
-def _api_errors(what: str) -> Iterator[None]:
-    """Map the client's errors once: 409 a conflict, 5xx/network temporary, 4xx the user's."""
-    try:
-        yield
-    except ApiException as err:
-        if err.status == 409:
-            raise
-        if err.status is None or err.status >= 500 or err.status == 429:
-            raise TemporaryError(f"{what}: the API server answered {err.status}") from err
-        raise UserError(f"{what}: {err.status} {_reason(err)}") from err
-    except (urllib3.exceptions.HTTPError, OSError) as err:
-        raise TemporaryError(f"{what}: the API server is unreachable ({err})") from err
-
-
-def _reason(err: ApiException) -> str:
-    with contextlib.suppress(ValueError, TypeError):
-        return str(json.loads(err.body or "").get("message"))
-    return str(err.reason)
-
-
 def object_key(obj: Obj) -> str:
     meta = obj["metadata"]
     ns = meta.get("namespace")
@@ -156,7 +142,9 @@ def stamped(obj: Obj, revision: str) -> Obj:
     annotations = dict(meta.get("annotations", {}))
     if revision:
         annotations[REVISION] = revision
-    annotations[APPLIED] = applied_hash({"object": obj, "revision": revision})
+    # a Secret's values stay out of the hash (its fingerprints annotation stands for them)
+    basis = {k: v for k, v in obj.items() if k != "data"} if obj["kind"] == "Secret" else obj
+    annotations[APPLIED] = applied_hash({"object": basis, "revision": revision})
     meta["annotations"] = annotations
     return {**obj, "metadata": meta}
 
@@ -659,9 +647,11 @@ class KubernetesRuntime:
                 continue
             colors[svc.name], serving[svc.name] = idle, active
             keep.add(f"Deployment/{ns}/{svc.name}-{active}")
-        objects = manifests(desired, ns, colors, serving)
+        objects = self.objects(desired, ns, colors, serving)
         _carry_switch_time(objects, services)
-        result = self.apply(objects, revision, keep=frozenset(keep))
+        # release tasks succeed before any Deployment changes (ReleaseTaskError otherwise)
+        first = run_release_tasks(self, objects, revision, timeout)
+        result = _merged(first, self.apply(objects, revision, keep=frozenset(keep)))
         targets = {
             s.name: f"{s.name}-{colors[s.name]}" if s.name in colors else s.name
             for s in desired.services
@@ -669,7 +659,7 @@ class KubernetesRuntime:
         status = self.wait(ns, app, env, targets, timeout)
         switched: list[str] = []
         if serving and status.health is Health.HEALTHY:
-            switch = manifests(desired, ns, colors)
+            switch = self.objects(desired, ns, colors)
             for obj in switch:
                 if obj["kind"] == "Service" and obj["metadata"]["name"] in serving:
                     obj["metadata"].setdefault("annotations", {})[SWITCHED] = str(int(now))
@@ -678,6 +668,24 @@ class KubernetesRuntime:
             result.writes += switched_result.writes
             switched = sorted(serving)
         return SyncOutcome(ns, result, status, tuple(switched))
+
+    def objects(
+        self,
+        desired: Desired,
+        namespace: str,
+        colors: Mapping[str, str] | None = None,
+        serving: Mapping[str, str] | None = None,
+    ) -> list[Obj]:
+        """The environment's manifests plus its Secret, which only the runtime holds values for."""
+        objects = manifests(desired, namespace, colors, serving)
+        values: dict[str, str] = {}
+        for svc in desired.services:
+            values.update(svc.secrets.values)
+        for job in desired.jobs:
+            values.update(job.secrets.values)
+        if values:
+            objects = sort_objects([*objects, secret(desired, namespace, values)])
+        return objects
 
     def _live_service(self, namespace: str, name: str) -> Obj | None:
         return self.get({"kind": "Service", "metadata": {"name": name, "namespace": namespace}})
@@ -690,6 +698,21 @@ class KubernetesRuntime:
             except ApiException as err:
                 if err.status != 404:
                     raise
+
+
+def _merged(first: ApplyResult, then: ApplyResult) -> ApplyResult:
+    """One result for two applies of overlapping sets (what the first did counts once)."""
+    done = set(first.created + first.changed + first.reverted)
+    return ApplyResult(
+        created=first.created + then.created,
+        changed=first.changed + then.changed,
+        unchanged=[k for k in then.unchanged if k not in done],
+        reverted=first.reverted + then.reverted,
+        drifted=first.drifted + then.drifted,
+        left=first.left + then.left,
+        pruned=then.pruned,
+        writes=first.writes + then.writes,
+    )
 
 
 def _serving_color(service: Obj | None) -> str | None:
