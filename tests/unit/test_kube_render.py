@@ -455,3 +455,46 @@ def test_render_names_secrets_without_a_store(tmp_path: Path) -> None:
     docs: list[Any] = list(YAML(typ="safe").load_all(printed.stdout))
     assert {d["kind"] for d in docs} >= {"CronJob", "Job"}
     assert "shop-production-secrets" in printed.stdout and "kind: Secret" not in printed.stdout
+
+
+def test_rollout_deadline_is_the_progress_deadline() -> None:
+    deploy = _one(
+        _render(SPEC.replace("max_unavailable: 1}", "max_unavailable: 1, deadline: 90s}")),
+        "Deployment",
+        "web",
+    )
+    assert deploy["spec"]["progressDeadlineSeconds"] == 90
+    assert _one(_render(SPEC), "Deployment", "worker")["spec"]["progressDeadlineSeconds"] == 300
+
+
+def test_a_canary_set_is_a_second_deployment_behind_the_same_service() -> None:
+    spec = render_spec(parse(SPEC), "production")
+    desired = render(spec, "production", "", "")
+    objects = manifests(desired, canary={"web": 2})
+    names = [o["metadata"]["name"] for o in objects if o["kind"] == "Deployment"]
+    assert names == ["web-canary", "worker"]  # the stable set is the runtime's to keep
+    canary = _one(objects, "Deployment", "web-canary")
+    assert canary["spec"]["replicas"] == 2
+    assert canary["spec"]["selector"]["matchLabels"]["ondeck.dev/track"] == "canary"
+    pods = canary["spec"]["template"]["metadata"]["labels"]
+    service = _one(objects, "Service", "web")["spec"]["selector"]
+    assert service.items() <= pods.items()  # the Service selects canary pods with stable ones
+    for obj in objects:
+        kubernetes_validate.validate(obj, _versions()[-1], strict=True)
+
+
+@pytest.mark.parametrize(
+    ("memory", "cpus", "limits"),
+    [
+        ("256MiB", "0.5", {"memory": "256Mi", "cpu": "500m"}),
+        ("1024MiB", "2", {"memory": "1Gi", "cpu": "2"}),
+        ("512KiB", "64", {"memory": "512Ki", "cpu": "64"}),
+        ("1MB", "1.25", {"memory": "1M", "cpu": "1250m"}),
+    ],
+)
+def test_quantities_are_written_as_the_api_server_writes_them_back(
+    memory: str, cpus: str, limits: dict[str, str]
+) -> None:
+    text = SPEC.replace("memory: 256MiB", f"memory: {memory}").replace("cpus: 0.5", f"cpus: {cpus}")
+    deploy = _one(_render(text), "Deployment", "web")
+    assert deploy["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] == limits

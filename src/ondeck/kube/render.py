@@ -454,6 +454,8 @@ def _deployment(
     obj = _meta("Deployment", name, ns, pod_labels)
     obj["spec"] = {
         "replicas": spec.replicas,
+        # rollout.deadline: a release making no progress that long is Degraded, with the reason
+        "progressDeadlineSeconds": max(1, math.ceil(spec.rollout.deadline)),
         "revisionHistoryLimit": 5,
         "selector": {"matchLabels": pods},
         "strategy": _strategy(spec),
@@ -546,11 +548,27 @@ def _version_label(version: str | None) -> dict[str, str]:
 def _resources(spec: Service) -> Obj:
     limits: dict[str, str] = {}
     if spec.memory is not None:
-        mib, rest = divmod(spec.memory, 1024 * 1024)
-        limits["memory"] = f"{mib}Mi" if rest == 0 else str(spec.memory)
+        limits["memory"] = _bytes(spec.memory)
     if spec.cpus is not None:
-        limits["cpu"] = f"{max(1, round(spec.cpus * 1000))}m"
+        millis = max(1, round(spec.cpus * 1000))
+        limits["cpu"] = _decimal(millis // 1000) if millis % 1000 == 0 else f"{millis}m"
     return {"limits": limits, "requests": dict(limits)} if limits else {}
+
+
+# Quantities as the API server writes them back (its canonical form): anything else
+# would read as drift at every reconcile (`64000m` comes back `64`, `1024Mi` `1Gi`).
+def _bytes(size: int) -> str:
+    for power, suffix in ((6, "Ei"), (5, "Pi"), (4, "Ti"), (3, "Gi"), (2, "Mi"), (1, "Ki")):
+        if size % 1024**power == 0:
+            return f"{size // 1024**power}{suffix}"
+    return _decimal(size)
+
+
+def _decimal(value: int) -> str:
+    for power, suffix in ((18, "E"), (15, "P"), (12, "T"), (9, "G"), (6, "M"), (3, "k")):
+        if value and value % 10**power == 0:
+            return f"{value // 10**power}{suffix}"
+    return str(value)
 
 
 def _strategy(spec: Service) -> Obj:

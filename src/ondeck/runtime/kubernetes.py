@@ -12,6 +12,7 @@ Third-party errors are mapped to ondeck's at one boundary (`_api_errors`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -44,6 +45,7 @@ from ondeck.kube.render import (
     secret,
     sort_objects,
 )
+from ondeck.runtime.kube_canary import CanaryRun, CanaryState, Position, annotate
 from ondeck.runtime.kube_errors import api_errors as _api_errors
 from ondeck.runtime.kube_release import run_release_tasks
 from ondeck.state.desired import Desired
@@ -278,6 +280,7 @@ class SyncOutcome:
     result: ApplyResult
     status: EnvStatus
     switched: tuple[str, ...]  # blue/green services whose traffic moved to the new set
+    canaries: tuple[CanaryState, ...] = ()  # canary services with a new release, where they are
 
 
 # --- the runtime -----------------------------------------------------------------------------
@@ -297,10 +300,12 @@ class KubernetesRuntime:
     # -- requests --
 
     def _request(self, method: str, path: str, body: Any = None, **query: Any) -> Any:
+        # a PATCH is a server-side apply unless `content_type` says otherwise
+        content_type = query.pop("content_type", "application/apply-patch+yaml")
         params = [(k, v) for k, v in query.items() if v is not None]
         headers = {"Accept": "application/json"}
         if method == "PATCH":
-            headers["Content-Type"] = "application/apply-patch+yaml"
+            headers["Content-Type"] = content_type
         request = self.api.param_serialize(
             method,
             path,
@@ -609,7 +614,12 @@ class KubernetesRuntime:
     # -- releases --
 
     def sync(
-        self, desired: Desired, revision: str, timeout: float, namespace: str | None = None
+        self,
+        desired: Desired,
+        revision: str,
+        timeout: float,
+        namespace: str | None = None,
+        promote: frozenset[str] = frozenset(),
     ) -> SyncOutcome:
         """Apply one environment and watch it settle; blue/green services switch when ready.
 
@@ -627,8 +637,7 @@ class KubernetesRuntime:
         keep: set[str] = set()
         now = time.time()
         for svc in desired.services:
-            # canary runs as blue/green here, as on a host before its router had weights
-            two_sets = svc.spec.rollout.strategy in ("blue-green", "canary")
+            two_sets = svc.spec.rollout.strategy == "blue-green"
             if not two_sets or container_port(svc.spec) is None:
                 continue
             active = _serving_color(services[svc.name])
@@ -651,12 +660,27 @@ class KubernetesRuntime:
         _carry_switch_time(objects, services)
         # release tasks succeed before any Deployment changes (ReleaseTaskError otherwise)
         first = run_release_tasks(self, objects, revision, timeout)
-        result = _merged(first, self.apply(objects, revision, keep=frozenset(keep)))
+
+        def build(positions: Mapping[str, Position]) -> list[Obj]:
+            canary = {name: pos.replicas for name, pos in positions.items()}
+            built = self.objects(desired, ns, colors, serving, canary)
+            _carry_switch_time(built, services)
+            annotate(built, positions)
+            return built
+
+        # a canary service with a new release steps through its weights (kube_canary.py)
+        canaries = CanaryRun(
+            self, is_subset, desired, ns, revision, timeout, frozenset(keep), promote
+        )
+        canaries.advance(build, live)
+        objects = build(canaries.positions)
+        result = _merged(first, self.apply(objects, revision, keep=canaries.kept()))
+        result.writes += canaries.writes
         targets = {
             s.name: f"{s.name}-{colors[s.name]}" if s.name in colors else s.name
             for s in desired.services
         }
-        status = self.wait(ns, app, env, targets, timeout)
+        status = _with_canaries(self.wait(ns, app, env, targets, timeout), canaries.states)
         switched: list[str] = []
         if serving and status.health is Health.HEALTHY:
             switch = self.objects(desired, ns, colors)
@@ -667,7 +691,17 @@ class KubernetesRuntime:
             result.changed += switched_result.changed
             result.writes += switched_result.writes
             switched = sorted(serving)
-        return SyncOutcome(ns, result, status, tuple(switched))
+        return SyncOutcome(ns, result, status, tuple(switched), tuple(canaries.states.values()))
+
+    def promote(
+        self, desired: Desired, service: str, revision: str, timeout: float, **kw: Any
+    ) -> SyncOutcome:
+        """`ondeck rollout promote`: a canary waiting at a manual pause goes on (a sync)."""
+        return self.sync(desired, revision, timeout, promote=frozenset({service}), **kw)
+
+    def force_apply(self, obj: Obj, revision: str) -> None:
+        """Apply `obj` taking every field it sets from whichever manager held it."""
+        self._apply_one(stamped(obj, revision), force=True)
 
     def objects(
         self,
@@ -675,9 +709,10 @@ class KubernetesRuntime:
         namespace: str,
         colors: Mapping[str, str] | None = None,
         serving: Mapping[str, str] | None = None,
+        canary: Mapping[str, int] | None = None,
     ) -> list[Obj]:
         """The environment's manifests plus its Secret, which only the runtime holds values for."""
-        objects = manifests(desired, namespace, colors, serving)
+        objects = manifests(desired, namespace, colors, serving, canary)
         values: dict[str, str] = {}
         for svc in desired.services:
             values.update(svc.secrets.values)
@@ -698,6 +733,17 @@ class KubernetesRuntime:
             except ApiException as err:
                 if err.status != 404:
                     raise
+
+
+def _with_canaries(status: EnvStatus, states: Mapping[str, CanaryState]) -> EnvStatus:
+    """A paused canary is Suspended, an aborted one Degraded, each with where it stands."""
+    services = tuple(
+        dataclasses.replace(s, verdict=Verdict(states[s.name].health, states[s.name].reason))
+        if s.name in states and states[s.name].health is not Health.HEALTHY
+        else s
+        for s in status.services
+    )
+    return dataclasses.replace(status, services=services)
 
 
 def _merged(first: ApplyResult, then: ApplyResult) -> ApplyResult:

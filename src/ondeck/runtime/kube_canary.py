@@ -1,0 +1,240 @@
+"""Canary by replica ratio on a cluster: the steps of kube/canary.py carried out.
+
+Called by `KubernetesRuntime.sync` (runtime/kubernetes.py) for each canary
+service whose release changed. The stable Deployment keeps the old release;
+`SERVICE-canary` runs the new one behind the same Service selector, and each
+weight step sets how many pods each has (kube/canary.split). Where the canary
+is (step, since when, aborted) lives in annotations on the canary Deployment,
+so a restarted controller goes on from there; a pause returns at once
+(Suspended) and the next sync looks again. While a canary runs, the stable
+set's replica count is changed through its /scale subresource by the field
+manager `ondeck-canary`; the promotion takes it back with a forced apply.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ondeck.kube.canary import Move, decide, share, split
+from ondeck.kube.render import Obj, canary_of
+from ondeck.runtime.kube_errors import api_errors
+from ondeck.state.desired import Desired, DesiredService
+from ondeck.state.health import Health
+
+if TYPE_CHECKING:
+    from ondeck.runtime.kubernetes import ApplyResult, KubernetesRuntime
+
+STEP = "ondeck.dev/canary-step"
+SINCE = "ondeck.dev/canary-since"
+ABORTED = "ondeck.dev/canary-aborted"
+SCALER = "ondeck-canary"
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a service's canary is: pods, the step it is at and since when, why it stopped."""
+
+    replicas: int
+    step: int
+    since: float
+    aborted: str = ""
+
+
+@dataclass(frozen=True)
+class CanaryState:
+    """A canary after a sync: `move` PAUSE/MANUAL (Suspended), PROMOTE (done) or aborted."""
+
+    service: str
+    step: int
+    steps: int
+    canary: int
+    stable: int
+    move: Move
+    reason: str
+    aborted: bool = False
+
+    @property
+    def health(self) -> Health:
+        if self.aborted:
+            return Health.DEGRADED
+        return Health.HEALTHY if self.move is Move.PROMOTE else Health.SUSPENDED
+
+
+# build(positions) -> the environment's objects, each service in `positions` as its canary
+Build = Callable[[Mapping[str, Position]], list[Obj]]
+
+
+@dataclass
+class CanaryRun:
+    """One sync's canaries: advanced with `advance`, then rendered by the caller's `build`."""
+
+    runtime: KubernetesRuntime
+    matches: Callable[[Obj, Obj], bool]  # every field the first sets is in the second
+    desired: Desired
+    namespace: str
+    revision: str
+    timeout: float
+    keep: frozenset[str]
+    promote: frozenset[str] = frozenset()
+    clock: Callable[[], float] = time.time
+    positions: dict[str, Position] = field(default_factory=dict)
+    states: dict[str, CanaryState] = field(default_factory=dict)
+    writes: int = 0
+
+    def kept(self) -> frozenset[str]:
+        """Objects the environment's apply must not prune: stable sets under a canary."""
+        stable = {f"Deployment/{self.namespace}/{name}" for name in self.positions}
+        return self.keep | stable
+
+    def advance(self, build: Build, live: Mapping[str, Obj]) -> None:
+        """Take each canary service as far as it can go now (weights wait to be ready)."""
+        for svc in self.desired.services:
+            if svc.spec.rollout.strategy == "canary" and svc.spec.replicas > 0:
+                self._service(svc, build, live)
+
+    def _service(self, svc: DesiredService, build: Build, live: Mapping[str, Obj]) -> None:
+        is_subset = self.matches
+        name = svc.name
+        stable = live.get(name)
+        plain = _deployment(build({}), name)
+        if stable is None or is_subset(plain["spec"]["template"], stable["spec"]["template"]):
+            return  # a first deploy, or no new release: no canary (a leftover one is pruned)
+        total = svc.spec.replicas
+        steps = svc.spec.rollout.steps
+        wanted = canary_of(plain, 0)["spec"]["template"]
+        current = live.get(f"{name}-canary")
+        if current is not None and is_subset(wanted, current["spec"]["template"]):
+            pos = _position(current)
+        else:
+            pos = Position(0, 0, self.clock())
+        self.positions[name] = pos
+        if pos.aborted:
+            self._state(name, pos, total, len(steps), Move.WEIGHT, pos.aborted, aborted=True)
+            return
+        while True:
+            decision = decide(steps, pos.step, pos.since, self.clock())
+            if decision.move is Move.MANUAL and name in self.promote:
+                decision = type(decision)(Move.NEXT)
+            if decision.move is Move.WEIGHT:
+                canary, rest = split(total, decision.weight)
+                pos = self._move(build, name, Position(canary, pos.step, pos.since), rest)
+                status = self.runtime.wait(
+                    self.namespace,
+                    self.desired.app,
+                    self.desired.env,
+                    {name: f"{name}-canary"},
+                    self.timeout,
+                )
+                if status.health is not Health.HEALTHY:
+                    why = "; ".join(status.reasons()) or f"not ready after {self.timeout:.0f} s"
+                    self._abort(build, name, pos, total, why)
+                    return
+                pos = self._move(build, name, Position(canary, pos.step + 1, self.clock()))
+            elif decision.move is Move.NEXT:
+                pos = self._move(build, name, Position(pos.replicas, pos.step + 1, self.clock()))
+            elif decision.move is Move.PROMOTE:
+                self._promote(plain, name, pos, total, len(steps))
+                return
+            else:
+                reason = (
+                    "waiting for `ondeck rollout promote`"
+                    if decision.move is Move.MANUAL
+                    else f"paused, {decision.left:.0f} s left"
+                )
+                self._state(name, pos, total, len(steps), decision.move, reason)
+                return
+
+    def _move(self, build: Build, name: str, pos: Position, stable: int | None = None) -> Position:
+        """Record `pos` on the canary Deployment (and scale the stable set to `stable`)."""
+        self.positions[name] = pos
+        self._apply(build(self.positions))
+        if stable is not None:
+            self._scale(name, stable)
+        return pos
+
+    def _abort(self, build: Build, name: str, pos: Position, total: int, why: str) -> None:
+        """The canary failed: its pods go, the stable set is whole again, the reason is kept."""
+        stopped = Position(0, pos.step, pos.since, why[:500])
+        self._move(build, name, stopped, total)
+        self._state(name, stopped, total, 0, Move.WEIGHT, f"canary aborted: {why}", aborted=True)
+
+    def _promote(self, plain: Obj, name: str, pos: Position, total: int, steps: int) -> None:
+        """Every step done: the stable Deployment takes the new release and all its replicas."""
+        # forced: takes .spec.replicas back from the /scale writes of `ondeck-canary`
+        self.runtime.force_apply(plain, self.revision)
+        self.writes += 1
+        del self.positions[name]
+        self.states[name] = CanaryState(
+            name, steps, steps, 0, total, Move.PROMOTE, "promoted: every step done"
+        )
+
+    def _state(
+        self,
+        name: str,
+        pos: Position,
+        total: int,
+        steps: int,
+        move: Move,
+        reason: str,
+        aborted: bool = False,
+    ) -> None:
+        stable = total if aborted else max(total - pos.replicas, 0 if pos.replicas >= total else 1)
+        if not aborted:
+            pct = round(100 * share(pos.replicas, stable))
+            reason = f"canary {pos.replicas} of {pos.replicas + stable} pods (~{pct}%), {reason}"
+        self.states[name] = CanaryState(
+            name, pos.step, steps, pos.replicas, stable, move, reason, aborted
+        )
+
+    def _apply(self, objects: list[Obj]) -> ApplyResult:
+        result = self.runtime.apply(objects, self.revision, keep=self.kept())
+        self.writes += result.writes
+        return result
+
+    def _scale(self, name: str, replicas: int) -> None:
+        path = f"/apis/apps/v1/namespaces/{self.namespace}/deployments/{name}/scale"
+        with api_errors(f"scaling Deployment {self.namespace}/{name}"):
+            self.runtime._request(
+                "PATCH",
+                path,
+                body={"spec": {"replicas": replicas}},
+                content_type="application/merge-patch+json",
+                fieldManager=SCALER,
+            )
+        self.writes += 1
+
+
+def annotate(objects: list[Obj], positions: Mapping[str, Position]) -> None:
+    """Put each canary's position on its Deployment (read back by `_position`)."""
+    for obj in objects:
+        if obj["kind"] != "Deployment":
+            continue
+        name = str(obj["metadata"]["name"]).removesuffix("-canary")
+        pos = positions.get(name)
+        if pos is None or obj["metadata"]["name"] != f"{name}-canary":
+            continue
+        notes = obj["metadata"].setdefault("annotations", {})
+        notes[STEP] = str(pos.step)
+        notes[SINCE] = str(int(pos.since))
+        if pos.aborted:
+            notes[ABORTED] = pos.aborted
+
+
+def _position(deployment: Obj) -> Position:
+    notes = deployment["metadata"].get("annotations") or {}
+    try:
+        step, since = int(notes.get(STEP, 0)), float(notes.get(SINCE, 0))
+    except ValueError:
+        step, since = 0, 0.0
+    return Position(int(deployment["spec"].get("replicas", 0)), step, since, notes.get(ABORTED, ""))
+
+
+def _deployment(objects: list[Obj], name: str) -> Obj:
+    found: Obj = next(
+        o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == name
+    )
+    return json.loads(json.dumps(found))  # type: ignore[no-any-return]
