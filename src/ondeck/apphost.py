@@ -7,6 +7,8 @@ read again whenever it changes: an app added starts, an app removed is brought
 down (instances stopped, routes gone) while the others go on, an app whose
 entry changed is restarted (its instances are adopted, not restarted). A bad
 host file, or an app that cannot start, never touches the apps that run.
+The host file may live in a git repo (`REPO#PATH`): it is fetched every
+`--poll` and read at its branch head (source/hostfile.HostFileWatch).
 Built by daemon.py.
 """
 
@@ -17,17 +19,17 @@ import contextlib
 import contextvars
 import dataclasses
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ondeck.controller import Controller
 from ondeck.environment import SPEC_FILE, Options
-from ondeck.errors import OndeckError, SpecError, UserError
+from ondeck.errors import OndeckError, UserError
 from ondeck.hostrouter import HostRouter, route_guard
 from ondeck.source.base import Source
-from ondeck.spec.host import HostApp, HostFile, load_host_file
+from ondeck.source.hostfile import HostFileRead, HostFileRef, HostFileWatch
+from ondeck.spec.host import HostApp, HostFile
 from ondeck.spec.load import environment_names, parse
 from ondeck.state.desired import DEFAULT_ENV, Desired
 from ondeck.status import AppStatus, HostFileStatus, SourceStatus
@@ -108,7 +110,7 @@ class AppHost:
 
     def __init__(
         self,
-        host_file: Path,
+        host_file: HostFileRef,
         base: Options,
         build: AppBuilder,
         source: SourceBuilder,
@@ -116,12 +118,13 @@ class AppHost:
     ) -> None:
         self.host_file, self.base, self.build, self.make_source = host_file, base, build, source
         self.router = router
+        self.watch = HostFileWatch(host_file, base.state_dir, base.poll)
+        self.revision: str | None = None  # the commit the host file was read at (REPO#PATH)
         self.apps: dict[str, RunningApp] = {}
         self.waiting: dict[str, Waiting] = {}
         self.file: HostFile | None = None
         self.error: str | None = None  # why the host file's last change was not applied
         self.changes = 0  # bumped whenever the set of apps changes (the API follows)
-        self._stamp: tuple[int, int, int] | None = None
         self._stopping = False
         self._wake: asyncio.Event | None = None
         self._heads: dict[str, str | None] = {}
@@ -130,12 +133,18 @@ class AppHost:
     def load(self) -> HostFile:
         """The host file as it is now (`ondeck up` refuses to start on a bad one)."""
         try:
-            text = self.host_file.read_bytes()
-            self._stamp = _stamp(self.host_file)
+            return self._took(self.watch.load())
         except OSError as err:
-            raise UserError(f"cannot read the host file {self.host_file}: {err.strerror}") from err
-        self.file = load_host_file(text, str(self.host_file))
-        return self.file
+            raise UserError(f"cannot read the host file {self.shown}: {err.strerror}") from err
+
+    @property
+    def shown(self) -> str:
+        """The host file as messages name it: its path, or REPO#PATH."""
+        return self.host_file.shown
+
+    def _took(self, read: HostFileRead) -> HostFile:
+        self.file, self.revision = read.host, read.revision
+        return read.host
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -150,7 +159,7 @@ class AppHost:
                 if self._down is not None:
                     await self._go_down(self._down)
                     break
-                self._reread()
+                await self._reread()
                 await self._converge()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), HOST_FILE_POLL)
@@ -185,27 +194,21 @@ class AppHost:
             future.set_result(stopped)
         self._stopping = True
 
-    def _reread(self) -> None:
+    async def _reread(self) -> None:
         """Load the host file again when it changed; a bad one leaves every app as it is."""
         try:
-            stamp = _stamp(self.host_file)
+            read = await asyncio.to_thread(self.watch.changed)  # REPO#PATH: a git fetch
         except OSError as err:
-            self._refused(f"cannot read the host file {self.host_file}: {err.strerror}")
+            self._refused(f"cannot read the host file {self.shown}: {err.strerror}")
             return
-        if stamp == self._stamp:
-            return
-        try:
-            text = self.host_file.read_bytes()
-            self._stamp = stamp
-            self.file = load_host_file(text, str(self.host_file))
-        except OSError as err:
-            self._refused(f"cannot read the host file {self.host_file}: {err.strerror}")
-            return
-        except SpecError as err:
+        except OndeckError as err:  # a SpecError, a missing file, a fetch that failed
             self._refused(str(err))
             return
+        if read is None:
+            return
+        self._took(read)
         if self.error is not None:
-            log.info("host file %s is valid again", self.host_file)
+            log.info("host file %s is valid again", self.shown)
         self.error = None
 
     def _refused(self, message: str) -> None:
@@ -236,7 +239,7 @@ class AppHost:
         loop = asyncio.get_running_loop()
         if waiting is not None and waiting.entry == entry and loop.time() < waiting.retry_at:
             return
-        opts = app_options(self.base, name, entry, self.host_file.parent)
+        opts = app_options(self.base, name, entry, self._host_dir)
         try:
             envs = tuple(entry.envs) or await asyncio.to_thread(self._all_envs, opts)
         except (OndeckError, OSError) as err:
@@ -358,10 +361,10 @@ class AppHost:
             entry = waiting.entry
             source = SourceStatus(repo=entry.repo, branch=entry.branch, path=entry.path)
             rows.append(AppStatus(name=name, source=source, envs=entry.envs, error=waiting.error))
-        return rows, HostFileStatus(path=str(self.host_file), error=self.error)
+        return rows, HostFileStatus(path=self.shown, error=self.error, revision=self.revision)
 
-
-def _stamp(path: Path) -> tuple[int, int, int]:
-    """What changes when the file is edited or replaced (editors rename a new file in)."""
-    st = os.stat(path)
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
+    @property
+    def _host_dir(self) -> Path:
+        """Where an app's relative repo path is read from: the host file's directory, or
+        (the host file in a repo) the directory `ondeck up` runs in."""
+        return Path(self.host_file.path).parent if self.host_file.repo is None else Path.cwd()

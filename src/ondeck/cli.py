@@ -23,6 +23,7 @@ from rich.table import Table
 
 from ondeck import __version__
 from ondeck.client import default_state_dir
+from ondeck.commands.app import app_app
 from ondeck.commands.backup import backup_app
 from ondeck.commands.committed import report as _report
 from ondeck.commands.job import job_app
@@ -206,9 +207,11 @@ def up(
         ),
     ] = False,
     host_file: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
-            "--host-file", help="Run every app this file lists (instead of REPO), one router."
+            "--host-file",
+            help="Run every app this file lists (instead of REPO), one router; "
+            "REPO#PATH: the file PATH in a git repo, followed like an app's repo.",
         ),
     ] = None,
 ) -> None:
@@ -221,7 +224,10 @@ def up(
         raise UserError("give `ondeck up` a REPO (one app) or --host-file FILE (many), not both")
     if host_file is not None and (branch or path or env):
         raise UserError("--branch, --path and --env are per app with --host-file: set them there")
-    source = str(host_file.resolve()) if host_file is not None else str(repo)
+    from ondeck.source.hostfile import parse_ref
+
+    ref = parse_ref(host_file) if host_file is not None else None
+    source = str(repo) if ref is None else ref.path if ref.repo is None else ref.shown
     is_local = os.path.exists(source)
     opts = Options(
         repo=str(Path(source).resolve()) if is_local else source,
@@ -238,12 +244,12 @@ def up(
         container_host=container_host,
         trusted_proxies=_router_options(trusted_proxy).trusted_proxies,
     )
-    if host_file is not None:
+    if ref is not None:
         from ondeck.api.host import create_host_app
         from ondeck.daemon import serve_host
 
         host_app = functools.partial(create_host_app, public_read=public_read)
-        serve_host(host_file.resolve(), opts, api, webhook_secret, host_app)
+        serve_host(ref, opts, api, webhook_secret, host_app)
         return
     from ondeck.api.app import create_app
     from ondeck.daemon import serve
@@ -690,7 +696,17 @@ def logs(
 
 @app.command()
 def install(
-    repo: Annotated[str, typer.Option("--repo", help="The repo `ondeck up` follows.")],
+    repo: Annotated[
+        str | None, typer.Option("--repo", help="One app: the repo `ondeck up` follows.")
+    ] = None,
+    host_file: Annotated[
+        str | None,
+        typer.Option(
+            "--host-file",
+            help="Every app of this host file, a path or REPO#PATH (the default, without "
+            "--repo: $ONDECK_HOST_FILE, else STATE_DIR/ondeck.host.yaml).",
+        ),
+    ] = None,
     env: Annotated[list[str] | None, typer.Option("--env")] = None,
     state_dir: StateDir = None,
     unit_dir: Annotated[Path, typer.Option(help="Where to write the units.")] = Path(
@@ -702,24 +718,49 @@ def install(
     listen_tls: Annotated[
         str | None, typer.Option(help="Where the router serves HTTPS (e.g. 0.0.0.0:443).")
     ] = None,
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace", help="Overwrite units that run another repo, host file or state dir."
+        ),
+    ] = False,
 ) -> None:
-    """Write systemd units so the router and `ondeck up` are kept running (Restart=always)."""
-    from ondeck.install import write_units
+    """Write systemd units so the router and `ondeck up` are kept running (Restart=always).
 
+    One unit set per host: `ondeck up --host-file` runs every app of the host file
+    (`ondeck app add`); `--repo` runs a single app.
+    """
+    from ondeck.install import write_units
+    from ondeck.source.hostfile import locate, read_host_file
+
+    directory = (state_dir or default_state_dir()).resolve()
+    chosen = None
+    if repo is None:
+        if env:
+            raise UserError("--env is per app with a host file: `ondeck app add NAME REPO --env E`")
+        ref = locate(host_file, directory)
+        read_host_file(ref, directory)  # a missing or bad host file: said now, not in a unit log
+        chosen = ref.path if ref.repo is None else f"{ref.repo}#{ref.path}"
+    elif host_file is not None:
+        raise UserError("give --repo (one app) or --host-file (every app of the host), not both")
+    again = (unit_dir / "ondeck.service").exists()
     for path in write_units(
         unit_dir,
         repo=repo,
         envs=env or [],
-        state_dir=(state_dir or default_state_dir()).resolve(),
+        state_dir=directory,
         api=api,
         listen=listen,
         trusted_proxies=_router_options(trusted_proxy).trusted_proxies,
         listen_tls=listen_tls,
+        host_file=chosen,
+        replace=replace,
     ):
         err.print(f"[green]wrote[/green] {path}")
+    then = "restart" if again else "enable --now"
     err.print(
-        "next: [bold]systemctl daemon-reload && "
-        "systemctl enable --now ondeck-router.service ondeck.service[/bold]"
+        f"next: [bold]systemctl daemon-reload && "
+        f"systemctl {then} ondeck-router.service ondeck.service[/bold]"
     )
 
 
@@ -775,6 +816,7 @@ def rollout_abort(
 app.add_typer(secret_app, name="secret")
 app.add_typer(maintenance_app, name="maintenance")
 app.add_typer(job_app, name="job")
+app.add_typer(app_app, name="app")
 
 token_app = typer.Typer(
     help="Scoped API tokens (read < sync < deploy, per environment and app).",
@@ -785,14 +827,16 @@ app.add_typer(token_app, name="token")
 
 def _tokens(state_dir: Path | None) -> Any:
     from ondeck.store import Store
-    from ondeck.tokens import Tokens
+    from ondeck.tokens import HOST_STORE, Tokens
 
     directory = (state_dir or default_state_dir()).resolve()
-    if not (directory / "ondeck.db").exists():
-        raise UserError(
-            f"no ondeck state in {directory}: run `ondeck up` there first, or pass --state-dir"
-        )
-    return Tokens(Store(directory / "ondeck.db"))
+    if (directory / "ondeck.db").exists():  # `ondeck up REPO`: one app
+        return Tokens(Store(directory / "ondeck.db"))
+    if (directory / "apps").is_dir():  # `ondeck up --host-file`: the host's tokens, every app
+        return Tokens(Store(directory / HOST_STORE))
+    raise UserError(
+        f"no ondeck state in {directory}: run `ondeck up` there first, or pass --state-dir"
+    )
 
 
 @token_app.command("create")

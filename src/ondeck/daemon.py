@@ -35,6 +35,7 @@ from ondeck.runtime.base import ExitCallback, Runtimes
 from ondeck.runtime.container import ContainerRuntime
 from ondeck.runtime.process import ProcessRuntime
 from ondeck.source.git import GitSource
+from ondeck.source.hostfile import HostFileRef
 from ondeck.store import open_store
 from ondeck.traffic import RouterControl, RouterLink
 
@@ -96,7 +97,7 @@ def build_app_controller(opts: Options, router: RouterControl | None) -> Control
     )
 
 
-def build_host(host_file: Path, opts: Options) -> AppHost:
+def build_host(host_file: HostFileRef, opts: Options) -> AppHost:
     """`ondeck up --host-file`: every app of the file, one router in the host's state dir."""
     if opts.listen_tls:
         raise UserError(
@@ -141,7 +142,7 @@ def _lock(directory: Path) -> Iterator[None]:
 
 
 def serve_host(
-    host_file: Path,
+    host_file: HostFileRef,
     opts: Options,
     api: str,
     webhook_secret: str | None,
@@ -153,7 +154,7 @@ def serve_host(
 
 
 async def _serve_host(
-    host_file: Path,
+    host_file: HostFileRef,
     opts: Options,
     api: str,
     webhook_secret: str | None,

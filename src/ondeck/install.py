@@ -1,9 +1,13 @@
 """`ondeck install`: systemd units so the custodian has a custodian.
 
-Two units: `ondeck-router.service` (the data plane users reach) and
-`ondeck.service` (the controller). `KillMode=process` matters for the
-controller: when systemd restarts `ondeck up`, only the controller stops;
-the app instances it supervises keep serving and are re-adopted.
+Two units per host, named the same whatever runs: `ondeck-router.service` (the
+data plane users reach) and `ondeck.service` (the controller: `ondeck up
+--host-file FILE` for every app of the host, or `ondeck up REPO` for one).
+`KillMode=process` matters for the controller: when systemd restarts `ondeck
+up`, only the controller stops; the app instances it supervises keep serving
+and are re-adopted. An install never replaces a controller unit that runs
+something else (another repo, host file or state dir) unless told to
+(`replace`): a second app belongs in the host file, not in a second install.
 
 Credentials in `--repo https://user:pass@host/...` never reach a unit (0644,
 and the controller's argv is readable by every local user in /proc): they go
@@ -16,15 +20,20 @@ import os
 import shlex
 import sys
 import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 
+from ondeck.errors import UserError
 from ondeck.redact import mask
+from ondeck.source.hostfile import parse_ref
 
 CREDENTIALS_FILE = "git-credentials"
+CONTROLLER_NAME = "ondeck.service"
+ROUTER_NAME = "ondeck-router.service"
 
 CONTROLLER_UNIT = """\
 [Unit]
-Description=ondeck controller: makes this host match {repo}
+Description=ondeck controller: makes this host match {what}
 After=network-online.target ondeck-router.service
 Wants=network-online.target ondeck-router.service
 
@@ -67,7 +76,7 @@ WantedBy=multi-user.target
 
 
 def render_unit(
-    repo: str,
+    repo: str | None,
     envs: list[str],
     state_dir: Path,
     api: str,
@@ -75,13 +84,19 @@ def render_unit(
     python: str = sys.executable,
     credentials_file: Path | None = None,
     listen_tls: str | None = None,
+    host_file: str | None = None,
 ) -> str:
     """The controller's unit; it finds the router of `ondeck-router.service` running.
 
-    `repo` must carry no credentials (see `split_credentials`); with
-    `credentials_file`, git reads them from there as its credential store.
+    It runs `ondeck up REPO` (one app), or `ondeck up --host-file FILE` (every
+    app of the host; give `repo` None). Neither may carry credentials (see
+    `split_credentials`); with `credentials_file`, git reads them from there as
+    its credential store.
     """
-    argv = [python, "-m", "ondeck", "up", repo, "--state-dir", str(state_dir), "--api", api]
+    target = ["--host-file", host_file] if host_file is not None else [repo or ""]
+    if host_file is None and not repo:
+        raise ValueError("a controller unit runs a repo or a host file")
+    argv = [python, "-m", "ondeck", "up", *target, "--state-dir", str(state_dir), "--api", api]
     argv += ["--listen", listen]
     if listen_tls:
         argv += ["--listen-tls", listen_tls]
@@ -95,12 +110,74 @@ def render_unit(
             "Environment=GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=credential.helper\n"
             f'Environment="GIT_CONFIG_VALUE_0={helper}"\n'
         )
+    what = f"the apps of {mask(host_file)}" if host_file is not None else mask(repo or "")
     return CONTROLLER_UNIT.format(
-        repo=mask(repo),
+        what=what,
         exec_start=shlex.join(argv),
         state_dir=state_dir,
         credentials=credentials,
     )
+
+
+@dataclass(frozen=True)
+class Installed:
+    """What a controller unit runs: one app's repo or a host file, with its state dir."""
+
+    repo: str | None
+    host_file: str | None
+    state_dir: str | None
+
+    @property
+    def shown(self) -> str:
+        runs = f"--host-file {self.host_file}" if self.host_file else f"one app, {self.repo}"
+        return f"{mask(runs)} (state dir {self.state_dir})"
+
+
+def installed(unit_dir: Path) -> Installed | None:
+    """What the `ondeck.service` in `unit_dir` runs; None when there is none (or not ours)."""
+    try:
+        text = (unit_dir / CONTROLLER_NAME).read_text()
+    except FileNotFoundError:
+        return None
+    line = next((x for x in text.splitlines() if x.startswith("ExecStart=")), None)
+    argv = shlex.split(line.removeprefix("ExecStart=")) if line else []
+    if "up" not in argv:
+        return None
+    rest = argv[argv.index("up") + 1 :]
+    host_file = _flag(rest, "--host-file")
+    repo = None if host_file is not None or not rest or rest[0].startswith("-") else rest[0]
+    return Installed(repo, host_file, _flag(rest, "--state-dir"))
+
+
+def check_replace(unit_dir: Path, wanted: Installed, replace: bool) -> None:
+    """Refuse to overwrite a controller unit that runs something else, unless `replace`."""
+    old = installed(unit_dir)
+    if old is None or old == wanted or replace:
+        return
+    where = unit_dir / CONTROLLER_NAME
+    if wanted.host_file is not None and old.host_file is None:
+        raise UserError(
+            f"{where} runs {old.shown} from an earlier install. One unit set runs every app "
+            "of this host now: (1) stop it: `systemctl stop ondeck.service` and "
+            f"`ondeck down --state-dir {old.state_dir}`; (2) list that app in the host file: "
+            f"`ondeck app add NAME {mask(old.repo or '')}` (its state, history and secrets stay "
+            f"in {old.state_dir}; the host keeps each app's under STATE_DIR/apps/NAME/); "
+            "(3) run this install again with --replace"
+        )
+    advice = (
+        "list every app in one host file (`ondeck app add NAME REPO`) and install that with "
+        "`ondeck install --host-file FILE --replace`"
+        if wanted.repo is not None
+        else "give --replace to run this one instead"
+    )
+    raise UserError(
+        f"{where} runs {old.shown} already; this host has one unit set, and installing "
+        f"{wanted.shown} would replace it: {advice}"
+    )
+
+
+def _flag(argv: list[str], name: str) -> str | None:
+    return argv[argv.index(name) + 1] if name in argv[:-1] else None
 
 
 def split_credentials(repo: str) -> tuple[str, str | None]:
@@ -150,23 +227,42 @@ def render_router_unit(
 
 def write_units(
     unit_dir: Path,
-    repo: str,
+    repo: str | None,
     envs: list[str],
     state_dir: Path,
     api: str,
     listen: str = "127.0.0.1:8080",
     trusted_proxies: tuple[str, ...] = (),
     listen_tls: str | None = None,
+    *,
+    host_file: str | None = None,
+    replace: bool = False,
 ) -> list[Path]:
+    """Write both units; `check_replace` refuses first when another install is there."""
+    if (repo is None) == (host_file is None):
+        raise UserError("install runs a repo (--repo) or a host file (--host-file), not both")
+    if host_file is not None:
+        clean_host_file, credentials = _host_file_credentials(host_file)
+        wanted = Installed(None, clean_host_file, str(state_dir))
+    else:
+        clean, credentials = split_credentials(repo or "")
+        wanted = Installed(clean, None, str(state_dir))
+    check_replace(unit_dir, wanted, replace)
     unit_dir.mkdir(parents=True, exist_ok=True)
-    clean, credentials = split_credentials(repo)
     store = write_credentials(state_dir, credentials) if credentials else None
     units = {
-        "ondeck-router.service": render_router_unit(
+        ROUTER_NAME: render_router_unit(
             state_dir, listen, trusted_proxies=trusted_proxies, listen_tls=listen_tls
         ),
-        "ondeck.service": render_unit(
-            clean, envs, state_dir, api, listen, credentials_file=store, listen_tls=listen_tls
+        CONTROLLER_NAME: render_unit(
+            wanted.repo,
+            envs,
+            state_dir,
+            api,
+            listen,
+            credentials_file=store,
+            listen_tls=listen_tls,
+            host_file=wanted.host_file,
         ),
     }
     written = []
@@ -177,3 +273,13 @@ def write_units(
         tmp.replace(path)
         written.append(path)
     return written
+
+
+def _host_file_credentials(host_file: str) -> tuple[str, str | None]:
+    """The host file as the unit names it (absolute; a `REPO#PATH` repo without its
+    credentials) and the credential store line for that repo (None: none)."""
+    ref = parse_ref(host_file)
+    if ref.repo is None:
+        return ref.path, None
+    clean, credentials = split_credentials(ref.repo)
+    return f"{clean}#{ref.path}", credentials

@@ -238,8 +238,9 @@ class AppStatus(Model):
 class HostFileStatus(Model):
     """The host file `ondeck up --host-file` follows, and why its last change was not applied."""
 
-    path: str
+    path: str  # a path, or REPO#PATH
     error: str | None = None
+    revision: str | None = None  # REPO#PATH: the commit the apps were read from
 
 
 class StatusDoc(Model):

@@ -5,6 +5,8 @@
 ("tokens"); last use lives under its own key ("tokens.last_used", by hash) so the
 API's periodic write never rewrites definitions another process may be changing.
 The admin token (STATE_DIR/token) is not one of these; `ADMIN` describes its power.
+Under `ondeck up --host-file` the tokens of every app live in one store of the
+host, STATE_DIR/tokens.db (`HOST_STORE`): a token names the apps it may touch.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ondeck.spec.model import DNS_LABEL
 from ondeck.store import Store
 
 TOKENS_KEY = "tokens"
+HOST_STORE = "tokens.db"  # `ondeck up --host-file`: the host's tokens, for every app
 LAST_USED_KEY = "tokens.last_used"
 TOKEN_PREFIX = "odk_"
 SHOWN_CHARS = 8  # enough to tell tokens apart in a listing, far too few to guess one

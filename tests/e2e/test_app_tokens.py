@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
-from conftest import SIMPLE_SPEC, Ondeck, Repo
+from conftest import SIMPLE_SPEC, Ondeck, Repo, wait_for
 
 SPEC = SIMPLE_SPEC.replace("replicas: 2", "replicas: 1")
 
@@ -55,3 +56,59 @@ def test_a_token_for_another_app_gets_403_and_sees_nothing(
 
     rows = json.loads(od.cli("token", "list", "--json").stdout)
     assert {r["name"]: r["apps"] for r in rows} == {"blog-ci": ["blog"], "shop-ci": ["shop"]}
+
+
+HOST_SPEC = """\
+app: {app}
+services:
+  web:
+    command: ["python3", "web.py"]
+    port: true
+    health: {{http: /healthz, interval: 1s}}
+    stop: {{grace: 5s}}
+"""
+
+
+def test_under_a_host_file_the_hosts_tokens_are_limited_per_app(
+    tmp_path: Path, ondeck: Callable[..., Ondeck]
+) -> None:
+    repos = {app: Repo(tmp_path / "git" / app) for app in ("shop", "blog")}
+    for app, repo in repos.items():
+        repo.commit(app, HOST_SPEC.format(app=app))
+    host_file = tmp_path / "ondeck.host.yaml"
+    host_file.write_text(
+        "apps:\n" + "".join(f"  {app}: {{repo: {r.path}}}\n" for app, r in repos.items())
+    )
+    od = ondeck("", "--host-file", str(host_file))
+
+    def synced() -> bool:
+        envs = od.status()["environments"]
+        return sorted((e["app"], e["sync"], e["health"]) for e in envs) == [
+            ("blog", "Synced", "Healthy"),
+            ("shop", "Synced", "Healthy"),
+        ]
+
+    wait_for(synced, "both apps Synced and Healthy", timeout=90)
+    blog = od.cli("token", "create", "blog-ci", "--scope", "deploy", "--app", "blog").stdout
+    every = od.cli("token", "create", "ops", "--scope", "deploy").stdout
+    assert (od.state_dir / "tokens.db").exists()  # the host's tokens, not one app's
+    url = json.loads((od.state_dir / "api.json").read_text())["url"]
+
+    def call(method: str, path: str, token: str, **kw: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token.strip()}"}
+        return httpx.request(method, url + path, headers=headers, timeout=60, **kw)
+
+    refused = call("POST", "/apps/shop/api/v1/sync", blog, json={})
+    assert refused.status_code == 403, refused.text
+    assert "limited to app blog" in refused.json()["detail"]
+    assert "app shop" in refused.json()["detail"]
+    assert call("GET", "/apps/shop/api/v1/status", blog).json()["environments"] == []
+    assert call("PUT", "/apps/shop/api/v1/secrets/K", blog, json={"value": "v"}).status_code == 403
+
+    assert call("POST", "/apps/blog/api/v1/sync", blog, json={}).status_code == 200
+    own = call("PUT", "/apps/blog/api/v1/secrets/K", blog, json={"value": "v"})
+    assert own.status_code == 200, own.text
+    assert [
+        e["app"] for e in call("GET", "/apps/blog/api/v1/status", blog).json()["environments"]
+    ] == ["blog"]
+    assert call("POST", "/apps/shop/api/v1/sync", every, json={}).status_code == 200

@@ -13,6 +13,7 @@ from ondeck.spec.edit import (
     effective_all,
     get_value,
     services,
+    set_flow,
     set_value,
 )
 
@@ -228,3 +229,27 @@ class TestEmptyValuesInFlowMaps:
         text = "app: shop\nservices:\n  web: {command: [a]}\nenvironments: {qa: }\n"
         new = set_value(text, deploy_path("web", "version", "qa"), "2.0")
         assert new == text.replace("{qa: }", '{qa: {services: {web: {version: "2.0"}}} }')
+
+
+class TestSetFlow:
+    """`set_flow`: a mapping or list written on one line, for `ondeck app add`."""
+
+    def test_a_new_entry_of_a_block_map_is_one_line(self) -> None:
+        text = "# the host\napps:\n  shop: {repo: /srv/shop.git}  # first\n"
+        new = set_flow(text, ["apps", "blog"], {"repo": "https://x.example/b.git", "envs": ["a"]})
+        assert changed_lines(text, new) == [
+            '+  blog: {repo: "https://x.example/b.git", envs: [a]}\n'
+        ]
+
+    def test_flow_indicators_and_numbers_are_quoted(self) -> None:
+        value = {"repo": "a,b{c}", "branch": "1.0", "path": "", "envs": []}
+        new = set_flow("apps:\n", ["apps", "x"], value)
+        assert new == 'apps:\n  x: {repo: "a,b{c}", branch: "1.0", path: "", envs: []}\n'
+        assert get_value(new, ["apps", "x"]) == value
+
+    def test_an_empty_key_takes_an_empty_flow_map(self) -> None:
+        assert set_flow("# c\napps:\n", ["apps"], {}) == "# c\napps: {}\n"
+
+    def test_a_mapping_cannot_be_overwritten(self) -> None:
+        with pytest.raises(UserError, match="not a single value"):
+            set_flow("apps:\n  shop: {repo: a}\n", ["apps", "shop"], {"repo": "b"})

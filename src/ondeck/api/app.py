@@ -91,7 +91,12 @@ def create_app(
     token: str,
     webhook_secret: str | None = None,
     public_read: bool = False,
+    *,
+    tokens: Tokens | None = None,
+    app_name: str | None = None,
 ) -> FastAPI:
+    """The API of one controller; under a host file (api/host.py) `tokens` are the host's
+    and `app_name` the app this controller runs, whose name app-limited tokens must hold."""
     app = FastAPI(title="ondeck", version=__version__, docs_url=None, redoc_url=None)
     guard.install(app)
     loop = asyncio.get_running_loop()  # the controller's: webhooks arrive on worker threads
@@ -102,7 +107,7 @@ def create_app(
     opts = controller.opts
     app.include_router(webhook_router(webhook_secret, opts.repo, opts.branch, on_push))
 
-    tokens = Tokens(controller.store)
+    tokens = tokens or Tokens(controller.store)
 
     def authorized(request: Request) -> TokenInfo:
         header = request.headers.get("authorization", "")
@@ -128,7 +133,7 @@ def create_app(
             )
         if scope is Scope.READ and env is None:
             return  # a read of everything: `shown` filters what it returns
-        apps = _apps_of(controller, env)
+        apps = _apps_of(controller, env, app_name)
         if not info.may_touch_apps(apps):
             raise HTTPException(403, _app_refusal(info, scope, env, apps))
 
@@ -142,7 +147,7 @@ def create_app(
         return [
             name
             for name in visible_envs(info, controller.envs)
-            if info.may_touch_apps(_apps_of(controller, name))
+            if info.may_touch_apps(_apps_of(controller, name, app_name))
         ]
 
     api = APIRouter(prefix="/api/v1", dependencies=[Depends(authorized)])
@@ -294,7 +299,13 @@ def create_app(
 
     app.include_router(api)
     app.include_router(
-        secrets_router(opts.state_dir, authorized, require, lambda: controller.refresh(Trigger.CLI))
+        secrets_router(
+            opts.state_dir,
+            authorized,
+            require,
+            lambda: controller.refresh(Trigger.CLI),
+            app_name,
+        )
     )
     app.include_router(jobs_router(lambda: controller.jobs, authorized, require))
     app.include_router(release_task_router(opts.state_dir, authorized, require, shown))
@@ -305,11 +316,14 @@ def create_app(
     return app
 
 
-def _apps_of(controller: Controller, env: str | None) -> set[str] | None:
+def _apps_of(controller: Controller, env: str | None, app_name: str | None) -> set[str] | None:
     """The apps a call on `env` (None: every environment) acts on; None while one is unknown.
 
-    An environment's app is the `app:` of the spec it runs, known once a spec is loaded.
+    Under a host file, `app_name`; else an environment's app is the `app:` of the
+    spec it runs, known once a spec is loaded.
     """
+    if app_name is not None:
+        return {app_name} if env is None or env in controller.envs else None
     if env is None:
         states = list(controller.envs.values())
     elif env in controller.envs:

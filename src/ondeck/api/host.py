@@ -38,6 +38,8 @@ from ondeck.status import (
     StatusDoc,
     SyncAnswer,
 )
+from ondeck.store import Store
+from ondeck.tokens import HOST_STORE, Tokens
 
 HOST_PATHS = {"/", "/api/v1/status", "/api/v1/sync", "/api/v1/down", "/healthz", "/metrics"}
 
@@ -71,6 +73,8 @@ class HostApi:
         self.webhook_secret, self.public_read = webhook_secret, public_read
         self.own = _host_routes(self)
         self._apis: dict[int, tuple[Controller, Any]] = {}
+        # One token list for the host; a token names the apps it may touch (tokens.py).
+        self.tokens = Tokens(Store(host.base.state_dir / HOST_STORE))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
@@ -106,7 +110,15 @@ class HostApi:
         """The app's own API, made once per controller (a restarted app gets a new one)."""
         made = self._apis.get(id(controller))
         if made is None or made[0] is not controller:
-            api = create_app(controller, self.token, self.webhook_secret, self.public_read)
+            name = next((n for n, r in self.host.apps.items() if r.controller is controller), None)
+            api = create_app(
+                controller,
+                self.token,
+                self.webhook_secret,
+                self.public_read,
+                tokens=self.tokens,
+                app_name=name,
+            )
             made = self._apis[id(controller)] = (controller, api)
             running = {id(r.controller) for r in self.host.apps.values()}
             for key in [k for k in self._apis if k not in running]:
@@ -127,7 +139,7 @@ class HostApi:
         router_error = first.controller.status().router.error if first is not None else None
         return StatusDoc(
             environments=environments,
-            source=rows[0].source if rows else SourceStatus(repo=str(self.host.host_file)),
+            source=rows[0].source if rows else SourceStatus(repo=self.host.shown),
             router=RouterStatus(listen=base.listen, error=router_error),
             controller=ControllerStatus(
                 started_at=first.controller.started if first is not None else 0.0,

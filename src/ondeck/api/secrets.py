@@ -29,9 +29,11 @@ def secrets_router(
     authorized: Callable[..., TokenInfo],
     require: Require,
     on_change: Callable[[], None] = lambda: None,
+    app_name: str | None = None,
 ) -> APIRouter:
     """The routes; `require` raises 403 for a token without the scope, `on_change` wakes the
-    controller so services that use a changed secret roll."""
+    controller so services that use a changed secret roll. Under a host file the store is
+    app `app_name`'s own: a secret named for no app is that app's, for an app-limited token."""
     store = HostStore(state_dir)
     router = APIRouter(prefix="/api/v1/secrets")
     Caller = Annotated[TokenInfo, Depends(authorized)]
@@ -57,7 +59,7 @@ def secrets_router(
         require(info, Scope.DEPLOY, env)
         if not all(v is None or isinstance(v, str) for v in (env, app)):
             raise HTTPException(422, "env and app are strings")
-        _require_app(info, Scope.DEPLOY, app)
+        _require_app(info, Scope.DEPLOY, app or app_name)
         if not isinstance(value, str):
             raise HTTPException(422, 'the body is {"value": "...", "env": "E"} with a string value')
         try:
@@ -72,7 +74,7 @@ def secrets_router(
         name: str, info: Caller, env: str | None = None, app: str | None = None
     ) -> Any:
         require(info, Scope.DEPLOY, env)
-        _require_app(info, Scope.DEPLOY, app)
+        _require_app(info, Scope.DEPLOY, app or app_name)
         try:
             store.unset(name, app=app, env=env)
         except UserError as err:

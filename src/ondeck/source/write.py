@@ -40,8 +40,10 @@ class Workspace:
         branch: str,
         remote: tuple[str, str] | None,
         temp: Path | None = None,
+        filename: str = SPEC_FILE,
     ) -> None:
         self.root = root
+        self.filename = filename  # the file edited: ondeck.yaml, or a host file (`ondeck app`)
         self.prefix = prefix
         self.branch = branch
         self.remote = remote  # (remote name, branch on the remote), None when nowhere to push
@@ -51,17 +53,24 @@ class Workspace:
     # -- opening and closing --------------------------------------------------------------
 
     @classmethod
-    def open(cls, target: str, branch: str | None = None, path: str = "") -> Workspace:
-        """The checkout at `target` (edited in place), or a temporary clone of a remote/bare repo."""
+    def open(
+        cls, target: str, branch: str | None = None, path: str = "", filename: str = SPEC_FILE
+    ) -> Workspace:
+        """The checkout at `target` (edited in place), or a temporary clone of a remote/bare repo.
+
+        The file edited is `filename` in directory `path` of the repository.
+        """
         root = _work_tree(target)
         if root is None:
-            return cls._clone(target, branch, _clean_path(path))
+            return cls._clone(target, branch, _clean_path(path), filename)
         # A target inside the checkout is where the spec lives, relative to its top.
         inside = Path(target).expanduser().resolve().relative_to(root.resolve())
-        return cls._in_place(root, branch, _clean_path(str(inside / path)))
+        return cls._in_place(root, branch, _clean_path(str(inside / path)), filename)
 
     @classmethod
-    def _in_place(cls, root: Path, branch: str | None, prefix: str) -> Workspace:
+    def _in_place(
+        cls, root: Path, branch: str | None, prefix: str, filename: str = SPEC_FILE
+    ) -> Workspace:
         if _git(root, "status", "--porcelain", "--untracked-files=no").strip():
             raise UserError(f"{root} has uncommitted changes: commit or stash your changes first")
         current = _git(root, "branch", "--show-current").strip()
@@ -69,10 +78,12 @@ class Workspace:
             raise UserError(f"{root} is on a detached HEAD: check out a branch first")
         if branch is not None and branch != current:
             raise UserError(f"{root} is on branch {current!r}, not {branch!r}: check it out first")
-        return cls(root, prefix, current, _push_target(root, current))
+        return cls(root, prefix, current, _push_target(root, current), filename=filename)
 
     @classmethod
-    def _clone(cls, target: str, branch: str | None, prefix: str) -> Workspace:
+    def _clone(
+        cls, target: str, branch: str | None, prefix: str, filename: str = SPEC_FILE
+    ) -> Workspace:
         url = str(Path(target).expanduser().resolve()) if _is_local(target) else target
         temp = Path(tempfile.mkdtemp(prefix="ondeck-write-"))
         try:
@@ -84,7 +95,7 @@ class Workspace:
                 raise SourceError(str(err).replace(url, _redact(url))) from err
             root = temp / "repo"
             current = _git(root, "branch", "--show-current").strip()
-            return cls(root, prefix, current, ("origin", current), temp)
+            return cls(root, prefix, current, ("origin", current), temp, filename)
         except BaseException:
             shutil.rmtree(temp, ignore_errors=True)
             raise
@@ -116,7 +127,7 @@ class Workspace:
     @property
     def spec_relpath(self) -> str:
         """The spec's path inside the repository, as git names it."""
-        return f"{self.prefix}/{SPEC_FILE}" if self.prefix else SPEC_FILE
+        return f"{self.prefix}/{self.filename}" if self.prefix else self.filename
 
     @property
     def spec_path(self) -> Path:
@@ -127,7 +138,7 @@ class Workspace:
             return self.spec_path.read_bytes().decode("utf-8")
         except FileNotFoundError as err:
             where = f"'{self.prefix}'" if self.prefix else "the root"
-            raise UserError(f"no {SPEC_FILE} in {where} of {self.root}: check --path") from err
+            raise UserError(f"no {self.filename} in {where} of {self.root}: check --path") from err
         except UnicodeDecodeError as err:
             raise UserError(f"{self.spec_path} is not UTF-8 text") from err
 

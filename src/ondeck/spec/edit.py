@@ -1,7 +1,7 @@
 """Surgical edits of `ondeck.yaml` text: change one value, touch nothing else.
 
 The write path (`ondeck set-version`, `promote`, `rollback --to`) calls
-`set_value`; the result differs from the input only where the value is
+`set_value` (`ondeck app add` calls `set_flow` on the host file); the result differs from the input only where the value is
 written, so review diffs stay one line and comments, quoting, key order and
 flow maps survive. Positions come from ruamel.yaml's composed node tree and the
 change is spliced into the original text. Pure: no I/O.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,6 +112,23 @@ def set_value(text: str, path: Sequence[str], value: str, *, check: bool = True)
         raise AssertionError(f"edit of {_dotted(path)} did not produce {value!r}")
     if check:
         ensure_valid(new, f"set {_dotted(path)}")
+    return new
+
+
+def set_flow(text: str, path: Sequence[str], value: FlowValue) -> str:
+    """`text` with `path` set to `value` (a mapping, list or string) written on one line.
+
+    Mappings and lists are written in flow style (`{repo: URL, envs: [a, b]}`), so
+    an entry added to a block mapping is one line of diff. The entry must be new,
+    or a single value (`key:` or `key: x`) it replaces; no spec check (the host
+    file, `ondeck app add`, validates with its own model).
+    """
+    if not path:
+        raise UserError("cannot set the whole document: give a key path")
+    parse(text)
+    new = _Editor(text, _compose(text)).set(list(path), _Flow(_flow_text(value)))
+    if get_value(new, path) != value:
+        raise AssertionError(f"edit of {_dotted(path)} did not produce {value!r}")
     return new
 
 
@@ -355,8 +372,33 @@ def _flow_entry(keys: list[str], value: str) -> str:
     return entry
 
 
+FlowValue = str | Sequence["FlowValue"] | Mapping[str, "FlowValue"]
+
+
+class _Flow(str):
+    """Text already written as YAML (a flow mapping or list): spliced in as it is."""
+
+
+def _flow_text(value: FlowValue) -> str:
+    if isinstance(value, str):
+        return _flow_scalar(value)
+    if isinstance(value, Mapping):
+        entries = (f"{_flow_scalar(k)}: {_flow_text(v)}" for k, v in value.items())
+        return "{" + ", ".join(entries) + "}"
+    return "[" + ", ".join(_flow_text(v) for v in value) + "]"
+
+
+def _flow_scalar(value: str) -> str:
+    """A scalar inside `{...}`/`[...]`: quoted when a flow indicator or `:` could misread it."""
+    if any(c in value for c in ",[]{}:#"):
+        return _double_quoted(value)
+    return _new_scalar(value)
+
+
 def _scalar(value: str, style: str | None) -> str:
     """`value` in the quoting `style` of the scalar it replaces, when that style can hold it."""
+    if isinstance(value, _Flow):
+        return value
     if style == "'" and value.isprintable():
         return "'" + value.replace("'", "''") + "'"
     if style is None and _plain_ok(value):
@@ -366,6 +408,8 @@ def _scalar(value: str, style: str | None) -> str:
 
 def _new_scalar(value: str) -> str:
     """A fresh scalar: plain when safe, double-quoted when it looks like a number ("1.4.3")."""
+    if isinstance(value, _Flow):
+        return value
     if _NUMERIC_LOOKING.match(value) or not _plain_ok(value):
         return _double_quoted(value)
     return value
