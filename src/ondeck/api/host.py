@@ -23,7 +23,7 @@ from fastapi.responses import HTMLResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from ondeck import __version__
 from ondeck.api import guard
@@ -41,6 +41,7 @@ from ondeck.status import (
 from ondeck.store import Store
 from ondeck.tokens import HOST_STORE, Tokens
 
+APP_COOKIE = "ondeck_app"  # the app whose dashboard this browser is looking at
 HOST_PATHS = {"/", "/api/v1/status", "/api/v1/sync", "/api/v1/down", "/healthz", "/metrics"}
 
 
@@ -82,29 +83,48 @@ class HostApi:
             await self.own(scope, receive, send)
             return
         if path == "/apps" or path.startswith("/apps/"):
-            name = path.removeprefix("/apps").strip("/").split("/", 1)[0]
-            target = self.host.apps.get(name)
-            if target is None:
-                known = ", ".join(self.host.apps) or "none"
-                await _refuse(send, 404, f"unknown app {name!r}; this host runs: {known}")
-                return
-            root = f"{scope.get('root_path', '')}/apps/{name}"
-            await self._api(target.controller)({**scope, "root_path": root}, receive, send)
+            await self._to_app(path.removeprefix("/apps").strip("/").split("/", 1)[0], scope,
+                               receive, send)  # fmt: skip
             return
-        if path in HOST_PATHS or path.startswith("/static") or len(self.host.apps) != 1:
-            if path not in HOST_PATHS and path.startswith("/api/"):
-                names = ", ".join(self.host.apps) or "none"
-                await _refuse(
-                    send,
-                    400,
-                    f"this host runs several apps ({names}): name one with --app NAME "
-                    "(the API of app NAME is under /apps/NAME/)",
-                )
-                return
+        apps = self.host.apps
+        if len(apps) == 1 and (path == "/" or path not in HOST_PATHS):
+            await self._api(next(iter(apps.values())).controller)(scope, receive, send)
+            return
+        if path in HOST_PATHS or not apps:
             await self.own(scope, receive, send)
             return
-        only = next(iter(self.host.apps.values()))
-        await self._api(only.controller)(scope, receive, send)
+        if path.startswith("/api/"):
+            names = ", ".join(apps)
+            await _refuse(
+                send,
+                400,
+                f"this host runs several apps ({names}): name one with --app NAME "
+                "(the API of app NAME is under /apps/NAME/)",
+            )
+            return
+        # A dashboard page of /apps/NAME/ links to /traffic, /login, /static/...: the
+        # app whose dashboard the browser last opened answers them.
+        chosen = _cookie(scope, APP_COOKIE)
+        if chosen in apps:
+            await self._api(apps[chosen].controller)(scope, receive, send)
+            return
+        await self.own(scope, receive, send)
+
+    async def _to_app(self, name: str, scope: Scope, receive: Receive, send: Send) -> None:
+        target = self.host.apps.get(name)
+        if target is None:
+            known = ", ".join(self.host.apps) or "none"
+            await _refuse(send, 404, f"unknown app {name!r}; this host runs: {known}")
+            return
+
+        async def remember(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                cookie = f"{APP_COOKIE}={name}; Path=/; HttpOnly; SameSite=Strict".encode()
+                message = {**message, "headers": [*message["headers"], (b"set-cookie", cookie)]}
+            await send(message)
+
+        root = f"{scope.get('root_path', '')}/apps/{name}"
+        await self._api(target.controller)({**scope, "root_path": root}, receive, remember)
 
     def _api(self, controller: Controller) -> Any:
         """The app's own API, made once per controller (a restarted app gets a new one)."""
@@ -237,15 +257,29 @@ def _host_routes(host_api: HostApi) -> FastAPI:
             raise HTTPException(503, str(err)) from err
         return DownAnswer(stopped=stopped, exiting=True)
 
-    @app.get("/", response_class=HTMLResponse, dependencies=read)
-    def overview() -> str:
-        return _overview(host_api.status())
+    @app.get("/", response_class=HTMLResponse)
+    def overview(request: Request) -> str:
+        """Every app's environments; without the token, only the way to each app's dashboard
+        (which has its own login)."""
+        try:
+            reader(request)
+        except HTTPException:
+            return _overview(None, list(host.apps))
+        return _overview(host_api.status(), list(host.apps))
 
     return app
 
 
-def _overview(doc: StatusDoc) -> str:
-    """The host's dashboard: every app's environments; each app's own is under /apps/NAME/."""
+def _overview(doc: StatusDoc | None, apps: list[str]) -> str:
+    """The host's page: each app's environments (`doc` None: only the links to each app's
+    own dashboard, under /apps/NAME/)."""
+    links = "".join(f"<li><a href='/apps/{escape(a)}/'>{escape(a)}</a></li>" for a in apps)
+    head = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>ondeck: apps</title></head>"
+        f"<body><h1>ondeck</h1><h2>apps</h2><ul class='apps'>{links}</ul>"
+    )
+    if doc is None:
+        return head + "<p>Each app's dashboard asks for the token.</p></body></html>"
     rows = "".join(
         f"<tr><td><a href='/apps/{escape(e.app or '')}/'>{escape(e.app or '')}</a></td>"
         f"<td>{escape(e.name)}</td><td>{escape(e.sync)}</td><td>{escape(e.health)}</td>"
@@ -258,16 +292,25 @@ def _overview(doc: StatusDoc) -> str:
     )
     problem = doc.host_file.error if doc.host_file is not None else None
     return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>ondeck: apps</title></head>"
-        "<body><h1>ondeck</h1>"
+        head
         + (f"<p class='error'>host file: {escape(problem)}</p>" if problem else "")
-        + "<table><thead><tr><th>app</th><th>environment</th><th>sync</th><th>health</th>"
-        "<th>revision</th><th>error</th></tr></thead><tbody>"
+        + "<table class='envs'><thead><tr><th>app</th><th>environment</th><th>sync</th>"
+        "<th>health</th><th>revision</th><th>error</th></tr></thead><tbody>"
         + rows
         + "</tbody></table>"
         + (f"<h2>not running</h2><ul>{waiting}</ul>" if waiting else "")
         + "</body></html>"
     )
+
+
+def _cookie(scope: Scope, name: str) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == b"cookie":
+            for part in value.decode("latin-1").split(";"):
+                k, _, v = part.strip().partition("=")
+                if k == name:
+                    return str(v)
+    return None
 
 
 async def _refuse(send: Send, status: int, detail: str) -> None:
