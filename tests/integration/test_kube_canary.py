@@ -179,3 +179,18 @@ def test_header_or_cookie_matching_is_refused_before_anything_changes(
     assert live is not None
     assert live["spec"]["template"]["spec"]["containers"][0]["image"].endswith(":1")
     assert _deployment(runtime, ns, "web-canary") is None
+
+
+def test_a_look_without_waiting_leaves_a_canary_where_it_is(
+    runtime: KubernetesRuntime, app: str
+) -> None:
+    # the controller also syncs with no time to wait (to observe): pods not ready yet
+    # are not a failure, the canary stays at its step and the next sync goes on
+    first = runtime.sync(_desired(app, 1), "r1", timeout=120)
+    assert first.status.health is Health.HEALTHY
+    looked = runtime.sync(_desired(app, 2), "r2", timeout=0)
+    (state,) = looked.canaries
+    assert (state.move, state.aborted, state.step, state.canary) == (Move.WEIGHT, False, 0, 1)
+    assert looked.status.health is Health.PROGRESSING
+    waited = runtime.sync(_desired(app, 2), "r2", timeout=120)
+    assert waited.canaries[0].move is Move.PAUSE and waited.canaries[0].step == 1

@@ -46,7 +46,8 @@ class Position:
 
 @dataclass(frozen=True)
 class CanaryState:
-    """A canary after a sync: `move` PAUSE/MANUAL (Suspended), PROMOTE (done) or aborted."""
+    """A canary after a sync: at a WEIGHT (pods not ready yet: Progressing), a PAUSE or
+    MANUAL pause (Suspended), PROMOTE (done), or aborted (Degraded)."""
 
     service: str
     step: int
@@ -61,6 +62,8 @@ class CanaryState:
     def health(self) -> Health:
         if self.aborted:
             return Health.DEGRADED
+        if self.move is Move.WEIGHT:
+            return Health.PROGRESSING
         return Health.HEALTHY if self.move is Move.PROMOTE else Health.SUSPENDED
 
 
@@ -129,9 +132,12 @@ class CanaryRun:
                     {name: f"{name}-canary"},
                     self.timeout,
                 )
-                if status.health is not Health.HEALTHY:
-                    why = "; ".join(status.reasons()) or f"not ready after {self.timeout:.0f} s"
-                    self._abort(build, name, pos, total, why)
+                if status.health is Health.DEGRADED:
+                    self._abort(build, name, pos, total, "; ".join(status.reasons()))
+                    return
+                if status.health is not Health.HEALTHY:  # not ready yet: the next sync looks
+                    why = "; ".join(status.reasons()) or "its pods are not ready yet"
+                    self._state(name, pos, total, len(steps), Move.WEIGHT, why)
                     return
                 pos = self._move(build, name, Position(canary, pos.step + 1, self.clock()))
             elif decision.move is Move.NEXT:
