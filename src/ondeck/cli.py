@@ -211,7 +211,8 @@ def up(
         typer.Option(
             "--host-file",
             help="Run every app this file lists (instead of REPO), one router; "
-            "REPO#PATH: the file PATH in a git repo, followed like an app's repo.",
+            "REPO#PATH: the file PATH in a git repo, followed like an app's repo "
+            "(default without REPO: $ONDECK_HOST_FILE, else STATE_DIR/ondeck.host.yaml).",
         ),
     ] = None,
 ) -> None:
@@ -220,13 +221,21 @@ def up(
 
     directory = (state_dir or default_state_dir()).resolve()
     _setup_logging()
-    if (repo is None) == (host_file is None):
-        raise UserError("give `ondeck up` a REPO (one app) or --host-file FILE (many), not both")
-    if host_file is not None and (branch or path or env):
-        raise UserError("--branch, --path and --env are per app with --host-file: set them there")
-    from ondeck.source.hostfile import parse_ref
+    from ondeck.source.hostfile import default_host_file, parse_ref
 
+    if repo is not None and host_file is not None:
+        raise UserError("give `ondeck up` a REPO (one app) or --host-file FILE (many), not both")
     ref = parse_ref(host_file) if host_file is not None else None
+    if repo is None and ref is None:
+        ref = default_host_file(directory)
+        if ref is None:
+            raise UserError(
+                "give `ondeck up` a REPO (one app) or --host-file FILE (many apps); "
+                f"`ondeck app add NAME REPO` writes {directory}/ondeck.host.yaml, "
+                "which `ondeck up` then runs"
+            )
+    if ref is not None and (branch or path or env):
+        raise UserError("--branch, --path and --env are per app with --host-file: set them there")
     source = str(repo) if ref is None else ref.path if ref.repo is None else ref.shown
     is_local = os.path.exists(source)
     opts = Options(
@@ -738,6 +747,11 @@ def install(
     if repo is None:
         if env:
             raise UserError("--env is per app with a host file: `ondeck app add NAME REPO --env E`")
+        if listen_tls:
+            raise UserError(
+                "--listen-tls with a host file: not supported yet (`ondeck up --host-file` "
+                "refuses it); install one app that needs HTTPS with --repo"
+            )
         ref = locate(host_file, directory)
         read_host_file(ref, directory)  # a missing or bad host file: said now, not in a unit log
         chosen = ref.path if ref.repo is None else f"{ref.repo}#{ref.path}"

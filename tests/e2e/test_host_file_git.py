@@ -73,3 +73,18 @@ def test_app_add_and_remove_commit_and_the_host_follows(
         timeout=60,
     )
     assert _synced(od, "blog")  # a broken host file changes nothing
+
+
+def test_up_without_repo_runs_the_host_file_app_add_wrote(
+    tmp_path: Path, ondeck: Callable[..., Ondeck]
+) -> None:
+    shop = Repo(tmp_path / "git" / "shop")
+    shop.commit("shop", SPEC.format(app="shop"))
+    cli = Ondeck("", tmp_path / "state")
+    missing = cli.cli("up", "--api", "127.0.0.1:0", check=False)
+    assert missing.returncode == 1 and "ondeck app add NAME REPO" in missing.stderr
+    cli.cli("app", "add", "shop", str(shop.path))
+
+    od = ondeck("")  # `ondeck up` and nothing else: the state dir's ondeck.host.yaml
+    wait_for(lambda: _synced(od, "shop"), "shop Synced and Healthy", timeout=60)
+    assert od.status()["host_file"]["path"] == str(tmp_path / "state" / "ondeck.host.yaml")

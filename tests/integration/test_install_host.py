@@ -79,6 +79,9 @@ def test_the_host_file_is_installed_as_one_unit_set(tmp_path: Path, env: dict[st
 
     bad = ondeck("install", "--unit-dir", str(units), "--env", "staging", env=env)
     assert bad.returncode == 1 and "per app" in bad.stderr
+    tls = ondeck("install", "--unit-dir", str(units), "--listen-tls", "0.0.0.0:443", env=env)
+    assert tls.returncode == 1 and "not supported yet" in tls.stderr
+    assert "--listen-tls" not in units_of(units)["ondeck.service"]
 
 
 def test_a_second_install_for_another_app_does_not_overwrite_the_first(

@@ -85,6 +85,17 @@ def locate(
     return parse_ref(chosen) if chosen else HostFileRef(None, str(state_dir / HOST_FILE_NAME))
 
 
+def default_host_file(
+    state_dir: Path, environ: Mapping[str, str] = os.environ
+) -> HostFileRef | None:
+    """What `ondeck up` runs without REPO or --host-file: $ONDECK_HOST_FILE, else
+    STATE_DIR/ondeck.host.yaml when `ondeck app add` made one; None: neither."""
+    ref = locate(None, state_dir, environ)
+    if ref.repo is None and not os.path.exists(ref.path) and not environ.get(HOST_FILE_ENV):
+        return None
+    return ref
+
+
 def read_host_file(ref: str | HostFileRef, state_dir: Path) -> HostFileRead:
     """The host file's apps now: a plain file as it is, `REPO#PATH` fetched to its head.
 
