@@ -10,11 +10,8 @@ hosts, issuer, validity and a fingerprint. Keys are never logged or shown.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import hashlib
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from ondeck.errors import UserError
+from ondeck.files import write_atomic
 
 
 class CertificateProblem(UserError):
@@ -115,25 +113,9 @@ def _public_der(key: Any) -> bytes:
 
 
 def write_secret_file(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write `data` atomically with `mode` from the first byte: temp file, fsync, rename."""
+    """Write `data` atomically with `mode` from the first byte, in a 0700 directory."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # created 0600
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomic(path, data, mode)
 
 
 def host_set_name(hosts: Sequence[str]) -> str:

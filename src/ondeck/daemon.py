@@ -28,6 +28,7 @@ from ondeck.clock import SYSTEM_CLOCK, Clock
 from ondeck.controller import Controller
 from ondeck.environment import Options
 from ondeck.errors import UserError
+from ondeck.files import write_atomic
 from ondeck.hostrouter import HostRouter
 from ondeck.https import CertificateManager
 from ondeck.permissions import secure_state_dir
@@ -207,7 +208,7 @@ async def _run(
     host, port = sock.getsockname()[:2]
     url = f"http://{host}:{port}"
     try:
-        _write_atomic(opts.state_dir / "api.json", json.dumps({"url": url, "pid": os.getpid()}))
+        write_atomic(opts.state_dir / "api.json", json.dumps({"url": url, "pid": os.getpid()}))
     except OSError as err:  # a full disk: supervise anyway, clients need --api
         log.error("cannot write %s/api.json (%s): clients need --api %s", opts.state_dir, err, url)
     log.info(
@@ -293,14 +294,5 @@ def _ensure_token(state_dir: Path) -> str:
     if path.exists():
         return path.read_text().strip()
     token = secrets.token_urlsafe(32)
-    _write_atomic(path, token + "\n", mode=0o600)
+    write_atomic(path, token + "\n", 0o600)
     return token
-
-
-def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)

@@ -16,7 +16,6 @@ to a 0600 file in the state dir that git reads as its credential store.
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 import urllib.parse
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ondeck.errors import UserError
+from ondeck.files import write_atomic
 from ondeck.redact import mask
 from ondeck.source.hostfile import parse_ref
 
@@ -200,12 +200,7 @@ def write_credentials(state_dir: Path, line: str) -> Path:
     """The credential store file (0600, in a 0700 state dir), written whole and renamed."""
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = state_dir / CREDENTIALS_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(line + "\n")
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    write_atomic(path, line + "\n", 0o600)
     return path
 
 

@@ -7,8 +7,6 @@ or writes one file per object under `--output`.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -16,6 +14,7 @@ from typing import Annotated
 import typer
 
 from ondeck.errors import UserError
+from ondeck.files import write_atomic
 from ondeck.kube.render import KIND_ORDER, Obj, dump, manifests
 from ondeck.spec import template
 from ondeck.spec.load import Document, environment_names, parse, render_spec
@@ -111,7 +110,4 @@ def secret_names(doc: Document) -> list[str]:
 
 def _write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    write_atomic(path, text)

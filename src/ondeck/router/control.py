@@ -13,12 +13,12 @@ import asyncio
 import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ondeck.errors import TemporaryError
+from ondeck.files import write_atomic
 from ondeck.router.metrics import (
     LIMIT_METRICS,
     BackendStats,
@@ -48,23 +48,7 @@ class RouterRefused(RouterConfigError):
 
 def save_config(path: Path, config: RouterConfig) -> None:
     """Write `config` atomically: a temp file in the same directory, fsync, rename."""
-    data = json.dumps(config.to_json(), indent=1, sort_keys=True).encode()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".router-", suffix=".json")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomic(path, json.dumps(config.to_json(), indent=1, sort_keys=True))
 
 
 def load_config(path: Path) -> RouterConfig:

@@ -16,7 +16,6 @@ import hmac
 import json
 import os
 import secrets as random
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ondeck.errors import UserError
+from ondeck.files import write_atomic
 from ondeck.spec.model import DNS_LABEL, ENV_NAME
 
 ANY = "*"
@@ -64,18 +64,7 @@ def secrets_dir(state_dir: Path) -> Path:
 
 def write_private(path: Path, data: bytes) -> None:
     """Write `data` to `path` with mode 0600: a temp file beside it, fsynced, renamed."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, data, 0o600)
 
 
 def host_key(state_dir: Path) -> bytes:

@@ -9,7 +9,6 @@ pushes, rebasing onto whatever others pushed meanwhile. `add_note` and
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import tempfile
@@ -18,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 
 from ondeck.errors import SourceError, UserError
+from ondeck.files import write_atomic
 
 # Same rules as the read side for what a local path is and what a repo-relative path may be.
 from ondeck.source.git import CommitInfo, _clean_path, _is_local, _redact, run_git
@@ -145,16 +145,8 @@ class Workspace:
     def write(self, text: str) -> None:
         """Replace the spec atomically (temp file + rename), keeping its permissions."""
         target = self.spec_path
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(text.encode("utf-8"))
-            if target.exists():
-                shutil.copymode(target, tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        mode = target.stat().st_mode & 0o7777 if target.exists() else 0o644
+        write_atomic(target, text.encode("utf-8"), mode)
 
     # -- committing -----------------------------------------------------------------------
 
