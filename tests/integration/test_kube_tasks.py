@@ -113,6 +113,25 @@ def test_jobs_release_tasks_and_secret_refs_pass_server_side_dry_run(
     assert "job.batch/web-release-" in out and "deployment.apps/web" in out
 
 
+def test_an_ingress_with_tls_passes_server_side_dry_run(
+    control_plane: ControlPlane, app: str
+) -> None:
+    text = SPEC.format(app=app).replace(
+        "    release_timeout: 2m\n",
+        "    release_timeout: 2m\n    routes: [{host: shop.example}, {host: api.example}]\n",
+    )
+    for tls in (
+        "tls:\n  acme: {email: ops@shop.example}\n",
+        "tls:\n  certificates: [{hosts: ['*.example'], cert: /etc/x.crt, key: /etc/x.key}]\n",
+    ):
+        objects = manifests(_desired(app, text.replace("jobs:", tls + "jobs:")))
+        ingress = next(o for o in objects if o["kind"] == "Ingress")
+        assert ingress["spec"]["tls"][0]["hosts"] == ["api.example", "shop.example"]
+        _kubectl(control_plane, "apply", "-f", "-", stdin=dump(objects[:1]))
+        out = _kubectl(control_plane, "apply", "--dry-run=server", "-f", "-", stdin=dump(objects))
+        assert "ingress.networking.k8s.io/web created (server dry run)" in out
+
+
 def test_the_release_task_succeeds_before_the_deployment_and_runs_once(
     control_plane: ControlPlane, runtime: KubernetesRuntime, app: str
 ) -> None:

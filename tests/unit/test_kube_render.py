@@ -498,3 +498,46 @@ def test_quantities_are_written_as_the_api_server_writes_them_back(
     text = SPEC.replace("memory: 256MiB", f"memory: {memory}").replace("cpus: 0.5", f"cpus: {cpus}")
     deploy = _one(_render(text), "Deployment", "web")
     assert deploy["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] == limits
+
+
+# --- TLS on the Ingress ----------------------------------------------------------------------
+
+ACME = SPEC.replace("environments:", "tls:\n  acme: {email: ops@shop.example}\nenvironments:")
+OWN = SPEC.replace(
+    "environments:",
+    "tls:\n  certificates: [{hosts: ['*.example'], cert: /etc/ondeck/x.crt, key: /etc/ondeck/x.key}]\n"
+    "  redirect: false\nenvironments:",
+)
+
+
+def test_acme_hosts_get_a_certificate_from_cert_manager() -> None:
+    ingress = _one(_render(ACME), "Ingress", "web")
+    assert ingress["spec"]["tls"] == [{"hosts": ["shop.example"], "secretName": "web-tls"}]
+    assert ingress["metadata"]["annotations"] == {
+        "cert-manager.io/cluster-issuer": "shop-acme",
+        "nginx.ingress.kubernetes.io/ssl-redirect": "true",
+    }
+    for version in _versions():
+        kubernetes_validate.validate(ingress, version, strict=True)
+    # no tls: no TLS section, no annotation
+    assert "tls" not in _one(_render(SPEC), "Ingress", "web")["spec"]
+
+
+def test_a_certificate_you_bring_is_a_tls_secret_named_by_its_hosts() -> None:
+    ingress = _one(_render(OWN), "Ingress", "web")
+    ((entry),) = ingress["spec"]["tls"]
+    assert entry["hosts"] == ["shop.example"] and entry["secretName"].startswith("tls-")
+    assert ingress["metadata"]["annotations"] == {
+        "nginx.ingress.kubernetes.io/ssl-redirect": "false"
+    }
+    assert not [o for o in _render(OWN) if o["kind"] == "Secret"]  # its files stay on the host
+
+
+def test_what_an_ingress_cannot_say_about_tls_is_refused() -> None:
+    with pytest.raises(UserError, match="hsts"):
+        _render(ACME.replace("acme: {email: ops@shop.example}", "acme: {}\n  hsts: 180d"))
+    mixed = OWN.replace("  redirect: false\n", "  acme: {}\n").replace(
+        "- {path: /}", "- {host: shop.other, path: /}"
+    )
+    with pytest.raises(UserError, match="mix certificates you bring with ACME"):
+        _render(mixed)

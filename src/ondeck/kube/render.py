@@ -22,6 +22,7 @@ from ruamel.yaml import YAML
 
 from ondeck.errors import UserError
 from ondeck.kube.cron import every_as_cron
+from ondeck.kube.tls import ingress_tls
 from ondeck.spec import template
 from ondeck.spec.model import HealthCheck, Service
 from ondeck.state.desired import Desired, DesiredJob, DesiredService
@@ -638,6 +639,11 @@ def _ingress(desired: Desired, name: str, ns: str) -> Obj:
         rules.append(rule)
     obj = _meta("Ingress", name, ns, labels(desired, name))
     obj["spec"] = {"rules": rules}
+    hosts = [h for h in sorted(by_host, key=lambda h: h or "") if h is not None]
+    entries, annotations = ingress_tls(desired.tls, desired.app, name, hosts)
+    if entries:
+        obj["spec"]["tls"] = entries
+        obj["metadata"]["annotations"] = annotations
     return obj
 
 
