@@ -43,3 +43,21 @@ def test_each_app_has_its_dashboard_and_the_host_page_lists_them(
     expect(page.locator("#env-production h2")).to_have_text("shop / production")
     page.click("a[href='/history']")
     expect(page.locator("table.history tbody tr").first).to_contain_text(heads["shop"][:7])
+
+
+def test_a_token_limited_to_one_app_opens_only_that_apps_dashboard(
+    host: tuple[Ondeck, Path, int],  # noqa: F811
+    page: Page,  # noqa: F811
+) -> None:
+    od, _, _ = host
+    base = url_of(od)
+    blog_token = od.cli("token", "create", "blog-viewer", "--app", "blog").stdout.strip()
+    page.goto(base + "/apps/shop/")
+    expect(page).to_have_url(base + "/login?next=/apps/shop/")
+    page.fill("#token", blog_token)
+    page.click("#login")
+    expect(page.locator("#login-error")).to_be_visible()  # not a token of shop's
+    page.goto(base + "/apps/blog/")
+    page.fill("#token", blog_token)
+    page.click("#login")
+    expect(page.locator("#env-staging h2")).to_have_text("blog / staging")

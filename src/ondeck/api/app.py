@@ -311,9 +311,23 @@ def create_app(
     app.include_router(release_task_router(opts.state_dir, authorized, require, shown))
     app.include_router(backups_router(controller, authorized, require))
     app.include_router(run_router(controller, authorized, require))
-    app.include_router(ui_router(controller, token, public_read))  # the dashboard at /
+    app.include_router(  # the dashboard at /; under a host file, with this app's tokens
+        ui_router(controller, token, public_read, _app_check(tokens, app_name))
+    )
     describe_errors(app)
     return app
+
+
+def _app_check(tokens: Tokens, app_name: str | None) -> Callable[[str], TokenInfo | None]:
+    """How the dashboard knows a token: under a host file, only one that may touch the app."""
+    if app_name is None:
+        return tokens.check
+
+    def check(value: str) -> TokenInfo | None:
+        info = tokens.check(value)
+        return info if info is not None and info.may_touch_apps({app_name}) else None
+
+    return check
 
 
 def _apps_of(controller: Controller, env: str | None, app_name: str | None) -> set[str] | None:

@@ -30,7 +30,7 @@ from ondeck.api.ui.actions import Actions, Form
 from ondeck.api.ui.live import LogSource, Sampler, StatusFeed, follow_logs, sse
 from ondeck.api.ui.pages import PAGES, Dashboard
 from ondeck.errors import OndeckError
-from ondeck.tokens import Scope, Tokens
+from ondeck.tokens import Scope, TokenInfo, Tokens
 
 if TYPE_CHECKING:
     from ondeck.controller import Controller
@@ -84,14 +84,20 @@ class Gate:
         return found
 
 
-def ui_router(controller: Controller, token: str, public_read: bool = False) -> APIRouter:
-    """The dashboard at `/`; the traffic sampler starts with it (in the running loop)."""
+def ui_router(
+    controller: Controller,
+    token: str,
+    public_read: bool = False,
+    check: Callable[[str], TokenInfo | None] | None = None,
+) -> APIRouter:
+    """The dashboard at `/`; the traffic sampler starts with it (in the running loop).
+    `check` knows the scoped tokens (default: the controller's store's)."""
     sampler = Sampler(_router_stats(controller), controller.status_json)
     feed = StatusFeed(controller.status_json, sampler.learn)
     if controller.router is not None:
         _keep(asyncio.get_running_loop().create_task(sampler.run()))
     ui = Dashboard(controller, feed, sampler)
-    gate = Gate(Sessions(token, Tokens(controller.store).check), public_read)
+    gate = Gate(Sessions(token, check or Tokens(controller.store).check), public_read)
     router = APIRouter(include_in_schema=False)
     _page_routes(router, ui, gate, controller)
     _live_routes(router, ui, gate, controller)
