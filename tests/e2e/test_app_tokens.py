@@ -112,3 +112,13 @@ def test_under_a_host_file_the_hosts_tokens_are_limited_per_app(
         e["app"] for e in call("GET", "/apps/blog/api/v1/status", blog).json()["environments"]
     ] == ["blog"]
     assert call("POST", "/apps/shop/api/v1/sync", every, json={}).status_code == 200
+
+    # the host's own calls: a read shows the token's apps, a sync of every app needs all
+    seen = call("GET", "/api/v1/status", blog).json()
+    assert [e["app"] for e in seen["environments"]] == ["blog"]
+    assert [a["name"] for a in seen["apps"]] == ["blog"]
+    everything = call("POST", "/api/v1/sync", blog, json={})
+    assert everything.status_code == 403 and "--app" in everything.json()["detail"]
+    assert call("POST", "/api/v1/sync", every, json={}).status_code == 200
+    assert call("POST", "/api/v1/down", every, json={}).status_code == 403  # the admin's
+    assert call("GET", "/api/v1/status", "odk_wrong").status_code == 401

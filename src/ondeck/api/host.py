@@ -39,7 +39,8 @@ from ondeck.status import (
     SyncAnswer,
 )
 from ondeck.store import Store
-from ondeck.tokens import HOST_STORE, Tokens
+from ondeck.tokens import ADMIN, HOST_STORE, TokenInfo, Tokens, allows, visible_envs
+from ondeck.tokens import Scope as TokenScope
 
 APP_COOKIE = "ondeck_app"  # the app whose dashboard this browser is looking at
 HOST_PATHS = {"/", "/api/v1/status", "/api/v1/sync", "/api/v1/down", "/healthz", "/metrics"}
@@ -178,20 +179,41 @@ def _host_routes(host_api: HostApi) -> FastAPI:
     guard.install(app)
     host = host_api.host
 
-    def authorized(request: Request) -> None:
+    def caller(request: Request) -> TokenInfo:
+        """The admin token, or one of the host's tokens (`ondeck token create`)."""
         given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if not (given and hmac.compare_digest(given.encode(), host_api.token.encode())):
+        if given and hmac.compare_digest(given.encode(), host_api.token.encode()):
+            return ADMIN
+        info = host_api.tokens.check(given) if given else None
+        if info is None:
             raise HTTPException(
                 401,
-                "missing or wrong bearer token: see the `token` file in the state dir "
-                "(a token of one app works under /apps/NAME/)",
+                "missing or wrong bearer token: see the `token` file in the state dir, "
+                "or `ondeck token create`",
             )
+        return info
+
+    def authorized(request: Request) -> None:
+        if caller(request) is not ADMIN:
+            raise HTTPException(403, "a call for the whole host needs the state dir's token")
 
     def reader(request: Request) -> None:
         if not host_api.public_read:
-            authorized(request)
+            caller(request)
 
-    admin, read = [Depends(authorized)], [Depends(reader)]
+    def for_every_app(request: Request, scope: TokenScope, env: str | None) -> None:
+        """A call on every app: the token may `scope` each app it would act on."""
+        info = caller(request)
+        if allows(info, scope, env) and info.may_touch_apps(host.apps):
+            return
+        held = ", ".join(info.apps) or "every app"
+        raise HTTPException(
+            403,
+            f"token {info.name!r} ({info.scope.label}, {held}) may not {scope.label} every app "
+            "of this host: name one of its apps with --app NAME",
+        )
+
+    admin = [Depends(authorized)]
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
@@ -207,12 +229,27 @@ def _host_routes(host_api: HostApi) -> FastAPI:
             body += (await host.router.link.metrics()).encode()
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/api/v1/status", dependencies=read)
-    def status() -> StatusDoc:
-        return host_api.status()
+    @app.get("/api/v1/status")
+    def status(request: Request) -> StatusDoc:
+        doc = host_api.status()
+        if host_api.public_read and not request.headers.get("authorization"):
+            return doc
+        info = caller(request)
+        seen = [a for a in doc.apps if info.may_touch_apps([a.name])]
+        return doc.model_copy(
+            update={
+                "apps": seen,
+                "environments": [
+                    e
+                    for e in doc.environments
+                    if info.may_touch_apps([e.app or ""]) and visible_envs(info, [e.name])
+                ],
+            }
+        )
 
-    @app.post("/api/v1/sync", dependencies=admin)
-    async def sync(body: SyncBody) -> SyncAnswer:
+    @app.post("/api/v1/sync")
+    async def sync(body: SyncBody, request: Request) -> SyncAnswer:
+        for_every_app(request, TokenScope.SYNC, body.env)
         if body.env is not None and len(host.apps) > 1:
             names = ", ".join(host.apps)
             raise HTTPException(400, f"this host runs several apps ({names}): add --app NAME")
