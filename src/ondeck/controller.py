@@ -201,6 +201,11 @@ class Controller:
         if env is None:
             self.stop()
 
+    @property
+    def stopped(self) -> bool:
+        """The loop was asked to end (what serves this controller's API may end too)."""
+        return self._stopping
+
     def wake(self) -> None:
         if self._wake_event is not None:
             self._wake_event.set()

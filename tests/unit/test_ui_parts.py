@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from typing import Any, cast
@@ -401,3 +402,16 @@ def test_until() -> None:
     assert views.until(None, 0.0) == "-"
     assert views.until(100.0 + 3 * 86400, 100.0) == "in 3d"
     assert views.until(100.0, 100.0 + 7200) == "expired 2h ago"
+
+
+def test_the_sampler_ends_when_its_controller_has_stopped() -> None:
+    """An app removed from the host file: its dashboard's sampler must not run on forever."""
+    samples: list[float] = []
+
+    async def stats() -> dict[str, Any]:
+        samples.append(time.monotonic())
+        return {}
+
+    sampler = Sampler(stats, lambda: {"environments": []}, every=0.01)
+    asyncio.run(asyncio.wait_for(sampler.run(lambda: len(samples) >= 3), timeout=30))
+    assert len(samples) == 3

@@ -114,8 +114,9 @@ class Sampler:
         self._versions: dict[str, SeriesKey] = {}
         self._named: dict[tuple[str, str, str], str] = {}  # (env, service, fingerprint) -> version
 
-    async def run(self) -> None:
-        while True:
+    async def run(self, done: Callable[[], bool] = lambda: False) -> None:
+        """Sample until `done()` (its controller stopped: an app of a host file removed)."""
+        while not done():
             try:
                 await self.sample()
             except Exception:  # the charts must never take the controller down

@@ -95,7 +95,7 @@ def ui_router(
     sampler = Sampler(_router_stats(controller), controller.status_json)
     feed = StatusFeed(controller.status_json, sampler.learn)
     if controller.router is not None:
-        _keep(asyncio.get_running_loop().create_task(sampler.run()))
+        _keep(asyncio.get_running_loop().create_task(sampler.run(lambda: controller.stopped)))
     ui = Dashboard(controller, feed, sampler)
     gate = Gate(Sessions(token, check or Tokens(controller.store).check), public_read)
     router = APIRouter(include_in_schema=False)
