@@ -260,14 +260,9 @@ def write_units(
             host_file=wanted.host_file,
         ),
     }
-    written = []
     for name, text in units.items():
-        path = unit_dir / name
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
-        written.append(path)
-    return written
+        write_atomic(unit_dir / name, text, 0o644)
+    return [unit_dir / name for name in units]
 
 
 def _host_file_credentials(host_file: str) -> tuple[str, str | None]:

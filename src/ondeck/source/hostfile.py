@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from ondeck.errors import SourceError, UserError
+from ondeck.files import write_atomic
 from ondeck.source.git import GitSource, _clean_path, _is_local, _redact
 from ondeck.source.write import Workspace
 from ondeck.spec.host import HostFile, load_host_file
@@ -227,21 +227,11 @@ def edit_host_file(
 
 
 def _write_plain(path: Path, text: str) -> None:
-    """Replace the file whole (temp file, fsync, rename), keeping its mode; a new one is
-    0600 (a repo URL in it may carry credentials)."""
+    """Replace the file whole, keeping its mode; a new one is 0600 (a repo URL in it may
+    carry credentials)."""
     try:
         mode = path.stat().st_mode & 0o7777
     except FileNotFoundError:
         path.parent.mkdir(parents=True, exist_ok=True)
         mode = 0o600
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # created 0600
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as out:
-            out.write(text.encode("utf-8"))
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, text, mode)
