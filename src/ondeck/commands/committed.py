@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
 
 from ondeck.client import Client, default_state_dir
 from ondeck.errors import OndeckError
-from ondeck.gitops import Result
-from ondeck.source.write import checkout_root
+
+if TYPE_CHECKING:  # the CLI starts faster without the spec machinery: imported when used
+    from ondeck.gitops import Result
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -47,6 +49,8 @@ def report(
 
 def watched_here(target: str, state_dir: Path | None) -> bool:
     """Whether `target` is the checkout the controller on this host follows."""
+    from ondeck.source.write import checkout_root
+
     top = checkout_root(target)
     if top is None:
         return False  # a remote URL: only a push reaches it

@@ -15,7 +15,6 @@ import typer
 
 from ondeck.commands.committed import report
 from ondeck.commands.options import Author, BranchOpt, Nudge, PathOpt, Push, StateDir, Target
-from ondeck.gitops import set_maintenance
 
 maintenance_app = typer.Typer(
     help="Maintenance mode: the router answers a service's routes with 503 and a message.",
@@ -49,6 +48,8 @@ def on(
     state_dir: StateDir = None,
 ) -> None:
     """Commit maintenance mode for SERVICE: its routes answer 503 with the message."""
+    from ondeck.gitops import set_maintenance
+
     result = set_maintenance(repo, service, True, message, env, push, author, branch, path)
     report(result, repo, state_dir, nudge=sync)
 
@@ -66,5 +67,7 @@ def off(
     state_dir: StateDir = None,
 ) -> None:
     """Commit the end of maintenance for SERVICE: its routes serve again."""
+    from ondeck.gitops import set_maintenance
+
     result = set_maintenance(repo, service, False, None, env, push, author, branch, path)
     report(result, repo, state_dir, nudge=sync)

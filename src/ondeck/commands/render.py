@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ondeck.errors import UserError
 from ondeck.files import write_atomic
-from ondeck.kube.render import KIND_ORDER, Obj, dump, manifests
-from ondeck.spec import template
-from ondeck.spec.load import Document, environment_names, parse, render_spec
-from ondeck.state.desired import DEFAULT_ENV, render
+
+if TYPE_CHECKING:  # the renderer and the spec are imported when the command runs (start-up)
+    from ondeck.kube.render import Obj
+    from ondeck.spec.load import Document
 
 
 class Target(StrEnum):
@@ -43,6 +43,8 @@ def render_command(
     ] = None,
 ) -> None:
     """Print the spec as standard Kubernetes manifests (deterministic: diff them in git)."""
+    from ondeck.kube.render import KIND_ORDER, dump
+
     rendered = render_environments(path, env, namespace)
     if output is None:
         typer.echo(dump([obj for objects in rendered.values() for obj in objects]), nl=False)
@@ -59,6 +61,10 @@ def render_command(
 
 def render_environments(path: Path, env: str | None, namespace: str | None) -> dict[str, list[Obj]]:
     """The manifests of each chosen environment, by environment name."""
+    from ondeck.kube.render import manifests
+    from ondeck.spec.load import environment_names, parse, render_spec
+    from ondeck.state.desired import DEFAULT_ENV, render
+
     file = path / "ondeck.yaml" if path.is_dir() else path
     try:
         text = file.read_bytes()
@@ -88,6 +94,8 @@ def secret_names(doc: Document) -> list[str]:
     Manifests name secrets and never hold them, so no store is read: each such name
     becomes a key of the environment's Secret, which the runtime (or you) creates.
     """
+    from ondeck.spec import template
+
     found: set[str] = set()
     keys: set[str] = set()  # an env key is never a secret (a value may not refer to one)
 

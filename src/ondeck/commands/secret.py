@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -28,11 +28,10 @@ from ruamel.yaml.error import YAMLError
 from ondeck.client import Client, default_state_dir
 from ondeck.commands.options import StateDir
 from ondeck.errors import OndeckError, UserError
-from ondeck.secrets import agefile
-from ondeck.secrets.hoststore import HostStore
-from ondeck.secrets.resolve import file_names, secrets_file
-from ondeck.spec.load import Document
-from ondeck.state.desired import DEFAULT_ENV
+
+if TYPE_CHECKING:  # the spec machinery and age load when a command needs them (CLI start-up)
+    from ondeck.secrets.hoststore import HostStore
+    from ondeck.spec.load import Document
 
 secret_app = typer.Typer(
     help="Secrets: the host's store (value on stdin) and the age-encrypted file in git.",
@@ -62,6 +61,8 @@ def _state(state_dir: Path | None) -> Path:
 
 def _store(state_dir: Path | None, app: str | None) -> HostStore:
     """The host's secrets; under `ondeck up --host-file`, the named app's own (apps/NAME/)."""
+    from ondeck.secrets.hoststore import HostStore
+
     root = _state(state_dir)
     apps = root / "apps"
     if not apps.is_dir():
@@ -142,6 +143,8 @@ def secret_list(
 @secret_app.command("keygen")
 def secret_keygen(state_dir: StateDir = None) -> None:
     """Print the host's age public key, creating its identity the first time."""
+    from ondeck.secrets import agefile
+
     public, created = agefile.keygen(_state(state_dir))
     print(public)
     path = agefile.identity_path(_state(state_dir))
@@ -160,6 +163,8 @@ def secret_encrypt(
 
     A new file is encrypted to --recipient keys, else to this host's key.
     """
+    from ondeck.secrets import agefile
+
     value = read_value(name)
     if file.exists():
         doc = agefile.read(file)
@@ -182,6 +187,8 @@ def secret_encrypt(
 
 
 def _host_public(state_dir: Path) -> str:
+    from ondeck.secrets import agefile
+
     path = agefile.identity_path(state_dir)
     if not path.exists():
         raise UserError(
@@ -202,6 +209,8 @@ def secret_edit(
 
     --recipient adds a key: every value is then encrypted again to all of them.
     """
+    from ondeck.secrets import agefile
+
     doc = agefile.read(file)
     ident = identity or agefile.identity_path(_state(state_dir))
     old = agefile.decrypt(doc, agefile.load_identities(ident), str(file))
@@ -260,6 +269,10 @@ def _text(value: object) -> str:
 def known_secrets(spec_dir: Path) -> Callable[[Document, str | None], list[str]]:
     """For `ondeck validate`: the names of an environment's secrets, from the host store of
     the state dir (when there is one) and from the spec's age file (names are in clear)."""
+    from ondeck.secrets.hoststore import HostStore
+    from ondeck.secrets.resolve import file_names, secrets_file
+    from ondeck.state.desired import DEFAULT_ENV
+
     store = HostStore(default_state_dir().resolve())
 
     def names(doc: Document, env: str | None) -> list[str]:
