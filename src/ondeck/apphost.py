@@ -251,6 +251,7 @@ class AppHost:
         opts = dataclasses.replace(opts, envs=envs)
         view = self.router.view(name) if self.router is not None else None
         controller = self.build(opts, view)
+        controller.hold_on_down = True  # `ondeck down --app`: held down, not ended
         for env in controller.envs.values():  # first: a refused revision costs nothing
             env.prepare_steps.insert(0, route_guard(name, lambda: self._desired(name)))
         context = contextvars.copy_context()  # its tasks and threads log as this app
@@ -320,7 +321,7 @@ class AppHost:
                 stopped = await asyncio.wait_for(running.controller.request_down(None), DOWN_WAIT)
             except (OndeckError, TimeoutError) as err:
                 log.error("[%s] not every instance stopped: %s", name, err)
-                running.controller.stop()
+            running.controller.stop()  # held down, now ended
             await asyncio.wait([running.task])
         if self.router is not None:
             await self.router.forget(name)

@@ -552,6 +552,9 @@ def down(
     err.print(f"[green]stopped[/green] {len(stopped)} instance(s): {', '.join(stopped) or '-'}")
     if answer["exiting"]:
         err.print("the router and the controller have stopped; `ondeck up` starts it all again")
+    elif env is None:  # one app of a host file: the host and its other apps go on
+        again = f"ondeck sync --app {app_name}" if app_name else "ondeck sync"
+        err.print(f"every environment is held down; `{again}` starts them again")
     else:
         err.print(f"{env} is held down; `ondeck sync --env {env}` starts it again")
 

@@ -127,6 +127,9 @@ class Controller:
         self._wake_event: asyncio.Event | None = None
         self._refresh: Trigger | None = Trigger.STARTUP
         self._stopping = False
+        # An app of a host file: `down` holds every environment down, the loop goes on
+        # (`ondeck sync` starts them again); the host's other apps and router serve on.
+        self.hold_on_down = False
         self._down: tuple[str | None, asyncio.Future[list[str]]] | None = None
         self._next_housekeeping = 0.0
         self._requests: list[SyncRequest] = []
@@ -198,7 +201,7 @@ class Controller:
             future.set_exception(err)
             return
         future.set_result(stopped)
-        if env is None:
+        if env is None and not self.hold_on_down:
             self.stop()
 
     @property

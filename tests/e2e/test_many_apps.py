@@ -224,6 +224,21 @@ def test_an_app_claiming_a_host_another_app_serves_is_refused_naming_both(
     assert history[0]["result"] == "Failed" and "app 'shop'" in history[0]["error"]
 
 
+def test_down_of_one_app_holds_it_down_while_the_other_serves(
+    host: tuple[Ondeck, Path, int],
+) -> None:
+    od, _, port = host
+    down = od.cli("down", "--app", "blog")
+    assert "held down" in down.stderr and "ondeck sync --app blog" in down.stderr
+    assert _get(port, "blog.localhost")[0] == 503 and _get(port, "shop.localhost")[0] == 200
+    held = _envs(od)[("blog", "production")]
+    assert any("held down" in c for c in held["conditions"])
+    assert not [i for s in held["services"] for i in s["instances"]]
+    od.cli("sync", "--app", "blog", "--wait")
+    wait_for(lambda: _get(port, "blog.localhost")[0] == 200, "blog serving again")
+    assert _get(port, "shop.localhost")[0] == 200
+
+
 def test_a_broken_host_file_leaves_every_app_running(host: tuple[Ondeck, Path, int]) -> None:
     od, host_file, port = host
     host_file.write_text("apps:\n  shop: {repo: git/shop, brnch: main}\n")

@@ -199,7 +199,7 @@ def create_app(
             stopped = await asyncio.shield(future)
         except TemporaryError as err:
             raise HTTPException(503, str(err)) from err
-        return DownAnswer(stopped=stopped, exiting=body.env is None)
+        return DownAnswer(stopped=stopped, exiting=body.env is None and controller.stopped)
 
     @api.post("/deploy")
     async def deploy(body: DeployBody, info: Caller) -> DeployAnswer:
