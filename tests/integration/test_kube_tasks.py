@@ -19,7 +19,7 @@ import pytest
 
 from kubeplane import ControlPlane
 from ondeck.commands.render import secret_names
-from ondeck.errors import ReleaseTaskError
+from ondeck.errors import ReleaseTaskError, TemporaryError
 from ondeck.kube.render import dump, manifests
 from ondeck.runtime.kubernetes import Cluster, KubernetesRuntime, connect
 from ondeck.spec.load import parse, render_spec
@@ -199,3 +199,21 @@ def test_a_failed_release_task_leaves_the_running_deployment_alone(
         runtime.sync(_desired(app, text), "r2", timeout=60)
     again = [j for j in _jobs(runtime, ns) if j["spec"]["activeDeadlineSeconds"] == 3]
     assert [j["metadata"]["uid"] for j in again] == [failed[0]["metadata"]["uid"]]
+
+
+def test_a_look_without_waiting_does_not_block_on_a_running_release_task(
+    runtime: KubernetesRuntime, app: str
+) -> None:
+    # the controller also syncs with no time to wait, to observe: a release task that
+    # cannot finish yet (its pod is never scheduled) is reported at once, not waited for
+    first = runtime.sync(_desired(app), "r1", timeout=180)
+    ns = first.namespace
+    text = (
+        SPEC.format(app=app)
+        .replace("shop:1", "shop:2")
+        .replace("release_timeout: 2m", "release_timeout: 2m\n    memory: 512GiB")
+    )
+    with pytest.raises(TemporaryError, match="release task of web .* still running"):
+        runtime.sync(_desired(app, text), "r2", timeout=0)
+    image = _get(runtime, "Deployment", ns, "web")["spec"]["template"]["spec"]["containers"][0]
+    assert image["image"] == "registry.example/shop:1"

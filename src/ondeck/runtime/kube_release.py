@@ -32,13 +32,17 @@ _WATCH = 30  # seconds a single watch request lasts
 def run_release_tasks(
     runtime: KubernetesRuntime, objects: list[Obj], revision: str, timeout: float
 ) -> ApplyResult:
-    """Apply what goes before the Deployments; return once each release Job has succeeded."""
+    """Apply what goes before the Deployments; return once each release Job has succeeded.
+
+    A sync waits as long as the task may run (its deadline); a look with no time to wait
+    (`timeout` 0) does not block on a task still running: TemporaryError, try again later.
+    """
     first = pre_deploy(objects)
     result = runtime.apply(first, revision, prune=False)
     for job in first:
         if job["kind"] == "Job":
             deadline = float(job["spec"].get("activeDeadlineSeconds", 0))
-            wait_job(runtime, job, max(timeout, deadline + 30))
+            wait_job(runtime, job, max(timeout, deadline + 30) if timeout > 0 else 0.0)
     return result
 
 
@@ -85,7 +89,7 @@ def wait_job(runtime: KubernetesRuntime, job: Obj, timeout: float) -> None:
             )
         if time.monotonic() >= deadline:
             raise TemporaryError(
-                f"release task of {service} (Job {name}) not finished after {timeout:.0f} s"
+                f"release task of {service} (Job {name}) still running after {timeout:.0f} s"
             )
 
 
