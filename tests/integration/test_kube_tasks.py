@@ -213,7 +213,7 @@ def test_a_look_without_waiting_does_not_block_on_a_running_release_task(
         .replace("shop:1", "shop:2")
         .replace("release_timeout: 2m", "release_timeout: 2m\n    memory: 512GiB")
     )
-    with pytest.raises(TemporaryError, match="release task of web .* still running"):
+    with pytest.raises(TemporaryError, match=r"release task of web .* still running"):
         runtime.sync(_desired(app, text), "r2", timeout=0)
     image = _get(runtime, "Deployment", ns, "web")["spec"]["template"]["spec"]["containers"][0]
     assert image["image"] == "registry.example/shop:1"
