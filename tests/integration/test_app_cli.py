@@ -66,6 +66,7 @@ def test_add_list_remove_in_the_state_dir_by_default(tmp_path: Path, env: dict[s
     added = ondeck(
         "app",
         "add",
+        "--no-check",
         "shop",
         "https://git.example/shop.git",
         "--env",
@@ -78,7 +79,9 @@ def test_add_list_remove_in_the_state_dir_by_default(tmp_path: Path, env: dict[s
     )
     assert added.returncode == 0, added.stderr
     assert "added app shop" in added.stdout
-    ondeck("app", "add", "blog", "blog.git", "--path", "deploy", env=env, cwd=tmp_path)
+    ondeck(
+        "app", "add", "--no-check", "blog", "blog.git", "--path", "deploy", env=env, cwd=tmp_path
+    )
     host_file = tmp_path / "state" / "ondeck.host.yaml"
     assert host_file.stat().st_mode & 0o777 == 0o600
     text = host_file.read_text()
@@ -119,11 +122,11 @@ def test_refused_edits_write_nothing_and_say_why(tmp_path: Path, env: dict[str, 
     host_file.write_text(original)
     flag = ("--host-file", str(host_file))
     cases = [
-        (("app", "add", "shop", "/elsewhere.git", *flag), "already in"),
-        (("app", "add", "Shop", "/x.git", *flag), "not a valid app name"),
-        (("app", "add", "wiki", "/x.git", "--env", "Prod", *flag), "--env"),
-        (("app", "add", "wiki", "/x.git", "--path", "../up", *flag), "--path"),
-        (("app", "add", "wiki", "/x.git", "--push", *flag), "plain file"),
+        (("app", "add", "--no-check", "shop", "/elsewhere.git", *flag), "already in"),
+        (("app", "add", "--no-check", "Shop", "/x.git", *flag), "not a valid app name"),
+        (("app", "add", "--no-check", "wiki", "/x.git", "--env", "Prod", *flag), "--env"),
+        (("app", "add", "--no-check", "wiki", "/x.git", "--path", "../up", *flag), "--path"),
+        (("app", "add", "--no-check", "wiki", "/x.git", "--push", *flag), "plain file"),
         (("app", "remove", "wiki", *flag), "no app 'wiki'"),
     ]
     for args, message in cases:
@@ -134,7 +137,12 @@ def test_refused_edits_write_nothing_and_say_why(tmp_path: Path, env: dict[str, 
     assert sorted(p.name for p in host_file.parent.iterdir()) == ["web1.yaml"]  # no temp left
 
     via_env = ondeck(
-        "app", "add", "wiki", "/srv/wiki.git", env={**env, "ONDECK_HOST_FILE": str(host_file)}
+        "app",
+        "add",
+        "--no-check",
+        "wiki",
+        "/srv/wiki.git",
+        env={**env, "ONDECK_HOST_FILE": str(host_file)},
     )
     assert via_env.returncode == 0, via_env.stderr
     assert host_file.read_text() == original + "  wiki: {repo: /srv/wiki.git}\n"
@@ -148,12 +156,12 @@ def test_a_host_file_in_a_checkout_is_committed_one_line(
     git(checkout, "init", "-q", "-b", "main")
     git(checkout, "commit", "-q", "--allow-empty", "-m", "start")
     ref = f"{checkout}#web1/ondeck.host.yaml"
-    done = ondeck("app", "add", "shop", "/srv/shop.git", "--host-file", ref, env=env)
+    done = ondeck("app", "add", "--no-check", "shop", "/srv/shop.git", "--host-file", ref, env=env)
     assert done.returncode == 0, done.stderr
     assert "committed" in done.stdout
     assert git(checkout, "log", "-1", "--format=%s") == "app(shop): add /srv/shop.git"
     assert git(checkout, "status", "--porcelain") == ""
-    ondeck("app", "add", "blog", "/srv/blog.git", "--host-file", ref, env=env)
+    ondeck("app", "add", "--no-check", "blog", "/srv/blog.git", "--host-file", ref, env=env)
     stat = git(checkout, "show", "--stat", "--format=", "HEAD")
     assert "1 insertion(+)" in stat and "deletion" not in stat
 
@@ -179,9 +187,13 @@ def test_a_host_file_in_a_remote_is_pushed(tmp_path: Path, env: dict[str, str]) 
     git(seed, "push", "-q", "origin", "main")
     ref = f"{bare}#ondeck.host.yaml"
 
-    unpushed = ondeck("app", "add", "shop", "/srv/shop.git", "--host-file", ref, env=env)
+    unpushed = ondeck(
+        "app", "add", "--no-check", "shop", "/srv/shop.git", "--host-file", ref, env=env
+    )
     assert unpushed.returncode == 1 and "add --push" in unpushed.stderr
-    pushed = ondeck("app", "add", "shop", "/srv/shop.git", "--host-file", ref, "--push", env=env)
+    pushed = ondeck(
+        "app", "add", "--no-check", "shop", "/srv/shop.git", "--host-file", ref, "--push", env=env
+    )
     assert pushed.returncode == 0, pushed.stderr
     assert git(bare, "log", "-1", "--format=%s", "main") == "app(shop): add /srv/shop.git"
     read = read_host_file(ref, tmp_path / "state")
@@ -204,3 +216,34 @@ def test_ref_forms(tmp_path: Path) -> None:
     for bad in ("repo#", "#path", "repo#../x.yaml"):
         with pytest.raises(UserError):
             parse_ref(bad)
+
+
+def test_add_reads_the_apps_repo_first(tmp_path: Path, env: dict[str, str]) -> None:
+    repo = tmp_path / "shop"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    (repo / "deploy").mkdir()
+    (repo / "deploy" / "ondeck.yaml").write_text(
+        "app: shop\nservices: {web: {command: [python3, web.py]}}\n"
+        "environments: {staging: {}, production: {}}\n"
+    )
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "shop")
+    host_file = tmp_path / "h.yaml"
+    flag = ("--host-file", str(host_file))
+    cases = [
+        (("blog", str(repo), "--path", "deploy"), "says `app: shop`"),
+        (("shop", str(repo)), "no ondeck.yaml"),
+        (("shop", str(repo), "--path", "deploy", "--env", "qa"), "no environment qa"),
+        (("shop", str(repo), "--path", "deploy", "--branch", "nope"), "'nope' not found"),
+        (("shop", str(tmp_path / "nothing.git")), "--no-check"),
+    ]
+    for args, message in cases:
+        done = ondeck("app", "add", *args, *flag, env=env)
+        assert done.returncode == 1, args
+        assert message in done.stderr, (args, done.stderr)
+        assert not host_file.exists()
+    ok = ondeck("app", "add", "shop", str(repo), "--path", "deploy", "--env", "staging", *flag,
+                env=env)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert f"shop: {{repo: {repo}, path: deploy, envs: [staging]}}" in host_file.read_text()

@@ -61,8 +61,8 @@ def test_the_host_file_is_installed_as_one_unit_set(tmp_path: Path, env: dict[st
     assert missing.returncode == 1 and "ondeck app add" in missing.stderr
     assert not units.exists()
 
-    ondeck("app", "add", "shop", "/srv/git/shop.git", env=env)
-    ondeck("app", "add", "blog", "/srv/git/blog.git", env=env)
+    ondeck("app", "add", "--no-check", "shop", "/srv/git/shop.git", env=env)
+    ondeck("app", "add", "--no-check", "blog", "/srv/git/blog.git", env=env)
     done = ondeck("install", "--unit-dir", str(units), "--listen", "0.0.0.0:80", env=env)
     assert done.returncode == 0, done.stderr
     assert sorted(units_of(units)) == ["ondeck-router.service", "ondeck.service"]
@@ -114,7 +114,16 @@ def test_an_older_per_app_install_is_explained_not_overwritten(
     ondeck("install", "--repo", "/srv/git/shop.git", "--unit-dir", str(units), env=env)
     before = units_of(units)
     host_file = tmp_path / "web1.yaml"
-    ondeck("app", "add", "shop", "/srv/git/shop.git", "--host-file", str(host_file), env=env)
+    ondeck(
+        "app",
+        "add",
+        "--no-check",
+        "shop",
+        "/srv/git/shop.git",
+        "--host-file",
+        str(host_file),
+        env=env,
+    )
 
     moved = ondeck("install", "--host-file", str(host_file), "--unit-dir", str(units), env=env)
     assert moved.returncode == 1

@@ -11,6 +11,7 @@ Registered in cli.py as the `app` group.
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -21,13 +22,14 @@ from rich.markup import escape
 
 from ondeck.client import default_state_dir
 from ondeck.commands.options import Author, JsonOpt, Push, StateDir
-from ondeck.errors import UserError
+from ondeck.errors import OndeckError, UserError
 from ondeck.source.git import _is_local, _redact
 from ondeck.source.hostfile import (
     Edited,
     HostFileRef,
     edit_host_file,
     locate,
+    probe_app,
     read_host_file,
     read_plain,
 )
@@ -70,10 +72,19 @@ def add(
     state_dir: StateDir = None,
     push: Push = False,
     author: Author = None,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check/--no-check",
+            help="Read REPO's ondeck.yaml first: its app: must be NAME, the --env defined.",
+        ),
+    ] = True,
 ) -> None:
     """Add app NAME, deployed from REPO, to the host file."""
     ref = _ref(host_file, state_dir, push)
     entry = _entry(_repo_as_written(repo), branch, path, env or [])
+    if check:
+        _probe(name, entry)
     done = edit_host_file(
         ref,
         lambda text, filename: add_app(text, name, entry, filename),
@@ -168,6 +179,16 @@ def _entry(repo: str, branch: str | None, path: str, envs: list[str]) -> HostApp
             f"  {flags.get(str(e['loc'][0]), e['loc'][0])}: {e['msg']}" for e in error.errors()
         ]
         raise UserError("cannot add this app:\n" + "\n".join(lines)) from None
+
+
+def _probe(name: str, entry: HostApp) -> None:
+    with tempfile.TemporaryDirectory(prefix="ondeck-app-") as scratch:
+        try:
+            probe_app(name, entry, Path(scratch))
+        except OndeckError as error:
+            raise UserError(
+                f"not adding app {name!r}: {error}\n(--no-check adds it without reading the repo)"
+            ) from error
 
 
 def _repo_as_written(repo: str) -> str:

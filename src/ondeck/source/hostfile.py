@@ -21,8 +21,9 @@ from pathlib import Path
 from ondeck.errors import SourceError, UserError
 from ondeck.files import write_atomic
 from ondeck.source.git import GitSource, _clean_path, _is_local, _redact
-from ondeck.source.write import Workspace
-from ondeck.spec.host import HostFile, load_host_file
+from ondeck.source.write import SPEC_FILE, Workspace
+from ondeck.spec.host import HostApp, HostFile, load_host_file
+from ondeck.spec.load import environment_names, parse
 
 HOST_FILE_ENV = "ONDECK_HOST_FILE"
 HOST_FILE_NAME = "ondeck.host.yaml"
@@ -176,6 +177,36 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
     except FileNotFoundError:
         return None
     return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def probe_app(name: str, entry: HostApp, scratch: Path) -> None:
+    """Refuse an app `ondeck up` could not run: its repo, branch and ondeck.yaml are read
+    (fetched into `scratch`), its `app:` must be `name`, its `envs` defined there.
+
+    A `SourceError` when the repo cannot be fetched, a `UserError` for the rest.
+    """
+    source = GitSource(entry.repo, scratch / "probe.git", entry.branch)
+    source.fetch()
+    rev = source.resolve()
+    spec_path = "/".join(p for p in (_clean_path(entry.path), SPEC_FILE) if p)
+    data = source.read_file(rev, spec_path)
+    if data is None:
+        raise UserError(f"no {spec_path} at {rev[:12]} of {_redact(entry.repo)}: check --path")
+    doc = parse(data, spec_path)
+    app = doc.data.get("app")
+    if app != name:
+        raise UserError(
+            f"{spec_path} of {_redact(entry.repo)} says `app: {app}`: name the app {app!r} "
+            f"here too (`ondeck app add {app} ...`), or change its app: to {name!r}"
+        )
+    known = environment_names(doc)
+    missing = [env for env in entry.envs if env not in known]
+    if missing:
+        listed = ", ".join(known) or "none"
+        raise UserError(
+            f"{spec_path} of {_redact(entry.repo)} defines no environment "
+            f"{', '.join(missing)} (it has: {listed})"
+        )
 
 
 def mirror_dir(state_dir: Path, repo: str) -> Path:
