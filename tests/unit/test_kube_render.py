@@ -541,3 +541,22 @@ def test_what_an_ingress_cannot_say_about_tls_is_refused() -> None:
     )
     with pytest.raises(UserError, match="mix certificates you bring with ACME"):
         _render(mixed)
+
+
+def test_a_changed_secret_rolls_the_pods_that_use_it_and_is_a_new_release() -> None:
+    spec = render_spec(parse(TASKS), None, secrets=["DB_URL", "DB_PW", "API_TOKEN"])
+    values = {"DB_URL": "u", "DB_PW": "p", "API_TOKEN": "t"}
+
+    def rendered(prints: dict[str, str]) -> list[Obj]:
+        return manifests(render(spec, "default", "", "", secrets=SecretEnv(values, prints)))
+
+    before = rendered({"DB_URL": "a1", "DB_PW": "b1", "API_TOKEN": "c1"})
+    after = rendered({"DB_URL": "a1", "DB_PW": "b2", "API_TOKEN": "c1"})
+    web = _one(before, "Deployment", "web")["spec"]["template"]["metadata"]["annotations"]
+    assert web["ondeck.dev/secrets"] == "DB_PW=b1,DB_URL=a1"  # fingerprints, never values
+    changed = _one(after, "Deployment", "web")["spec"]["template"]["metadata"]["annotations"]
+    assert changed["ondeck.dev/secrets"] != web["ondeck.dev/secrets"]
+    # the worker uses no secret: its pods do not roll
+    assert _one(before, "Deployment", "worker") == _one(after, "Deployment", "worker")
+    jobs = [[o["metadata"]["name"] for o in objs if o["kind"] == "Job"] for objs in (before, after)]
+    assert jobs[0] != jobs[1]

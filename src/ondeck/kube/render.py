@@ -448,6 +448,7 @@ def _deployment(
         container["readinessProbe"] = _probe(health, port, initial=0)
         container["livenessProbe"] = _probe(health, port, initial=math.ceil(health.start_period))
     annotations = {"ondeck.dev/config-hash": config_hash(plain)} if plain else {}
+    annotations.update(_secret_prints(svc))
     template_meta: Obj = {"labels": pod_labels}
     if annotations:
         template_meta["annotations"] = annotations
@@ -490,7 +491,10 @@ def _release_job(desired: Desired, svc: DesiredService, ns: str) -> Obj:
         "app.kubernetes.io/component": "release",
         "ondeck.dev/release": svc.name,
     }
-    pod_template = {"metadata": {"labels": lbls}, "spec": _pod(spec, container, "Never")}
+    pod_meta: Obj = {"labels": lbls}
+    if _secret_prints(svc):  # a changed secret is a new release, as on a host
+        pod_meta["annotations"] = _secret_prints(svc)
+    pod_template = {"metadata": pod_meta, "spec": _pod(spec, container, "Never")}
     digest = hashlib.sha256(json.dumps(pod_template, sort_keys=True).encode()).hexdigest()
     obj = _meta("Job", f"{svc.name[:41]}-release-{digest[:10]}", ns, lbls)
     obj["spec"] = {
@@ -538,6 +542,16 @@ def _cron_job(desired: Desired, job: DesiredJob, ns: str) -> Obj:
     if spec.timezone is not None:
         obj["spec"]["timeZone"] = spec.timezone
     return obj
+
+
+def _secret_prints(svc: DesiredService) -> dict[str, str]:
+    """The keyed fingerprints of the secrets a service uses, as a pod-template annotation.
+
+    A pod reads a Secret when it starts: a changed value rolls the pods only if the
+    template changes with it (as a changed secret rolls instances on a host). Known to
+    the runtime only; `ondeck render` has no values, so no annotation.
+    """
+    return {"ondeck.dev/secrets": svc.secrets.identity} if svc.secrets.prints else {}
 
 
 def _version_label(version: str | None) -> dict[str, str]:
