@@ -844,13 +844,13 @@ app.add_typer(token_app, name="token")
 
 def _tokens(state_dir: Path | None) -> Any:
     from ondeck.store import Store
-    from ondeck.tokens import HOST_STORE, Tokens
+    from ondeck.tokens import Tokens, host_tokens
 
     directory = (state_dir or default_state_dir()).resolve()
     if (directory / "ondeck.db").exists():  # `ondeck up REPO`: one app
         return Tokens(Store(directory / "ondeck.db"))
     if (directory / "apps").is_dir():  # `ondeck up --host-file`: the host's tokens, every app
-        return Tokens(Store(directory / HOST_STORE))
+        return host_tokens(directory)
     raise UserError(
         f"no ondeck state in {directory}: run `ondeck up` there first, or pass --state-dir"
     )

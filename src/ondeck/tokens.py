@@ -15,12 +15,14 @@ import builtins
 import hashlib
 import hmac
 import json
+import os
 import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from pathlib import Path
 from typing import Any
 
 from ondeck.errors import UserError
@@ -162,6 +164,18 @@ class Tokens:
     def _last_used(self) -> dict[str, float]:
         used: dict[str, float] = json.loads(self._store.get_kv(LAST_USED_KEY) or "{}")
         return used
+
+
+def host_tokens(state_dir: Path) -> Tokens:
+    """The tokens of a host of many apps (`ondeck up --host-file`), in STATE_DIR/tokens.db.
+
+    The file is made 0600 before SQLite opens it (its -wal and -shm take that mode):
+    the state dir's walk at start has already run when the API or the CLI first opens it.
+    """
+    path = state_dir / HOST_STORE
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    return Tokens(Store(path))
 
 
 def allows(info: TokenInfo, scope: Scope, env: str | None) -> bool:

@@ -9,6 +9,7 @@ host file's many apps reach the API the same way, through each environment's app
 from __future__ import annotations
 
 import json
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,8 @@ def test_under_a_host_file_the_hosts_tokens_are_limited_per_app(
     wait_for(synced, "both apps Synced and Healthy", timeout=90)
     blog = od.cli("token", "create", "blog-ci", "--scope", "deploy", "--app", "blog").stdout
     every = od.cli("token", "create", "ops", "--scope", "deploy").stdout
-    assert (od.state_dir / "tokens.db").exists()  # the host's tokens, not one app's
+    store = od.state_dir / "tokens.db"  # the host's tokens, not one app's
+    assert stat.S_IMODE(store.stat().st_mode) == 0o600
     url = json.loads((od.state_dir / "api.json").read_text())["url"]
 
     def call(method: str, path: str, token: str, **kw: Any) -> httpx.Response:

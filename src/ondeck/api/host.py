@@ -38,8 +38,7 @@ from ondeck.status import (
     StatusDoc,
     SyncAnswer,
 )
-from ondeck.store import Store
-from ondeck.tokens import ADMIN, HOST_STORE, TokenInfo, Tokens, allows, visible_envs
+from ondeck.tokens import ADMIN, TokenInfo, allows, host_tokens, visible_envs
 from ondeck.tokens import Scope as TokenScope
 
 APP_COOKIE = "ondeck_app"  # the app whose dashboard this browser is looking at
@@ -76,7 +75,7 @@ class HostApi:
         self.own = _host_routes(self)
         self._apis: dict[int, tuple[Controller, Any]] = {}
         # One token list for the host; a token names the apps it may touch (tokens.py).
-        self.tokens = Tokens(Store(host.base.state_dir / HOST_STORE))
+        self.tokens = host_tokens(host.base.state_dir)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
