@@ -641,8 +641,9 @@ def history(
     for row in doc["syncs"]:
         took = format_duration(row["duration"]) if row["duration"] is not None else "…"
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["started_at"]))
+        where = f"{row['app']}/{row['env']}" if row.get("app") else row["env"]
         out.print(
-            f"{when}  {row['env']}  [bold]{row['revision'][:12]}[/bold]  "
+            f"{when}  {escape(where)}  [bold]{row['revision'][:12]}[/bold]  "
             f"{_styled(row['result'] or 'Running', RESULT_STYLE)} in {took}  ({row['trigger']})  "
             f"{escape(row['message'])} — {escape(_who(row['author']))}"
         )

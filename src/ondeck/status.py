@@ -272,6 +272,7 @@ class SyncEntry(Model):
     actions: list[str] = Field(default_factory=list)
     changes: list[str] = Field(default_factory=list)
     error: str | None = None
+    app: str | None = None  # `ondeck up --host-file`: the app this sync was of
 
 
 class HistoryDoc(Model):

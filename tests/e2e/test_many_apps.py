@@ -161,7 +161,14 @@ def test_two_apps_behind_one_router_and_one_removed_while_the_other_serves(
     # one app per command: its own API under /apps/NAME/, `--app` in the CLI
     history = json.loads(od.cli("history", "--app", "blog", "--json").stdout)["syncs"]
     assert history and all(row["env"] in ENVS for row in history)
-    for command in (("logs", "web", "--env", "staging"), ("down", "--env", "staging")):
+    merged = json.loads(od.cli("history", "--json").stdout)["syncs"]  # every app, no --app
+    assert {row["app"] for row in merged} == {"shop", "blog"}
+    assert "blog/production" in od.cli("history").stdout
+    for command in (
+        ("logs", "web", "--env", "staging"),
+        ("down", "--env", "staging"),
+        ("history", "--env", "staging"),
+    ):
         ambiguous = od.cli(*command, check=False)
         assert ambiguous.returncode != 0 and "--app" in ambiguous.stderr, command
     assert "[staging/" in od.cli("logs", "web", "--env", "staging", "--app", "shop").stdout

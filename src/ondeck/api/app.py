@@ -263,7 +263,7 @@ def create_app(
     def history(info: Caller, env: str | None = None, limit: Limit = 50) -> HistoryDoc:
         names = set(shown(info, env))
         rows = [r for r in controller.store.history(env, limit) if r.env in names]
-        return HistoryDoc(syncs=[_sync_entry(r) for r in rows])
+        return HistoryDoc(syncs=[sync_entry(r) for r in rows])
 
     @api.get("/events")
     def events(info: Caller, env: str | None = None, limit: Limit = 100) -> EventsDoc:
@@ -366,7 +366,8 @@ def _app_refusal(info: TokenInfo, scope: Scope, env: str | None, apps: set[str] 
     )
 
 
-def _sync_entry(r: SyncRecord) -> SyncEntry:
+def sync_entry(r: SyncRecord) -> SyncEntry:
+    """A sync record as the API shows it (also the host's merged history, api/host.py)."""
     return SyncEntry(
         id=r.id,
         env=r.env,

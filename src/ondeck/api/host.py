@@ -27,12 +27,13 @@ from starlette.types import Message, Receive, Scope, Send
 
 from ondeck import __version__
 from ondeck.api import guard
-from ondeck.api.app import DownAnswer, DownBody, SyncBody, create_app
+from ondeck.api.app import DownAnswer, DownBody, SyncBody, create_app, sync_entry
 from ondeck.apphost import AppHost
 from ondeck.controller import Controller
 from ondeck.errors import TemporaryError, UserError
 from ondeck.status import (
     ControllerStatus,
+    HistoryDoc,
     RouterStatus,
     SourceStatus,
     StatusDoc,
@@ -42,7 +43,15 @@ from ondeck.tokens import ADMIN, TokenInfo, allows, host_tokens, visible_envs
 from ondeck.tokens import Scope as TokenScope
 
 APP_COOKIE = "ondeck_app"  # the app whose dashboard this browser is looking at
-HOST_PATHS = {"/", "/api/v1/status", "/api/v1/sync", "/api/v1/down", "/healthz", "/metrics"}
+HOST_PATHS = {
+    "/",
+    "/api/v1/status",
+    "/api/v1/sync",
+    "/api/v1/down",
+    "/api/v1/history",
+    "/healthz",
+    "/metrics",
+}
 
 
 class AppsMetrics(Collector):
@@ -245,6 +254,26 @@ def _host_routes(host_api: HostApi) -> FastAPI:
                 ],
             }
         )
+
+    @app.get("/api/v1/history")
+    def history(request: Request, env: str | None = None, limit: int = 50) -> HistoryDoc:
+        """Every app's syncs, newest first, each naming its app (`--env` needs `--app`)."""
+        if env is not None and len(host.apps) != 1:
+            names = ", ".join(host.apps)
+            raise HTTPException(400, f"this host runs several apps ({names}): add --app NAME")
+        if env is not None and env not in next(iter(host.apps.values())).controller.envs:
+            raise HTTPException(404, f"unknown environment {env!r}")
+        info = ADMIN if host_api.public_read else caller(request)
+        limit = max(1, min(limit, 1000))
+        rows = [
+            sync_entry(r).model_copy(update={"app": name})
+            for name, running in host.apps.items()
+            if info.may_touch_apps([name])
+            for r in running.controller.store.history(env, limit)
+            if visible_envs(info, [r.env])
+        ]
+        rows.sort(key=lambda r: r.started_at, reverse=True)
+        return HistoryDoc(syncs=rows[:limit])
 
     @app.post("/api/v1/sync")
     async def sync(body: SyncBody, request: Request) -> SyncAnswer:
