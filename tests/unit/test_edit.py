@@ -8,6 +8,7 @@ import pytest
 
 from ondeck.errors import SpecError, UserError
 from ondeck.spec.edit import (
+    clear_value,
     deploy_path,
     effective,
     effective_all,
@@ -253,3 +254,10 @@ class TestSetFlow:
     def test_a_mapping_cannot_be_overwritten(self) -> None:
         with pytest.raises(UserError, match="not a single value"):
             set_flow("apps:\n  shop: {repo: a}\n", ["apps", "shop"], {"repo": "b"})
+
+
+def test_clear_value_leaves_the_key_and_its_comment() -> None:
+    text = "# host\napps: {}  # none yet\nother: 1\n"
+    assert clear_value(text, ["apps"]) == "# host\napps:  # none yet\nother: 1\n"
+    assert clear_value(text, ["nope"]) == text
+    assert clear_value("apps:\n", ["apps"]) == "apps:\n"

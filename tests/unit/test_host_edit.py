@@ -58,10 +58,15 @@ def test_removing_the_last_app_leaves_a_valid_empty_file_that_takes_new_apps() -
     assert load_host_file(empty).apps == {}
     assert empty.startswith("# web1: the apps of this host\napps: {}\n")
     again = add_app(empty, "wiki", HostApp(repo="/w.git"), "h.yaml")
-    assert again.endswith("apps:\n  wiki: {repo: /w.git}\n")
+    assert again.startswith("# web1: the apps of this host\napps:\n  wiki: {repo: /w.git}\n")
     assert list(load_host_file(again).apps) == ["wiki"]
 
 
 def test_removing_an_unknown_app_names_the_apps() -> None:
     with pytest.raises(UserError, match=r"no app 'wiki' in h.yaml \(apps: shop, blog\)"):
         remove_app(HOST, "wiki", "h.yaml")
+
+
+def test_an_empty_apps_with_a_comment_keeps_it_on_its_line() -> None:
+    new = add_app("apps: {}   # none yet\n", "wiki", HostApp(repo="/w.git"), "h.yaml")
+    assert new == "apps:   # none yet\n  wiki: {repo: /w.git}\n"

@@ -132,6 +132,23 @@ def set_flow(text: str, path: Sequence[str], value: FlowValue) -> str:
     return new
 
 
+def clear_value(text: str, path: Sequence[str]) -> str:
+    """`text` with the value at `path` taken away, its `key:` left in place (an empty value).
+
+    For an empty flow mapping that is about to get block entries (`apps: {}` -> `apps:`);
+    a comment on the line stays. Unchanged text when there is no such entry.
+    """
+    parse(text)
+    found = _Editor(text, _compose(text)).locate(list(path))
+    if found is None:
+        return text
+    key, value = found
+    if _is_implicit_null(value):
+        return text
+    at = text.index(":", key.end_mark.index) + 1
+    return _Splice(at, value.end_mark.index, "").apply(text)
+
+
 def remove_value(text: str, path: Sequence[str], *, keep: int = 0, check: bool = True) -> str:
     """`text` without the entry at `path` (its key and whole value), the rest unchanged.
 
@@ -216,6 +233,19 @@ class _Editor:
                     f"{_kind(child)}, not a mapping"
                 )
             node, depth = child, depth + 1
+
+    def locate(self, path: list[str]) -> tuple[Node, Node] | None:
+        """The key and value nodes at `path`; None when there is no such entry."""
+        node: Node = self.root
+        found = None
+        for name in path:
+            if not isinstance(node, MappingNode):
+                return None
+            found = _lookup(node, name)
+            if found is None:
+                return None
+            node = found[1]
+        return found
 
     def remove(self, path: list[str]) -> str | None:
         """The text without the entry at `path`; None when there is no such entry."""

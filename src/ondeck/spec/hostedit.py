@@ -68,9 +68,8 @@ def fields(entry: HostApp) -> dict[str, edit.FlowValue]:
 
 
 def _bare_apps_key(text: str) -> str:
-    """`text` with its empty `apps: {}` as a bare `apps:` line at the end, ready for entries."""
-    rest = edit.remove_value(text, ["apps"], check=False)
-    return rest + ("" if not rest or rest.endswith("\n") else "\n") + "apps:\n"
+    """`text` with its empty `apps: {}` as a bare `apps:`, ready for block entries."""
+    return edit.clear_value(text, ["apps"])
 
 
 def _checked(text: str, filename: str, what: str) -> HostFile:
