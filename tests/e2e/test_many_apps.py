@@ -65,6 +65,11 @@ def _get(port: int, host: str) -> tuple[int, dict[str, Any] | str]:
         return answer.status_code, answer.text
 
 
+def _version(port: int, host: str) -> str | None:
+    body = _get(port, host)[1]
+    return str(body.get("version")) if isinstance(body, dict) else None
+
+
 def _envs(od: Ondeck) -> dict[tuple[str, str], dict[str, Any]]:
     return {(e["app"], e["name"]): e for e in od.status()["environments"]}
 
@@ -248,6 +253,11 @@ def test_down_of_one_app_holds_it_down_while_the_other_serves(
 
 def test_a_broken_host_file_leaves_every_app_running(host: tuple[Ondeck, Path, int]) -> None:
     od, host_file, port = host
+    # a commit to the second app's repo is known as watched here: no push, deployed at once
+    blog = host_file.parent / "git" / "blog"
+    edit = od.cli("set-version", "web=2.0.1", "--env", "staging", "--repo", str(blog))
+    assert "no push needed" in edit.stderr and "syncing" in edit.stderr
+    wait_for(lambda: _version(port, "staging.blog.localhost") == "2.0.1", "blog staging 2.0.1")
     host_file.write_text("apps:\n  shop: {repo: git/shop, brnch: main}\n")
     error = wait_for(
         lambda: (od.status().get("host_file") or {}).get("error"), "the host file refused"

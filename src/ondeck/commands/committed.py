@@ -55,10 +55,13 @@ def watched_here(target: str, state_dir: Path | None) -> bool:
     if top is None:
         return False  # a remote URL: only a push reaches it
     try:
-        watched = _client(state_dir).get("/api/v1/status")["source"]["repo"]
+        doc = _client(state_dir).get("/api/v1/status")
+        watched = [doc["source"]["repo"], *(a["source"]["repo"] for a in doc.get("apps", []))]
     except (OndeckError, KeyError, TypeError):
         return False  # no controller here, or none that says what it watches
-    return isinstance(watched, str) and os.path.isdir(watched) and Path(watched).resolve() == top
+    return any(  # the repo, or (a host file) one of its apps' repos
+        isinstance(w, str) and os.path.isdir(w) and Path(w).resolve() == top for w in watched
+    )
 
 
 def _nudge(trigger: str, state_dir: Path | None) -> None:
