@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Ondeck, Repo, wait_for
+from conftest import Ondeck, Repo, git, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from ondeck.runtime.process import allocate_port
@@ -249,6 +249,38 @@ def test_down_of_one_app_holds_it_down_while_the_other_serves(
     od.cli("sync", "--app", "blog", "--wait")
     wait_for(lambda: _get(port, "blog.localhost")[0] == 200, "blog serving again")
     assert _get(port, "shop.localhost")[0] == 200
+
+
+def test_a_broken_spec_or_an_unreachable_repo_in_one_app_leaves_the_others_alone(
+    host: tuple[Ondeck, Path, int],
+) -> None:
+    od, host_file, port = host
+    blog = host_file.parent / "git" / "blog"
+    spec = SPEC.format(app="blog", version="2.0.0", host="blog.localhost")
+    (blog / "ondeck.yaml").write_text(spec.replace("command:", "comand:"))
+    git(blog, "commit", "-qam", "broken")
+
+    def refused() -> str | None:
+        e = _envs(od)[("blog", "staging")]
+        return e["error"] if e["error"] else None
+
+    error = wait_for(refused, "blog's broken spec refused")
+    assert "ondeck.yaml:4:" in error and "did you mean 'command'" in error
+    assert _version(port, "blog.localhost") == "2.0.0"  # what ran runs on
+    assert _version(port, "shop.localhost") == "1.0.0"
+    apps: dict[str, dict[str, Any]] = {
+        "shop": {"repo": "git/shop"},
+        "blog": {"repo": "git/blog", "envs": list(ENVS)},
+        "gone": {"repo": str(host_file.parent / "git" / "nowhere")},
+    }
+    _host_file(host_file, apps)
+    rows = wait_for(
+        lambda: [a for a in od.status()["apps"] if a["name"] == "gone" and a["error"]],
+        "the unreachable app reported",
+    )
+    assert "nowhere" in rows[0]["error"]
+    assert _version(port, "shop.localhost") == "1.0.0"
+    assert _version(port, "blog.localhost") == "2.0.0"
 
 
 def test_a_broken_host_file_leaves_every_app_running(host: tuple[Ondeck, Path, int]) -> None:
