@@ -454,7 +454,7 @@ def _commit_line(label: str, sha: str, message: str, author: str) -> str:
 
 def _services_table(services: list[ServiceStatus]) -> Table:
     table = Table(box=None, pad_edge=False, padding=(0, 2, 0, 0))
-    for column in ("SERVICE", "SYNC", "HEALTH", "VERSION", "READY"):
+    for column in ("SERVICE", "SYNC", "HEALTH", "VERSION", "CODE", "READY"):
         table.add_column(column)
     for svc in services:
         table.add_row(
@@ -462,23 +462,33 @@ def _services_table(services: list[ServiceStatus]) -> Table:
             _styled(svc.sync, SYNC_STYLE),
             _styled(svc.health, HEALTH_STYLE),
             escape(svc.version or "-"),
+            _code(svc),
             f"{svc.replicas.ready}/{svc.replicas.desired}",
         )
         reasons = [*svc.reasons, *([svc.health_reason] if svc.health_reason else [])]
         for reason in reasons:
             table.add_row("", f"[dim]{escape(reason)}[/dim]")
         for inst in svc.instances:
-            restarts = f"  restarts {inst.restarts}" if inst.restarts else ""
             table.add_row(
                 f"  {inst.id}",
                 inst.state,
                 _styled(inst.health, HEALTH_STYLE),
                 f"pid {inst.pid or '-'}",
-                f"port {inst.port or '-'}{restarts}",
+                f"port {inst.port or '-'}",
+                f"restarts {inst.restarts}" if inst.restarts else "",
             )
             for line in (inst.log_tail or "").strip().splitlines()[-5:]:
                 table.add_row("", f"[dim]  | {escape(line)}[/dim]")
     return table
+
+
+def _code(svc: ServiceStatus) -> str:
+    """The commit the service's code runs from, short; `old→new` while it moves to another."""
+    running, wanted = svc.code_revision, svc.desired_code_revision
+    if running and wanted and running != wanted:
+        return f"{running[:7]}→{wanted[:7]}"
+    shown = running or wanted
+    return shown[:7] if shown else "-"
 
 
 def _styled(value: str, styles: dict[str, str]) -> str:

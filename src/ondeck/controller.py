@@ -24,7 +24,7 @@ from ondeck.backup.manifest import Manifest
 from ondeck.backup.service import BackupService
 from ondeck.clock import SYSTEM_CLOCK, Clock
 from ondeck.drift import Finding, Strays, apply_drift, find_drift
-from ondeck.environment import Environment, Host, Options
+from ondeck.environment import Environment, Host, Options, prune_shared
 from ondeck.errors import OndeckError, RuntimeFailure, SourceError, UserError
 from ondeck.https import CertificateManager, env_tls, wanted
 from ondeck.jobs.scheduler import JobMetrics
@@ -122,7 +122,7 @@ class Controller:
         self.started = clock.time()
         self.strays: Strays = {}
         self.report = Reporter(
-            store, lambda env, rev: env.render_revision(rev), lambda: self.strays
+            store, lambda env, rev: env.render_revision(rev, fetch=False), lambda: self.strays
         )
         self._wake_event: asyncio.Event | None = None
         self._refresh: Trigger | None = Trigger.STARTUP
@@ -312,6 +312,7 @@ class Controller:
                 log.info("git source reachable again")
             now = self.clock.time()
             self.fetch = FetchState(None, 0, now + self.opts.poll, now, head)
+            self.host.code.new_round()  # app repositories pinned by services: fetched again
             for env in self.envs.values():
                 env.offer(head, trigger)
         for request in waiting:
@@ -459,6 +460,7 @@ class Controller:
                 await asyncio.to_thread(env.housekeeping)
             except Exception as err:  # contained to that environment, as in a pass
                 env.contain(err)
+        await asyncio.to_thread(prune_shared, list(self.envs.values()), self.opts.state_dir)
         findings, strays = await asyncio.to_thread(
             find_drift, self.envs.values(), self.opts.state_dir
         )

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ondeck.clock import Clock
 from ondeck.environment import Environment
-from ondeck.releases import drift, taint
+from ondeck.releases import drift, release_dir, taint
 from ondeck.releasetask.runner import task_sessions
 from ondeck.state.lifecycle import InstanceState
 from ondeck.store import Store
@@ -66,7 +66,15 @@ def find_drift(envs: Iterable[Environment], state_dir: Path) -> tuple[list[Findi
                 )
             elif sup is not None and (reason := sup.env_drift(inst)) is not None:
                 findings.append(Finding(env.name, inst.rec.id, reason))
-    return findings, find_strays(state_dir, known_pids(envs))
+    owners: dict[Path, list[tuple[str, str]]] = {}
+    for env in envs:
+        desired = env.desired
+        if desired is None:
+            continue
+        for svc in desired.services:
+            shared = release_dir(state_dir.resolve(), desired.app, svc.release)
+            owners.setdefault(shared, []).append((env.name, svc.name))
+    return findings, find_strays(state_dir, known_pids(envs), owners)
 
 
 def known_pids(envs: Iterable[Environment]) -> set[int]:

@@ -34,8 +34,8 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -56,7 +56,16 @@ from ondeck.errors import (
 )
 from ondeck.metrics import Metrics
 from ondeck.release_phase import HostSecretsWatch, run_release_tasks, secrets_at
-from ondeck.releases import data_dir, is_complete, prepare, prune, release_dir
+from ondeck.releases import (
+    KEEP_RECENT,
+    SHARED,
+    data_dir,
+    is_complete,
+    prepare,
+    prune,
+    prune_flat,
+    release_dir,
+)
 from ondeck.rollout.analysis import Measurement, measure
 from ondeck.rollout.strategies import EnvTraffic
 from ondeck.runtime.base import Runtime
@@ -64,13 +73,15 @@ from ondeck.runtime.container import ContainerRuntime
 from ondeck.runtime.logs import rotate
 from ondeck.secrets.hoststore import HostStore, host_key
 from ondeck.source.base import Source
+from ondeck.source.code import CodeRepos
 from ondeck.source.git import CommitInfo
 from ondeck.source.verify import verify_commit
 from ondeck.source.write import add_note, push_notes
 from ondeck.spec.load import parse, render_spec
-from ondeck.spec.template import instance_env
+from ondeck.spec.model import Spec
+from ondeck.spec.template import build_env
 from ondeck.state import rollout
-from ondeck.state.desired import Desired, render
+from ondeck.state.desired import Code, Desired, render
 from ondeck.state.diff import summarize
 from ondeck.state.lifecycle import InstanceState, SyncResult, Trigger
 from ondeck.state.live import Phase
@@ -127,6 +138,10 @@ class Host:
     router: RouterControl | None
     wake: Callable[[], None]  # ask the host loop for a pass soon
     routing: Callable[[], list[EnvTraffic]]  # who serves what, across every environment
+    code: CodeRepos = field(init=False)  # where services' pinned code comes from
+
+    def __post_init__(self) -> None:
+        self.code = CodeRepos(self.source, self.opts.state_dir, self.opts.path)
 
 
 @dataclass
@@ -235,11 +250,39 @@ class Environment:
                 self._start(self._apply_revision(head, trigger, self.candidate))
             elif manual and self.error_commit is not None and self.error_commit.sha == head:
                 self._start(self._apply_revision(head, trigger, self.error_commit))  # a retry
+            elif self._follows_code(head):
+                self._start(self._follow_code(head, trigger, manual))
             return
         self.seen = head
         if self.desired is not None and self.desired.revision == head and self.error is None:
+            if self._follows_code(head):  # restored: a pinned branch may have moved meanwhile
+                self._start(self._follow_code(head, trigger, manual))
             return  # restored from the state dir: nothing new
         self._start(self._consider(head, trigger, manual))
+
+    def _follows_code(self, head: str) -> bool:
+        """Could `head` mean new code without a new commit (a pinned branch, a ref refused)?"""
+        if self.error_commit is not None and self.error_commit.sha == head:
+            return True
+        desired = self.desired
+        return desired is not None and any(s.code and s.code.follows for s in desired.services)
+
+    async def _follow_code(self, head: str, trigger: Trigger, manual: bool) -> None:
+        """Resolve the pins at `head` again; apply it when a branch moved or a ref appeared."""
+        retry = self.error_commit is not None and self.error_commit.sha == head
+        commit = self.error_commit if retry else self.commit
+        if commit is None or commit.sha != head or not (self.host.opts.auto_sync or manual):
+            return
+        try:
+            again = await asyncio.to_thread(self.render_revision, head)
+        except REFUSABLE:
+            if self.error is not None:
+                return  # refused already, and said why: not a new failed sync at every fetch
+            again = None  # a followed branch is gone: refuse it (what runs stays)
+        before = None if retry or again is None else self.desired
+        if before is not None and again is not None and _codes(again) == _codes(before):
+            return
+        await self._apply_revision(head, trigger, commit)
 
     def start_background(self, work: Awaitable[None]) -> None:
         """Run prepare-phase work (a hook's) in the background, as for an offered revision."""
@@ -296,6 +339,8 @@ class Environment:
             log.warning("[%s] cannot restore %s from the mirror: %s", self.name, rev[:12], err)
             return
         self.desired, self.commit = desired, commit
+        if self.supervisor is not None:
+            self.supervisor.adopt_fingerprints(desired)
         log.info("[%s] restored %s %s", self.name, rev[:12], commit.message)
 
     async def _apply_revision(self, rev: str, trigger: Trigger, commit: CommitInfo) -> None:
@@ -316,6 +361,8 @@ class Environment:
             changes.insert(0, rewritten)
         self.rewritten = rewritten
         self.desired, self.commit, self.candidate = desired, commit, None
+        if self.supervisor is not None:  # instances adopted without a record (db lost)
+            self.supervisor.adopt_fingerprints(desired)
         self.error = self.error_commit = None
         record = self.host.store.get_env(self.name)
         if trigger == Trigger.STARTUP and record is not None and record.live_revision == rev:
@@ -338,8 +385,12 @@ class Environment:
             pass
         return f"history rewritten: {rev[:12]} is not a descendant of {before[:12]}"
 
-    def render_revision(self, rev: str) -> Desired:
-        """The desired state of this environment at `rev`, read from the local mirror."""
+    def render_revision(self, rev: str, fetch: bool = True) -> Desired:
+        """The desired state of this environment at `rev`, read from the local mirror.
+
+        Services' pinned code is resolved too (app repositories fetched once per
+        round unless `fetch` is false: the status renders older revisions so).
+        """
         path = self.host.opts.path.strip("/")
         spec_path = f"{path}/{SPEC_FILE}".lstrip("/")
         text = self.host.source.read_file(rev, spec_path)
@@ -351,7 +402,17 @@ class Environment:
         secrets = secrets_at(self.host, self.name, self.overlay, rev, doc.data)
         spec = render_spec(doc, self.overlay, secrets=secrets.values)
         code_id = self.host.source.tree_id(rev, path, frozenset({SPEC_FILE}))
-        return render(spec, self.name, rev, code_id, secrets=secrets)
+        codes = self._resolve_code(spec, fetch)
+        return render(spec, self.name, rev, code_id, secrets=secrets, codes=codes)
+
+    def _resolve_code(self, spec: Spec, fetch: bool) -> dict[str, Code]:
+        if spec.runtime.value != "process":
+            return {}  # refused by validation: the image is the code
+        return {
+            name: self.host.code.resolve(name, svc.source, fetch)
+            for name, svc in spec.services.items()
+            if svc.source is not None
+        }
 
     async def check_signature(self, desired: Desired) -> None:
         """`protect.signed_by`: the running release's rules and the new one's both apply."""
@@ -411,21 +472,18 @@ class Environment:
         if desired.runtime != "process":
             return  # an image is the release: nothing to export or build
         opts = self.host.opts
+        data_dir(opts.state_dir, desired.app, self.name)  # exists before the first build
         for svc in desired.services:
-            dest = release_dir(opts.state_dir, desired.app, self.name, svc.name, svc.fingerprint)
-            builtins = {
-                "ONDECK_APP": desired.app,
-                "ONDECK_SERVICE": svc.name,
-                "ONDECK_ENV": self.name,
-                "ONDECK_REVISION": desired.revision,
-                "ONDECK_VERSION": svc.spec.version or "",
-                "ONDECK_DATA_DIR": str(data_dir(opts.state_dir, desired.app, self.name)),
-            }
-            environ = instance_env(svc.spec.env, builtins, os.environ, svc.secrets.values)
+            dest = release_dir(opts.state_dir, desired.app, svc.release)
+            # A release is shared by equal code, build and build env: nothing per service,
+            # environment or commit reaches the build (see spec.template.AT_BUILD).
+            builtins = {"ONDECK_APP": desired.app, "ONDECK_VERSION": svc.spec.version or ""}
+            environ = build_env(svc.spec.env, builtins, os.environ, svc.secrets.values)
+            code = svc.code
             prepare(
-                self.host.source,
-                desired.revision,
-                opts.path.strip("/"),
+                self.host.code.source_for(code.repo) if code else self.host.source,
+                code.sha if code else desired.revision,
+                code.path if code else opts.path.strip("/"),
                 dest,
                 svc.spec.build,
                 environ,
@@ -509,7 +567,7 @@ class Environment:
         for action in actions:
             svc = desired.service(action.service)
             if isinstance(action, Start) and svc is not None:
-                dest = release_dir(state_dir, desired.app, self.name, svc.name, svc.fingerprint)
+                dest = release_dir(state_dir, desired.app, svc.release)
                 if not self._release_ready(desired, dest):
                     continue
                 inst_id = await sup.start(desired, svc, dest)
@@ -885,12 +943,45 @@ class Environment:
         for inst in list(sup.instances.values()):
             rotate(Path(inst.rec.log_path), opts.log_max_bytes, opts.log_keep)
         if self.op is None and self.desired is not None and not self.loading:
+            # Releases from before they were shared: releases/APP/ENV/SERVICE/FINGERPRINT.
             keep = {Path(i.rec.release_dir) for i in list(sup.instances.values())}
-            keep |= {
-                release_dir(opts.state_dir, self.desired.app, self.name, s.name, s.fingerprint)
-                for s in self.desired.services
-            }
             prune(opts.state_dir / "releases" / self.desired.app / self.name, keep)
+
+    def releases_in_use(self) -> set[Path] | None:
+        """The releases this environment runs or wants; None while it may be building one."""
+        if self.loading or self._rebuilding is not None or self.op is not None:
+            return None
+        used = set()
+        if self.supervisor is not None:
+            used = {Path(i.rec.release_dir) for i in list(self.supervisor.instances.values())}
+        if self.desired is not None:
+            state_dir, app = self.host.opts.state_dir, self.desired.app
+            used |= {release_dir(state_dir, app, s.release) for s in self.desired.services}
+        return used
+
+
+def prune_shared(envs: Iterable[Environment], state_dir: Path) -> list[Path]:
+    """Remove shared releases no environment runs or wants (and beyond the recent spares).
+
+    A release is shared by services and environments, so it is kept while any of them
+    uses it; nothing is pruned while an environment may be building one.
+    """
+    keep: set[Path] = set()
+    users = 0
+    for env in envs:
+        used = env.releases_in_use()
+        if used is None:
+            return []
+        keep |= used
+        users += len(env.desired.services) if env.desired is not None else 0
+    removed = []
+    for root in {p.parent for p in keep if p.parent.name == SHARED}:
+        removed += prune_flat(root, keep, KEEP_RECENT * max(users, 1))
+    return removed
+
+
+def _codes(desired: Desired) -> dict[str, str | None]:
+    return {s.name: s.code.sha if s.code else None for s in desired.services}
 
 
 def commit_json(commit: CommitInfo) -> dict[str, Any]:

@@ -78,7 +78,7 @@ def invoker(env: Environment) -> Callable[[str, Job], Invocation]:
         if svc is None:
             raise UserError(f"job {name}: service {job.service!r} is not in the spec")
         opts = env.host.opts
-        where = release_dir(opts.state_dir, desired.app, env.name, svc.name, svc.fingerprint)
+        where = release_dir(opts.state_dir, desired.app, svc.release)
         if not is_complete(where):
             raise UserError(
                 f"job {name}: the release of {svc.name} is not ready yet (being built or failed)"
@@ -90,6 +90,7 @@ def invoker(env: Environment) -> Callable[[str, Job], Invocation]:
             "ONDECK_SERVICE": svc.name,
             "ONDECK_ENV": env.name,
             "ONDECK_REVISION": desired.revision,
+            "ONDECK_CODE_REVISION": desired.code_revision(svc),
             "ONDECK_VERSION": svc.spec.version or "",
             "ONDECK_DATA_DIR": str(data_dir(opts.state_dir, desired.app, env.name)),
             "ONDECK_JOB": name,

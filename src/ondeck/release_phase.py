@@ -60,6 +60,7 @@ def build_environ(env: Environment, desired: Desired, svc: DesiredService) -> di
         "ONDECK_SERVICE": svc.name,
         "ONDECK_ENV": env.name,
         "ONDECK_REVISION": desired.revision,
+        "ONDECK_CODE_REVISION": desired.code_revision(svc),
         "ONDECK_VERSION": svc.spec.version or "",
         "ONDECK_DATA_DIR": str(data_dir(state_dir, desired.app, env.name)),
     }
@@ -79,7 +80,7 @@ async def run_release_tasks(env: Environment, desired: Desired) -> None:
         record = await asyncio.to_thread(tasks.record, key)
         if record is not None and record.state is TaskState.SUCCEEDED:
             continue
-        where = release_dir(state_dir, desired.app, env.name, svc.name, svc.fingerprint)
+        where = release_dir(state_dir, desired.app, svc.release)
         data_dir(state_dir, desired.app, env.name).mkdir(parents=True, exist_ok=True)
         task = Task(
             svc.spec.release, where, build_environ(env, desired, svc), svc.spec.release_timeout

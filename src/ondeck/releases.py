@@ -1,8 +1,11 @@
 """Releases: an exported revision plus the output of its build step.
 
-One immutable directory per (app, env, service, fingerprint). It is complete
-only once its marker is written last, so a crash mid-export or mid-build
-leaves something `prepare` recognises as incomplete and redoes.
+One immutable directory per (app, release key): services and environments
+whose code, build argv and build environment are equal share it (the key is
+`state.desired.release_key`). It is complete only once its marker is written
+last, so a crash mid-export or mid-build leaves something `prepare`
+recognises as incomplete and redoes; environments preparing the same release
+at once take turns (one builds, the other finds it complete).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,8 +33,21 @@ class Exporter(Protocol):
     def export(self, rev: str, path: str, dest: Path) -> None: ...
 
 
-def release_dir(state_dir: Path, app: str, env: str, service: str, fingerprint: str) -> Path:
-    return state_dir / "releases" / app / env / service / fingerprint
+SHARED = "_shared"  # not a DNS label: no environment can be named so
+
+
+def release_dir(state_dir: Path, app: str, release: str) -> Path:
+    """The directory of release `release` (a key) of `app`, shared by whoever runs it."""
+    return state_dir / "releases" / app / SHARED / release
+
+
+_locks: dict[Path, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _lock(dest: Path) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault(dest, threading.Lock())
 
 
 def data_dir(state_dir: Path, app: str, env: str) -> Path:
@@ -59,6 +76,19 @@ def prepare(
     timeout: float = 1800.0,
 ) -> Path:
     """Make `dest` a complete release of `revision`; idempotent and crash-safe."""
+    with _lock(dest):
+        return _prepare(source, revision, path, dest, build, environ, timeout)
+
+
+def _prepare(
+    source: Exporter,
+    revision: str,
+    path: str,
+    dest: Path,
+    build: Sequence[str] | None,
+    environ: Mapping[str, str],
+    timeout: float,
+) -> Path:
     if is_complete(dest):
         return dest
     if dest.exists():
@@ -224,6 +254,25 @@ def prune(root: Path, keep: set[Path], recent: int = KEEP_RECENT) -> list[Path]:
             if release not in keep and release not in spare:
                 shutil.rmtree(release, ignore_errors=True)
                 removed.append(release)
+    return removed
+
+
+def prune_flat(root: Path, keep: set[Path], recent: int) -> list[Path]:
+    """`prune` for shared releases (root/KEY): `recent` spares in all, newest first."""
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    releases = [r for r in root.iterdir() if r.is_dir()]
+    spare = sorted(
+        (r for r in releases if r not in keep and is_complete(r) and ".drifted-" not in r.name),
+        key=_built_at,
+        reverse=True,
+    )[:recent]
+    for release in releases:
+        if release not in keep and release not in spare:
+            with _lock(release):
+                shutil.rmtree(release, ignore_errors=True)
+            removed.append(release)
     return removed
 
 

@@ -15,6 +15,7 @@ from ondeck.environment import Environment, commit_json
 from ondeck.errors import SourceError, SpecError, UserError
 from ondeck.secrets import known as known_secrets
 from ondeck.source.git import CommitInfo
+from ondeck.source.git import _redact as redact_url
 from ondeck.state.desired import Desired, DesiredService
 from ondeck.state.diff import ServiceDiff, Sync, diff, overall, service_view, unified
 from ondeck.state.health import Health, Verdict, instance_health, service_health, worst
@@ -179,6 +180,12 @@ class Reporter:
                     reasons=list(d.reasons) if d else [],
                     version=svc.spec.version if svc else None,
                     fingerprint=svc.fingerprint if svc else None,
+                    code_revision=running_code(svc, instances),
+                    desired_code_revision=desired_code(state.desired, svc, instances),
+                    code_ref=svc.code.ref if svc and svc.code else None,
+                    code_repo=redact_url(svc.code.repo)
+                    if svc and svc.code and svc.code.repo
+                    else None,
                     replicas=Replicas(
                         desired=svc.replicas if svc else 0,
                         ready=sum(1 for i in instances if i.ready),
@@ -199,6 +206,7 @@ class Reporter:
             pid=li.pid,
             port=li.port,
             revision=li.revision,
+            code_revision=li.code_revision,
             health=instance_health(li).health,
             restarts=li.restarts,
             state=rec.state,
@@ -209,6 +217,27 @@ class Reporter:
             log_tail=rec.log_tail if rec.state is InstanceState.EXITED else None,
             log_path=rec.log_path,
         )
+
+
+def running_code(svc: DesiredService | None, instances: list[LiveInstance]) -> str | None:
+    """The code the service runs: its current release's instances', else most instances'."""
+    running = [i for i in instances if i.phase is Phase.RUNNING and i.code_revision]
+    current = [i for i in running if svc is not None and i.fingerprint == svc.fingerprint]
+    found = [i.code_revision for i in current or running if i.code_revision]
+    return max(set(found), key=found.count) if found else None
+
+
+def desired_code(
+    desired: Desired, svc: DesiredService | None, instances: list[LiveInstance]
+) -> str | None:
+    """The code commit the service should run. Without a pin, a spec-only commit does not
+    move it: instances of the current release run the code they were started with."""
+    if svc is None:
+        return None
+    if svc.code is None:
+        current = [i.code_revision for i in instances if i.fingerprint == svc.fingerprint]
+        return next((c for c in current if c), desired.revision)
+    return svc.code.sha
 
 
 def commit_status(commit: CommitInfo | None) -> CommitStatus | None:

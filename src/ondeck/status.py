@@ -42,6 +42,7 @@ class InstanceStatus(Model):
     health: Health
     restarts: int = 0
     state: str  # an InstanceState value
+    code_revision: str | None = None  # the commit its code came from (`source:` pin, or spec)
     fingerprint: str
     started_at: float | None = None
     exit_code: int | None = None
@@ -99,6 +100,12 @@ class ServiceStatus(Model):
     reasons: list[str] = Field(default_factory=list)
     version: str | None = None
     fingerprint: str | None = None
+    # The commit the running code comes from (its instances of the current release, else the
+    # most of them), next to the spec's `revision`; the desired one and the ref it follows.
+    code_revision: str | None = None
+    desired_code_revision: str | None = None
+    code_ref: str | None = None  # `source.ref` as written; None: the spec's own commit
+    code_repo: str | None = None  # `source.repo`; None: the deploy repository
     replicas: Replicas
     instances: list[InstanceStatus] = Field(default_factory=list)
     release: ReleaseStatus | None = None

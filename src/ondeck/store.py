@@ -89,6 +89,7 @@ class InstanceRecord:
     revision: str
     release_dir: str
     log_path: str
+    code_revision: str | None = None  # the commit its code came from (`source:`), if pinned
     port: int | None = None
     pid: int | None = None
     start_ticks: int | None = None  # /proc/PID/stat starttime: pid + this = one process

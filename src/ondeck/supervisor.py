@@ -23,7 +23,7 @@ from typing import Any
 from ondeck.clock import SYSTEM_CLOCK, Clock
 from ondeck.errors import RuntimeFailure, UserError
 from ondeck.metrics import Metrics
-from ondeck.releases import data_dir
+from ondeck.releases import SHARED, data_dir
 from ondeck.runtime.base import ContainerOptions, ExitEvent, Handle, InstanceSpec, Runtime
 from ondeck.runtime.logs import tail
 from ondeck.runtime.probes import ProbeResult, probe_exec, probe_http, probe_tcp
@@ -85,6 +85,7 @@ class Instance:
             service=self.rec.service,
             fingerprint=self.rec.fingerprint,
             revision=self.rec.revision,
+            code_revision=self.rec.code_revision or self.rec.revision,
             phase=phase,
             ready=self.ready and phase is Phase.RUNNING,
             failing=self.failing,
@@ -160,6 +161,7 @@ class Supervisor:
             service=svc.name,
             fingerprint=svc.fingerprint,
             revision=desired.revision,
+            code_revision=desired.code_revision(svc),
             release_dir=str(release),
             log_path=str(self.state_dir / "logs" / self.app / self.env / f"{inst_id}.log"),
             created_at=self.clock.time(),
@@ -260,6 +262,7 @@ class Supervisor:
             "ONDECK_SERVICE": svc.name,
             "ONDECK_ENV": self.env,
             "ONDECK_REVISION": inst.rec.revision,
+            "ONDECK_CODE_REVISION": inst.rec.code_revision or inst.rec.revision,
             "ONDECK_VERSION": svc.spec.version or "",
             "ONDECK_INSTANCE": inst.rec.id,
             "ONDECK_DATA_DIR": data,
@@ -442,6 +445,20 @@ class Supervisor:
 
     # -- adoption -------------------------------------------------------------
 
+    def adopt_fingerprints(self, desired: Desired) -> None:
+        """Instances rebuilt from a shared release (`records_from_proc`) get their full
+        fingerprint once the desired state is known: the one of their service whose
+        release they run and whose first digits their id carries."""
+        for inst in self.instances.values():
+            rec = inst.rec
+            if not rec.fingerprint.startswith(RECOVERED):
+                continue
+            svc = desired.service(rec.service)
+            prefix = rec.fingerprint.removeprefix(RECOVERED)
+            if svc is not None and svc.fingerprint.startswith(prefix):
+                inst.rec = replace(rec, fingerprint=svc.fingerprint)
+                self.store.put_instance(inst.rec)
+
     def adopt(self, records: Iterable[InstanceRecord], handles: dict[str, Handle]) -> None:
         """Take over the instances an earlier controller left running."""
         for rec in records:
@@ -527,11 +544,15 @@ class Stray:
     command: str
 
 
-def find_strays(state_dir: Path, known: set[int]) -> list[Stray]:
+def find_strays(
+    state_dir: Path, known: set[int], owners: Mapping[Path, list[tuple[str, str]]] | None = None
+) -> list[Stray]:
     """Processes whose cwd is inside a release, outside the sessions of our instances.
 
-    Builds and exec probes are the controller's own children and are skipped.
+    Builds and exec probes are the controller's own children and are skipped. A
+    shared release is attributed to the (env, service) pairs `owners` names for it.
     """
+    owners = owners or {}
     root = (state_dir / "releases").resolve()
     me = os.getpid()
     found = []
@@ -551,7 +572,10 @@ def find_strays(state_dir: Path, known: set[int]) -> list[Stray]:
         if ONE_OFF_VAR in (read_environ(pid) or {}):
             continue  # `ondeck run`: a one-off command a person started through ondeck
         parts = cwd.relative_to(root).parts
-        if len(parts) >= 3:
+        if len(parts) >= 3 and parts[1] == SHARED:  # a shared release: whoever runs it
+            for env, service in owners.get(root.joinpath(*parts[:3]), [("", "")]):
+                found.append(Stray(env, service, pid, command.strip()[:80]))
+        elif len(parts) >= 3:
             found.append(Stray(parts[1], parts[2], pid, command.strip()[:80]))
     return found
 
@@ -608,11 +632,14 @@ def records_from_proc(
             cwd = Path(os.readlink(f"/proc/{handle.pid}/cwd"))
         except OSError:
             continue
-        if (
-            not (app and env and service and revision)
-            or cwd.parent != releases / app / env / service
-        ):
+        if not (app and env and service and revision):
             continue
+        shared = cwd.parent == releases / app / SHARED
+        if not shared and cwd.parent != releases / app / env / service:
+            continue
+        # A shared release does not name the fingerprint: the id carries its first digits,
+        # and the environment's restore completes it (`adopt_fingerprints`).
+        fingerprint = f"{RECOVERED}{inst_id.split('-')[-2]}" if shared else cwd.name
         port = environ.get("PORT", "")
         found.append(
             InstanceRecord(
@@ -620,8 +647,9 @@ def records_from_proc(
                 app=app,
                 env=env,
                 service=service,
-                fingerprint=cwd.name,
+                fingerprint=fingerprint,
                 revision=revision,
+                code_revision=environ.get("ONDECK_CODE_REVISION"),
                 release_dir=str(cwd),
                 log_path=str(state_dir / "logs" / app / env / f"{inst_id}.log"),
                 port=int(port) if port.isdigit() else None,
@@ -634,6 +662,9 @@ def records_from_proc(
             )
         )
     return found
+
+
+RECOVERED = "recovered:"  # the fingerprint of an instance adopted without a record, in part
 
 
 def read_environ(pid: int) -> dict[str, str] | None:

@@ -24,7 +24,7 @@ def _instance(od: Ondeck) -> dict[str, object]:
 def _release_dir(od: Ondeck, inst_id: str) -> Path:
     log = (od.state_dir / "logs").rglob(f"{inst_id}.log")
     assert next(log, None) is not None
-    found = list((od.state_dir / "releases").glob("*/default/web/*"))
+    found = list((od.state_dir / "releases").glob("*/_shared/*"))
     live = [p for p in found if not p.name.count(".")]
     assert len(live) == 1, found
     return live[0]

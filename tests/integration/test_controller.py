@@ -294,7 +294,7 @@ def test_a_slow_build_in_one_environment_does_not_delay_a_restart_in_another(
             )
             h.repo.commit("slow staging build", spec(envs=SLOW_BUILD.replace("{gate}", str(gate))))
             h.ctl.refresh(Trigger.CLI)
-            building = tmp_path / "state" / "releases" / "shop" / "staging" / "web"
+            building = tmp_path / "state" / "releases" / "shop"  # staging's new release
             await h.until(
                 lambda: any(p.name == "BUILDING" for p in building.rglob("BUILDING")),
                 "staging's build under way",
@@ -346,9 +346,11 @@ def test_history_measures_the_whole_sync_build_included(tmp_path: Path) -> None:
 
 
 def test_the_data_dir_exists_before_the_first_build_and_is_private(tmp_path: Path) -> None:
+    # A build is shared by environments: it is not given ONDECK_DATA_DIR, but the dir exists.
+    data = tmp_path / "state" / "data" / "shop" / "default"
     needs_data_dir = (
         '    build: ["python3", "-c", "import os, sys; '
-        "sys.exit(0 if os.path.isdir(os.environ['ONDECK_DATA_DIR']) else 9)\"]\n"
+        f"sys.exit(0 if os.path.isdir('{data}') else 9)\"]\n"
     )
 
     async def scenario() -> None:
@@ -356,7 +358,6 @@ def test_the_data_dir_exists_before_the_first_build_and_is_private(tmp_path: Pat
             await h.until(lambda: h.env().last_result is not None or h.env().error, "first sync")
             assert h.env().error is None
             assert h.env().last_result is SyncResult.SUCCEEDED
-            data = tmp_path / "state" / "data" / "shop" / "default"
             assert data.is_dir() and (data.stat().st_mode & 0o777) == 0o700
 
     asyncio.run(scenario())

@@ -369,3 +369,38 @@ def test_a_submodule_is_refused_with_a_message_not_exported_empty(
     assert not (tmp_path / "release").exists()  # nothing half-exported
     src.export(sha, "conf", tmp_path / "conf-only")  # a directory without one exports as before
     assert (tmp_path / "conf-only" / "site.ini").exists()
+
+
+class TestResolveRef:
+    """`source: {ref: ...}`: a branch follows, a tag or a sha is fixed, nothing else resolves."""
+
+    def test_branches_tags_and_shas(self, remote: Remote, tmp_path: Path) -> None:
+        first = remote.git("rev-parse", "HEAD")
+        remote.git("tag", "-a", "-m", "release", "v1")  # annotated: peeled to its commit
+        second = remote.commit("second", {"app.py": "print('v2')\n"})
+        remote.git("branch", "develop", first)
+        src = source_for(remote, tmp_path)
+        src.fetch()
+        assert src.resolve_ref("main") == (second, True)
+        assert src.resolve_ref("develop") == (first, True)
+        assert src.resolve_ref("refs/heads/develop") == (first, True)
+        assert src.resolve_ref("v1") == (first, False)
+        assert src.resolve_ref("refs/tags/v1") == (first, False)
+        assert src.resolve_ref(first) == (first, False)
+        assert src.resolve_ref(second[:9]) == (second, False)
+        assert src.resolve_ref("nope") is None
+        assert src.resolve_ref("0" * 40) is None
+        blob = remote.git("rev-parse", "HEAD:app.py")
+        assert src.resolve_ref(blob) is None  # an object, but not a commit
+
+    def test_a_tag_wins_over_a_branch_of_the_same_name(
+        self, remote: Remote, tmp_path: Path
+    ) -> None:
+        first = remote.git("rev-parse", "HEAD")
+        remote.git("tag", "both")
+        second = remote.commit("second", {"app.py": "print('v2')\n"})
+        remote.git("branch", "both", second)
+        src = source_for(remote, tmp_path)
+        src.fetch()
+        assert src.resolve_ref("both") == (first, False)
+        assert src.resolve_ref("refs/heads/both") == (second, True)

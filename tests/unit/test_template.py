@@ -11,6 +11,8 @@ from ondeck.spec.model import Spec
 from ondeck.spec.template import (
     BUILTIN,
     PASSTHROUGH,
+    build_env,
+    build_env_spec,
     check_references,
     expand,
     instance_env,
@@ -110,6 +112,33 @@ def test_check_references(service: dict[str, object], found: list[object]) -> No
     assert check_references(_spec(**service)) == found
 
 
+def test_a_build_sees_nothing_per_service_environment_or_commit() -> None:
+    # A release is shared by services and environments with equal code and build:
+    # their names, the commit and the data dir are not known when it is built.
+    spec = _spec(
+        command=["a"],
+        build=["make", "${ONDECK_ENV}", "${ONDECK_SERVICE}", "${ONDECK_APP}", "${A}", "${B}"],
+        env={"A": "1", "B": "${ONDECK_DATA_DIR}/x"},
+    )
+    found = check_references(spec)
+    assert [path for path, _ in found] == [
+        ("services", "web", "build", 1),
+        ("services", "web", "build", 2),
+        ("services", "web", "build", 5),
+    ]
+    assert all("not known at build time: a release is built once and shared" in m for _, m in found)
+    assert build_env_spec({"A": "1", "B": "${ONDECK_ENV}-x", "C": "${ONDECK_VERSION}"}) == {
+        "A": "1",
+        "C": "${ONDECK_VERSION}",
+    }
+    built = build_env(
+        {"A": "${ONDECK_APP}", "B": "${ONDECK_ENV}"},
+        {"ONDECK_APP": "shop", "ONDECK_ENV": "staging", "ONDECK_SERVICE": "web"},
+        {"PATH": "/bin"},
+    )
+    assert built == {"PATH": "/bin", "A": "shop", "ONDECK_APP": "shop"}
+
+
 def test_a_secret_is_known_in_env_values_only() -> None:
     spec = _spec(command=["run"], env={"URL": "postgres://app:${DB}@localhost/app"})
     assert check_references(spec, secrets=["DB"]) == []
@@ -198,5 +227,5 @@ def test_instance_env_passes_through_only_the_listed_host_names() -> None:
 
 
 def test_builtin_names_are_the_designed_ones() -> None:
-    assert len(BUILTIN) == len(set(BUILTIN)) == 8
+    assert len(BUILTIN) == len(set(BUILTIN)) == 9
     assert all(name == "PORT" or name.startswith("ONDECK_") for name in BUILTIN)

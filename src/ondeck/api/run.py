@@ -80,6 +80,7 @@ def one_off_env(state_dir: Path, env: Environment, svc: DesiredService) -> dict[
         "ONDECK_SERVICE": svc.name,
         "ONDECK_ENV": env.name,
         "ONDECK_REVISION": env.desired.revision,
+        "ONDECK_CODE_REVISION": env.desired.code_revision(svc),
         "ONDECK_VERSION": svc.spec.version or "",
         "ONDECK_DATA_DIR": str(data_dir(state_dir, env.desired.app, env.name)),
     }
@@ -124,9 +125,7 @@ def _release(controller: Controller, env: Environment, svc: DesiredService) -> P
             if inst.rec.service == svc.name and inst.ready:
                 return Path(inst.rec.release_dir)
     assert env.desired is not None
-    built = release_dir(
-        controller.opts.state_dir, env.desired.app, env.name, svc.name, svc.fingerprint
-    )
+    built = release_dir(controller.opts.state_dir, env.desired.app, svc.release)
     if not is_complete(built):
         raise HTTPException(409, f"{svc.name} has no release built yet; see `ondeck status`")
     return built

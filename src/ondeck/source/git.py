@@ -231,6 +231,32 @@ class GitSource:
             raise SourceError(f"branch '{branch}' not found in {self._shown_url}")
         return found[0]
 
+    def resolve_ref(self, ref: str) -> tuple[str, bool] | None:
+        """(full commit sha, is a branch) that `ref` names in the mirror, or None.
+
+        A full sha first, then a tag, then a branch (`refs/heads/...` or
+        `refs/tags/...` spelled out choose), then an abbreviated sha of 7+ digits.
+        """
+        if re.fullmatch(r"[0-9a-f]{40}", ref):
+            found = self._lookup(f"{ref}^{{commit}}")
+            return (found[0], False) if found else None
+        for full, follows in (
+            (ref, ref.startswith("refs/heads/")),
+            (f"refs/tags/{ref}", False),
+            (f"refs/heads/{ref}", True),
+        ):
+            if full.startswith("refs/") and self._ref_exists(full):
+                found = self._lookup(f"{full}^{{commit}}")
+                return (found[0], follows) if found else None
+        if re.fullmatch(r"[0-9a-f]{7,39}", ref):
+            found = self._lookup(f"{ref}^{{commit}}")
+            return (found[0], False) if found else None
+        return None
+
+    def _ref_exists(self, full: str) -> bool:
+        args = ("show-ref", "--verify", "--quiet", full)
+        return self._mirror_git(*args, ok=(0, 1)).code == 0
+
     def _default_branch(self) -> str:
         ref = self._mirror_git("symbolic-ref", "--quiet", "HEAD").stdout.decode().strip()
         return ref.removeprefix("refs/heads/")

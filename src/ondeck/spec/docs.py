@@ -24,7 +24,9 @@ BUILTIN_MEANING = {
     "ONDECK_APP": "The `app` name.",
     "ONDECK_SERVICE": "The service's name.",
     "ONDECK_ENV": "The environment's name.",
-    "ONDECK_REVISION": "The full git commit sha of the release.",
+    "ONDECK_REVISION": "The full git commit sha of the spec (the deploy repository).",
+    "ONDECK_CODE_REVISION": "The full sha of the commit the code comes from: the service's "
+    "`source` pin, else the same as `ONDECK_REVISION`.",
     "ONDECK_VERSION": "The service's `version`, or empty.",
     "ONDECK_INSTANCE": "The instance's id, unique per instance (e.g. `web-3f2a-1`).",
     "ONDECK_DATA_DIR": "The app's data directory in this environment, kept across releases.",
@@ -63,7 +65,8 @@ error when the spec is validated, not when the instance starts.
 | --- | --- |
 | `command` | builtins, host variables passed through, the service's `env` keys; never a secret |
 | `env` values | builtins, host variables passed through, secrets (not other `env` keys) |
-| `build` | the same as `command` except `PORT` and `ONDECK_INSTANCE`, unknown at build time |
+| `build` | host variables passed through, `ONDECK_APP`, `ONDECK_VERSION`, the `env` keys a build sees (below); never a secret |
+| `release` | the same as `command` except `PORT` and `ONDECK_INSTANCE`, unknown at release time |
 
 A secret is refused in `command` and `build`, directly or through an `env`
 key that carries it: every local user can read a process's arguments in
@@ -72,6 +75,34 @@ read it from the environment. An `env` value naming a secret that is set
 nowhere for the environment is an error that names it and says how to set it.
 """
 
+
+RELEASES = """\
+## Pinned code and shared releases
+
+Without `source`, a service runs the code of the spec's own commit (the watched
+path at that commit). With `source: {ref: REF}` it runs the code of REF in this
+repository, and with `source: {repo: URL, ref: REF, path: DIR}` the directory
+DIR of a separate app repository (mirrored and fetched like this one), so
+config and code can live apart. A branch is followed: it is resolved again at
+every fetch, and a push to it is a new desired state even without a commit
+here. A tag or a sha is fixed. Set `source` per environment in an overlay.
+A ref that does not resolve fails the sync with the service, ref and
+repository named, and what runs is left alone.
+`ONDECK_REVISION` stays the spec's commit; `ONDECK_CODE_REVISION` is the
+commit the code comes from, and `ondeck status` shows it per service (CODE).
+
+A release (the exported code plus the output of `build`) is shared by every
+service, in every environment of the app, whose code (the exported tree),
+`build` argv and build environment are equal: it is built once. So a build
+sees nothing per service, environment, instance or commit: it gets the host
+variables passed through, `ONDECK_APP` and `ONDECK_VERSION`, and the
+service's `env` entries except those that refer to another builtin (such as
+`${ONDECK_ENV}` or `${ONDECK_DATA_DIR}`): those are set for instances and
+release tasks only. An overlay that gives the build a different `env` value
+(or version) gets a release of its own. Release tasks (`release:`) run once
+per environment, with the instance's environment but `PORT` and
+`ONDECK_INSTANCE`.
+"""
 
 OVERLAYS = """\
 ## Environments and overlays
@@ -94,7 +125,8 @@ environments:
 def render_markdown() -> str:
     """The whole reference, deterministic."""
     schema = json_schema()
-    parts = [INTRO, DURATIONS, EXPANSION, _environment_section(), OVERLAYS, "## Keys\n"]
+    parts = [INTRO, DURATIONS, EXPANSION, _environment_section(), RELEASES, OVERLAYS]
+    parts += ["## Keys\n"]
     parts += [_model_section(cls, where, schema) for cls, where in _models()]
     return "\n".join(parts)
 

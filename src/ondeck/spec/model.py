@@ -250,6 +250,59 @@ class Maintenance(Strict):
     )
 
 
+REF = re.compile(r"^(?!-)(?!.*\.\.)(?!.*@\{)[A-Za-z0-9._/+-]+(?<![./])$")
+HEX_SHA = re.compile(r"^[0-9a-f]{40}$")
+
+
+class CodeSource(Strict):
+    """Where a service's code comes from instead of the spec's own commit (process runtime)."""
+
+    ref: str = Field(
+        description="A tag, branch or commit sha. A branch is followed (resolved again at "
+        "every fetch, so a push to it is a new desired state); a tag or sha is fixed. A ref "
+        "that does not resolve fails the sync and leaves what runs alone."
+    )
+    repo: str | None = Field(
+        None,
+        description="A separate app repository (URL, or a path on the host), mirrored like "
+        "the deploy repository; none: this repository.",
+    )
+    path: str | None = Field(
+        None,
+        description="Directory of the code in that repository (default: the app repository's "
+        "root; in this repository, the watched path).",
+    )
+
+    @field_validator("ref")
+    @classmethod
+    def _ref(cls, value: str) -> str:
+        if not REF.match(value) or value.endswith(".lock"):
+            raise ValueError(
+                f"{value!r} is not a git ref: write a branch, a tag or a commit sha, "
+                "e.g. main, v1.4.2 or a full 40-character sha"
+            )
+        return value
+
+    @field_validator("repo")
+    @classmethod
+    def _repo(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or value.startswith("-")):
+            raise ValueError("repo is a git URL or a path on the host")
+        if value is not None and URL_PASSWORD.match(value):
+            raise ValueError(
+                "a password in a repo URL would sit in git in clear: use an SSH key or a "
+                "credential helper on the host"
+            )
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        if value is not None and (value.startswith("/") or ".." in value.split("/")):
+            raise ValueError("path is a directory inside the repository, without '..'")
+        return value
+
+
 class Service(Strict):
     """One service: a command (process runtime) or image (container), run `replicas` times."""
 
@@ -296,6 +349,13 @@ class Service(Strict):
     )
     memory: Size | None = Field(None, description="Container runtime: memory limit, e.g. 256MiB.")
     cpus: float | None = Field(None, gt=0, description="Container runtime: CPU limit, e.g. 0.5.")
+    source: CodeSource | None = Field(
+        None,
+        description="The code this service runs: {ref: REF} (a tag, branch or sha of this "
+        "repository) or {repo: URL, ref: REF, path: DIR} (a separate app repository). Default: "
+        "the spec's own commit. Set it per environment in overlays (`ondeck set-ref`, "
+        "`ondeck promote`).",
+    )
     maintenance: Maintenance | None = Field(
         None,
         description="Maintenance mode: the router answers this service's routes with 503, "
@@ -748,6 +808,12 @@ class Spec(Strict):
                 raise ValueError(
                     f"service {name!r} runs as a container: give the port it listens on "
                     "inside the container, e.g. port: 8080 (ondeck publishes it on loopback)"
+                )
+            if self.runtime is not RuntimeKind.PROCESS and service.source is not None:
+                # Nothing inert: an image is the whole code of a container.
+                raise ValueError(
+                    f"service {name!r}: source pins the code of the process runtime; with "
+                    f"{self.runtime.value}, the image is the code: pin it with image instead"
                 )
             if self.runtime is not RuntimeKind.PROCESS and service.release is not None:
                 # Nothing inert: only the process runtime runs release tasks so far.

@@ -22,12 +22,16 @@ BUILTIN = (
     "ONDECK_SERVICE",
     "ONDECK_ENV",
     "ONDECK_REVISION",
+    "ONDECK_CODE_REVISION",
     "ONDECK_VERSION",
     "ONDECK_INSTANCE",
     "ONDECK_DATA_DIR",
 )
 PASSTHROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "USER", "LOGNAME", "TMPDIR")
-PER_INSTANCE = ("PORT", "ONDECK_INSTANCE")  # unknown while a release is built
+PER_INSTANCE = ("PORT", "ONDECK_INSTANCE")  # unknown while a release is built or released
+# Builtins a build sees: nothing per service, environment, instance or commit, so that a
+# release is shared by every service (in every environment) with equal code and build.
+AT_BUILD = ("ONDECK_APP", "ONDECK_VERSION")
 
 # `$${` is the escape; `${NAME}` a reference; any other `${...` is malformed.
 _TOKEN = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\{[^}]*\}?")
@@ -135,14 +139,24 @@ def _service_refs(
             yield (*here, "command", i), message
         for message in _argv_secrets(arg, env, secrets, carriers):
             yield (*here, "command", i), message
-    at_build = (base - set(PER_INSTANCE)) | own
+    at_release = (base - set(PER_INSTANCE)) | own
     not_yet = {
         n: f"{n} is not known at build or release time (it is set per instance)"
         for n in PER_INSTANCE
     }
+    late = set(BUILTIN) - set(AT_BUILD) - set(PER_INSTANCE)
+    at_build = (base - set(BUILTIN)) | set(AT_BUILD) | set(build_env_spec(env))
+    shared = {
+        n: f"{n} is not known at build time: a release is built once and shared by every "
+        "service and environment with the same code and build (use it in `release:` or at "
+        "run time)"
+        for n in late | (own - set(build_env_spec(env)))
+    }
     for field, argv in (("build", build), ("release", release)):
+        known_here = at_build if field == "build" else at_release
+        explain = {**not_yet, **shared} if field == "build" else not_yet
         for i, arg in enumerate(argv or []):
-            for message in _check(arg, at_build, not_yet):
+            for message in _check(arg, known_here, explain):
                 yield (*here, field, i), message
             for message in _argv_secrets(arg, env, secrets, carriers):
                 yield (*here, field, i), message
@@ -244,6 +258,27 @@ def notify_secrets(targets: Iterable[NotifyTarget]) -> list[str]:
     used = {ref for t in targets for ref in names(t.url)}
     used.update(t.secret for t in targets if t.secret)
     return sorted(used)
+
+
+def build_env_spec(service_env: Mapping[str, str]) -> dict[str, str]:
+    """The `env` entries a build sees: those whose references exist at build time.
+
+    An entry referring to a per-service, per-environment or per-instance builtin
+    (`${ONDECK_ENV}`, `${PORT}`...) is left out of the build; instances get it.
+    """
+    late = set(BUILTIN) - set(AT_BUILD)
+    return {k: v for k, v in service_env.items() if not late & set(names(v))}
+
+
+def build_env(
+    service_env: Mapping[str, str],
+    builtins: Mapping[str, str],
+    host: Mapping[str, str],
+    secrets: Mapping[str, str] = _EMPTY,
+) -> dict[str, str]:
+    """The environment of a shared build: `AT_BUILD` builtins and the env it can expand."""
+    shared = {k: v for k, v in builtins.items() if k in AT_BUILD}
+    return instance_env(build_env_spec(service_env), shared, host, secrets)
 
 
 def secrets_used(spec_env: Mapping[str, str], secrets: Iterable[str]) -> list[str]:

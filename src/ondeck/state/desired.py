@@ -3,7 +3,9 @@
 Called by the controller once per new revision; the result is compared with
 the live state by `diff` and `plan`. Each service gets a fingerprint naming
 exactly what its instances run, so a change that does not touch an instance
-(replicas, routes, rollout settings) never restarts it.
+(replicas, routes, rollout settings) never restarts it, and a release key
+naming what its build produces, so services and environments whose code,
+build and build environment are equal share one release.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from ondeck.spec.model import Backup, Job, NotifyTarget, Service, Spec, Tls
-from ondeck.spec.template import notify_secrets, secrets_used
+from ondeck.spec.template import build_env_spec, names, notify_secrets, secrets_used
 
 DEFAULT_ENV = "default"
 
@@ -52,11 +54,25 @@ NO_SECRETS = SecretEnv()
 
 
 @dataclass(frozen=True)
+class Code:
+    """A service's pinned code (`source:`), resolved: the commit its release is exported from."""
+
+    ref: str  # as written: a branch, tag or sha
+    sha: str  # the full commit sha it resolved to
+    repo: str | None = None  # a separate app repository; None: the deploy repository
+    path: str = ""  # directory exported, inside that repository
+    follows: bool = False  # a branch: resolved again at every fetch
+    tree: str = ""  # a content id of the exported directory (shares equal releases)
+
+
+@dataclass(frozen=True)
 class DesiredService:
     name: str
     spec: Service
     fingerprint: str
     secrets: SecretEnv = field(default=NO_SECRETS, compare=False)  # only those its env uses
+    code: Code | None = None  # pinned by `source:`; None: the spec's own commit
+    release: str = ""  # the release key: equal for equal code, build and build environment
 
     @property
     def replicas(self) -> int:
@@ -99,6 +115,14 @@ class Desired:
     def names(self) -> frozenset[str]:
         return frozenset(s.name for s in self.services)
 
+    def code_revision(self, svc: DesiredService) -> str:
+        """The commit `svc`'s code comes from: its pin, else the spec's own commit."""
+        return svc.code.sha if svc.code is not None else self.revision
+
+
+def _pinned_id(pin: Code) -> str:
+    return f"{pin.repo or ''}@{pin.sha}:{pin.path}"
+
 
 def fingerprint(
     service: Service, code_id: str, secrets_id: str = "", app: str = "", runtime: str = "process"
@@ -123,6 +147,24 @@ def fingerprint(
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
+def release_key(service: Service, code_id: str, app: str, secrets: SecretEnv) -> str:
+    """The id of the release a service runs: its code, build argv and build environment.
+
+    Secrets count by their keyed fingerprints, never their values.
+    """
+    env = build_env_spec(service.env)
+    used = secrets.only(r for v in env.values() for r in names(v))
+    payload = {
+        "code": code_id,
+        "build": service.build,
+        "env": dict(sorted(env.items())),
+        "secrets": used.identity,
+        "builtins": {"ONDECK_APP": app, "ONDECK_VERSION": service.version or ""},
+    }
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
 def render(
     spec: Spec,
     env: str,
@@ -130,20 +172,26 @@ def render(
     code_id: str,
     secrets_id: str = "",
     secrets: SecretEnv = NO_SECRETS,
+    codes: Mapping[str, Code] | None = None,
 ) -> Desired:
     """The desired state of one environment at one revision.
 
     Each service carries (and is fingerprinted by) only the secrets its `env` refers to,
-    so a changed secret rolls exactly the services that use it.
+    so a changed secret rolls exactly the services that use it. `codes` holds the
+    resolved `source:` of the services that pin their code (their sha is fingerprinted).
     """
     # An image is the whole artifact of a container: the repo's files do not shape it.
-    code = code_id if spec.runtime.value == "process" else ""
+    process = spec.runtime.value == "process"
     services = []
     for name, service in sorted(spec.services.items()):
+        pin = (codes or {}).get(name) if process else None
+        code = "" if not process else code_id if pin is None else _pinned_id(pin)
         used = secrets.only(secrets_used(service.env, secrets.values))
         ident = ";".join(x for x in (secrets_id, used.identity) if x)
         print_ = fingerprint(service, code, ident, spec.app, spec.runtime.value)
-        services.append(DesiredService(name, service, print_, used))
+        content = code_id if pin is None else pin.tree or _pinned_id(pin)
+        release = release_key(service, content, spec.app, secrets) if process else ""
+        services.append(DesiredService(name, service, print_, used, pin, release))
     signed_by = tuple(spec.protect.signed_by) if spec.protect else ()
     backups = tuple(sorted(spec.backups.items()))
     jobs = tuple(

@@ -78,12 +78,22 @@ def summarize(old: Desired | None, new: Desired) -> list[str]:
     lines += [f"{name}: removed" for name in sorted(set(before) - new.names)]
     for svc in new.services:
         prev = before.get(svc.name)
-        if prev is not None:
-            lines += _service_changes(prev, svc)
+        if prev is not None and old is not None:
+            lines += _service_changes(prev, svc, _moved_code(old, prev, new, svc))
     return lines
 
 
-def _service_changes(old: DesiredService, new: DesiredService) -> list[str]:
+def _moved_code(old: Desired, a: DesiredService, new: Desired, b: DesiredService) -> str | None:
+    """`code abc1234 -> def5678` when a pinned service's code commit moved, else None."""
+    if a.code is None and b.code is None:
+        return None  # the spec's own commit: a code change shows as `code` (the tree moved)
+    before, after = old.code_revision(a), new.code_revision(b)
+    return f"code {before[:7]} -> {after[:7]}" if before != after else None
+
+
+def _service_changes(
+    old: DesiredService, new: DesiredService, code: str | None = None
+) -> list[str]:
     a, b = old.spec, new.spec
     parts = [
         f"{field} {getattr(a, field) or 'unset'} -> {getattr(b, field) or 'unset'}"
@@ -99,6 +109,7 @@ def _service_changes(old: DesiredService, new: DesiredService) -> list[str]:
         if getattr(a, field) != getattr(b, field)
     ]
     parts += [f"secret {n} {how}" for n, how in secret_changes(old, new)]
+    parts += [code] if code else []
     if not parts and old.fingerprint != new.fingerprint:
         parts.append("code")
     return [f"{new.name}: " + "; ".join(parts)] if parts else []
@@ -135,6 +146,8 @@ def service_view(
         f"version: {mask(spec.version or '', secrets, tag=True)}",
     ]
     lines += [f"image: {mask(spec.image, secrets, tag=True)}"] if spec.image else []
+    if svc.code is not None:
+        lines += [f"code: {svc.code.sha[:12]} ({svc.code.ref})"]
     command = mask_argv(spec.command or [], secrets, tag=True)
     lines += [f"command: {' '.join(command)}", f"port: {spec.port}"]
     env = mask_env(spec.env, secrets, tag=True)

@@ -36,6 +36,7 @@ class LiveInstance:
     exited_at: float | None = None
     last_error: str | None = None
     drift: str | None = None  # changed by hand since it started: replaced (or reported)
+    code_revision: str | None = None  # the commit its code came from (`source:` or the spec's)
 
 
 @dataclass(frozen=True)
