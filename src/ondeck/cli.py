@@ -951,7 +951,7 @@ def _assignments(pairs: list[str], what: str) -> list[tuple[str, str]]:
 
 
 def _set(
-    field: Literal["version", "image"],
+    field: Literal["version", "image", "source.ref"],
     assignments: list[str],
     env: str | None,
     push: bool,
@@ -965,7 +965,7 @@ def _set(
     """`set-version` and `set-image`: the same one-line edit of a different field."""
     from ondeck.gitops import set_field
 
-    pairs = _assignments(assignments, field.upper())
+    pairs = _assignments(assignments, field.removeprefix("source.").upper())
     result = set_field(repo, pairs, field, env, push, author, branch, path)
     _report(result, repo, state_dir, nudge=sync)
 
@@ -1002,6 +1002,22 @@ def set_image(
     _set("image", assignments, env, push, author, repo, branch, path, sync, state_dir)
 
 
+@app.command("set-ref")
+def set_ref(
+    assignments: Annotated[list[str], typer.Argument(help="SERVICE=REF ...")],
+    env: EnvOpt = None,
+    push: Push = False,
+    author: Author = None,
+    repo: Target = ".",
+    branch: BranchOpt = None,
+    path: PathOpt = "",
+    sync: Nudge = True,
+    state_dir: StateDir = None,
+) -> None:
+    """Pin the code services run (source.ref: a branch, tag or sha): a one-line diff."""
+    _set("source.ref", assignments, env, push, author, repo, branch, path, sync, state_dir)
+
+
 @app.command("promote")
 def promote_cmd(
     from_env: Annotated[str, typer.Argument(metavar="FROM_ENV")],
@@ -1017,7 +1033,7 @@ def promote_cmd(
     sync: Nudge = True,
     state_dir: StateDir = None,
 ) -> None:
-    """Make TO_ENV run the versions and images FROM_ENV runs, as one commit."""
+    """Make TO_ENV run the versions, images and code (a full sha) FROM_ENV runs: one commit."""
     from ondeck.gitops import promote
 
     result = promote(repo, from_env, to_env, service, push, author, branch, path)

@@ -1,4 +1,4 @@
-"""The write commands: set-version/set-image, promote and rollback, each one git commit.
+"""The write commands: set-version/set-image/set-ref, promote and rollback, each one commit.
 
 The CLI calls these. Each opens a `Workspace` (the user's checkout, or a
 temporary clone of a remote), decides the changes from the spec text alone
@@ -17,8 +17,10 @@ from ondeck.source.write import Workspace
 from ondeck.spec import edit
 from ondeck.spec.model import MAINTENANCE_MESSAGE
 
-Field = Literal["version", "image"]
-FIELDS: tuple[Field, ...] = ("version", "image")
+Field = Literal["version", "image", "source.ref"]
+# What an environment runs: its version, its image, and the code its `source` pins.
+FIELDS: tuple[str, ...] = ("version", "image", "source.ref", "source.repo", "source.path")
+PIN = ("source.ref", "source.repo", "source.path")
 # How far back `rollback` looks for the last commit that changed what an environment runs.
 ROLLBACK_DEPTH = 200
 
@@ -82,14 +84,20 @@ def promote(
     branch: str | None = None,
     path: str = "",
 ) -> Result:
-    """Make `to_env` run the version and image `from_env` runs, one commit for all services."""
+    """Make `to_env` run the version, image and code `from_env` runs, one commit for all.
+
+    The code is pinned to a full sha: the one `from_env`'s `source.ref` names now
+    (a branch is resolved), or the spec's commit when it pins nothing.
+    """
     if from_env == to_env:
         raise UserError(f"cannot promote {from_env!r} to itself: name two environments")
     with _open(target, branch, path, push) as ws:
         text = ws.read()
         chosen = _promoted_services(text, from_env, to_env, services)
-        source = edit.effective_all(text, from_env, FIELDS)
+        source = edit.effective_all(text, from_env, ("version", "image"))
         dest = edit.effective_all(text, to_env, FIELDS)
+        for name in chosen:
+            source.update(_code_of(ws, text, name, from_env, dest))
         changes = [
             Change(name, field, to_env, dest.get((name, field)), source[(name, field)])
             for name in chosen
@@ -235,6 +243,25 @@ def _promoted_services(
     return list(dict.fromkeys(services))
 
 
+def _code_of(ws: Workspace, text: str, name: str, env: str, dest: Deployed) -> Deployed:
+    """`source.*` pinning exactly the code `env` runs for `name`: a full sha, repo and path."""
+    pin = edit.effective_all(text, env, PIN)
+    ref, repo = pin.get((name, "source.ref")), pin.get((name, "source.repo"))
+    sha = ws.head() if ref is None else ws.code_sha(ref, repo)
+    if repo is None:  # this repository: the commit that made that code, not a later spec edit
+        sha = ws.code_commit(sha, pin.get((name, "source.path"), ws.prefix))
+    found = {(name, "source.ref"): sha}
+    for field in ("source.repo", "source.path"):
+        if (name, field) in pin:
+            found[(name, field)] = pin[(name, field)]
+        elif (name, field) in dest:
+            raise UserError(
+                f"cannot promote {name}: the target sets {field} "
+                f"({dest[(name, field)]}) and {env} does not; remove it there first"
+            )
+    return found
+
+
 def _check_known(names: list[str], known: list[str], env: str | None) -> None:
     unknown = [name for name in names if name not in known]
     if unknown:
@@ -258,7 +285,7 @@ def _revert_last(ws: Workspace, env: str | None, push: bool, author: str | None)
 
     sha = ws.revert(target, message, check=valid, author=author)
     after = edit.effective_all(ws.read(), env, FIELDS)
-    changes = tuple(_differences(before, after, env))
+    changes = tuple(_differences(before, after, env, removed=True))
     if push:
         ws.push()
         sha = ws.head()
@@ -310,12 +337,19 @@ def _restore(ws: Workspace, env: str | None, to: str, push: bool, author: str | 
     return _commit(ws, text, changes, _rollback_message(changes, short), push, author)
 
 
-def _differences(before: Deployed, after: Deployed, env: str | None) -> list[Change]:
-    """A change for every field `after` sets to a value other than `before`'s."""
-    return [
+def _differences(
+    before: Deployed, after: Deployed, env: str | None, removed: bool = False
+) -> list[Change]:
+    """A change for every field `after` sets to a value other than `before`'s (and, with
+    `removed`, for every field `after` no longer sets, to "unset")."""
+    changes = [
         Change(name, field, env, before.get((name, field)), value)
         for (name, field), value in after.items()
         if before.get((name, field)) != value
+    ]
+    gone = [key for key in before if key not in after] if removed else []
+    return changes + [
+        Change(name, field, env, before[(name, field)], "unset") for name, field in gone
     ]
 
 

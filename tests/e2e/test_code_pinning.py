@@ -203,3 +203,32 @@ def test_a_release_is_built_once_for_services_and_environments_with_equal_builds
     }
     shared = {cwds[("staging", "web")], cwds[("production", "web")], cwds[("staging", "api")]}
     assert len(shared) == 1 and cwds[("production", "api")] not in shared
+
+
+def test_promote_pins_production_to_stagings_code_and_rollback_leaves_staging_alone(
+    repo: Repo, ondeck: Callable[..., Ondeck]
+) -> None:
+    repo.write("code.txt", "one\n")
+    first = repo.commit("code one", _spec(staging=_pinned("main")))
+    od = ondeck(repo.path, *ENVS)
+    od.cli("set-ref", f"web={first}", "--env", "production", "--repo", str(repo.path))
+    assert git(repo.path, "diff", "--numstat", "HEAD~1").split()[:2] == ["1", "1"]  # one line
+    production = _runs(od, "production", "one", first)
+    _runs(od, "staging", "one", first)
+
+    repo.write("code.txt", "two\n")
+    two = repo.commit("code two")
+    staging = _runs(od, "staging", "two", two)  # staging follows main: the new code
+    od.wait_synced(two, env="production")
+    assert _instance(od, "production")["pid"] == production["pid"]  # production did not move
+
+    promoted = od.cli("promote", "staging", "production", "--repo", str(repo.path)).stdout
+    assert two in promoted
+    production = _runs(od, "production", "two", two)  # exactly the code staging runs
+    assert _env_of(production)["ONDECK_CODE_REVISION"] == two
+    assert _instance(od, "staging")["pid"] == staging["pid"]
+
+    od.cli("rollback", "--env", "production", "--repo", str(repo.path))
+    _runs(od, "production", "one", first)
+    assert _instance(od, "staging")["pid"] == staging["pid"]  # rollback left staging alone
+    assert _code_of(staging) == "two"

@@ -218,23 +218,99 @@ class TestConcurrentPushers:
 class TestPromote:
     def test_staging_to_production(self, origin: Path) -> None:
         alice = clone(origin, "alice")
+        code = git(alice, "rev-parse", "HEAD")  # staging pins nothing: it runs this code
         gitops.set_field(str(alice), [("api", "2.1.0")], "version", "staging", push=False)
         result = gitops.promote(str(alice), "staging", "production", None, push=True)
         assert result.message == (
             "promote: staging -> production\n\n"
             "web: version 1.4.1 -> 1.4.2\n"
-            "api: version 2.0.0 -> 2.1.0"
+            f"web: source.ref unset -> {code}\n"
+            "api: version 2.0.0 -> 2.1.0\n"
+            f"api: source.ref unset -> {code}"
         )
         text = remote_spec(origin)
         assert effective(text, "web", "version", "production") == "1.4.2"
         assert effective(text, "api", "version", "production") == "2.1.0"
+        assert effective(text, "web", "source.ref", "production") == code
+        assert effective(text, "web", "source.ref", "staging") is None  # staging still follows
         again = gitops.promote(str(alice), "staging", "production", None, push=True)
-        assert again.sha is None
+        assert again.sha is None  # the promote commit changed no code: the same pin
+
+    def test_a_followed_branch_is_pinned_to_its_code_commit(self, origin: Path) -> None:
+        alice = clone(origin, "alice")
+        (alice / "app.py").write_text("print('two')\n")
+        git(alice, "add", "app.py")
+        git(alice, "commit", "-q", "-m", "code two")
+        two = git(alice, "rev-parse", "HEAD")
+        gitops.set_field(str(alice), [("web", "main")], "source.ref", "staging", push=True)
+        result = gitops.promote(str(alice), "staging", "production", ["web"], push=True)
+        assert result.changes[-1] == gitops.Change("web", "source.ref", "production", None, two)
+        text = remote_spec(origin)
+        assert effective(text, "web", "source.ref", "production") == two
+        assert effective(text, "web", "source.ref", "staging") == "main"
+        # The pin is written beside the version, and a rollback takes exactly it back.
+        diff = git(alice, "diff", "HEAD~1", "--", "ondeck.yaml").splitlines()
+        added = [ln.strip("+ ").replace('"', "") for ln in diff if ln.startswith("+ ")]
+        assert added == ["version: 1.4.2", "source:", f"ref: {two}"]
+        back = gitops.rollback(str(alice), "production", None, push=True)
+        assert ("web", "source.ref") in {(c.service, c.field) for c in back.changes}
+        text = remote_spec(origin)
+        assert effective(text, "web", "source.ref", "production") is None
+        assert effective(text, "web", "source.ref", "staging") == "main"
+
+    def test_an_app_repo_pin_copies_repo_path_and_a_full_sha(
+        self, origin: Path, tmp_path: Path
+    ) -> None:
+        app = tmp_path / "app"
+        git(tmp_path, "init", "-q", "-b", "main", str(app))
+        (app / "a.txt").write_text("a\n")
+        git(app, "add", "a.txt")
+        git(app, "commit", "-q", "-m", "app")
+        sha = git(app, "rev-parse", "HEAD")
+        git(app, "tag", "v1")
+        alice = clone(origin, "alice")
+        text = (
+            (alice / "ondeck.yaml")
+            .read_text()
+            .replace(
+                "    services: {web: {replicas: 1}}",
+                f"    services: {{web: {{replicas: 1, source: {{repo: '{app}', ref: v1, path: src}}}}}}",
+            )
+        )
+        (alice / "ondeck.yaml").write_text(text)
+        git(alice, "commit", "-q", "-am", "staging takes its code from the app repo")
+        result = gitops.promote(str(alice), "staging", "production", ["web"], push=False)
+        moved = {c.field: c.new for c in result.changes}
+        assert moved == {
+            "version": "1.4.2",
+            "source.ref": sha,
+            "source.repo": str(app),
+            "source.path": "src",
+        }
+        with pytest.raises(UserError, match="names no branch or tag"):
+            gitops.set_field(str(alice), [("web", "nope")], "source.ref", "staging", push=False)
+            gitops.promote(str(alice), "staging", "production", ["web"], push=False)
+
+    def test_set_ref_writes_one_line_and_refuses_a_bad_ref(self, origin: Path) -> None:
+        alice = clone(origin, "alice")
+        result = gitops.set_field(
+            str(alice), [("web", "v1.4.2")], "source.ref", "production", push=False
+        )
+        assert result.message == "deploy(web): unset -> v1.4.2 [production]"
+        text = (alice / "ondeck.yaml").read_text()
+        assert effective(text, "web", "source.ref", "production") == "v1.4.2"
+        assert effective(text, "web", "version", "production") == "1.4.1"
+        assert git(alice, "diff", "--numstat", "HEAD~1").split()[:2] == ["2", "0"]
+        with pytest.raises(UserError, match="is not a git ref"):
+            gitops.set_field(str(alice), [("web", "main~1")], "source.ref", None, push=False)
 
     def test_one_service(self, origin: Path) -> None:
         alice = clone(origin, "alice")
         result = gitops.promote(str(alice), "staging", "production", ["web"], push=False)
-        assert [c.service for c in result.changes] == ["web"]
+        assert [(c.service, c.field) for c in result.changes] == [
+            ("web", "version"),
+            ("web", "source.ref"),
+        ]
         with pytest.raises(UserError, match="unknown service 'db'"):
             gitops.promote(str(alice), "staging", "production", ["db"], push=False)
 

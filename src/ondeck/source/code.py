@@ -78,6 +78,8 @@ class CodeRepos:
         default = self.watched_path if source is self.deploy else ""
         path = (pin.path if pin.path is not None else default).strip("/")
         exclude = frozenset({SPEC_FILE}) if source is self.deploy else frozenset()
+        if follows and source is self.deploy:  # a spec-only commit on the branch: same code
+            sha = source.code_commit(sha, path, SPEC_FILE)
         try:
             tree = source.tree_id(sha, path, exclude)
         except UserError as err:

@@ -253,6 +253,15 @@ class GitSource:
             return (found[0], False) if found else None
         return None
 
+    def code_commit(self, sha: str, path: str, spec_file: str) -> str:
+        """The newest commit up to `sha` that changed `path` (its `spec_file` aside): the
+        same code as `sha`, unmoved by commits that only edit the spec."""
+        clean = _clean_path(path)
+        spec = f"{clean}/{spec_file}" if clean else spec_file
+        args = ("log", "-1", "--format=%H", sha, "--", f":(top){clean}", f":(top,exclude){spec}")
+        found = self._mirror_git(*args).stdout.decode().strip()
+        return found or sha
+
     def _ref_exists(self, full: str) -> bool:
         args = ("show-ref", "--verify", "--quiet", full)
         return self._mirror_git(*args, ok=(0, 1)).code == 0

@@ -249,6 +249,46 @@ class Workspace:
             raise UserError(f"unknown revision {rev!r} in {self.root}")
         return found[0]
 
+    def code_sha(self, ref: str, repo: str | None) -> str:
+        """The full sha `ref` names now: in `repo` (an app repository), else in this
+        repository as its remote has it (what ondeck fetches), else as it is here.
+
+        A tag wins over a branch, as when ondeck resolves a pin.
+        """
+        if re.fullmatch(r"[0-9a-f]{40}", ref):
+            return ref
+        where = repo or (self.remote[0] if self.remote else ".")
+        shown = _redact(repo) if repo else "this repository"
+        try:
+            out = _git(self.root, "ls-remote", "--", where, ref, timeout=_CLONE_TIMEOUT)
+        except SourceError as err:
+            raise UserError(f"cannot read the refs of {shown}: {err}") from err
+        pairs = (line.split("\t", 1) for line in out.splitlines() if "\t" in line)
+        refs = {name: sha for sha, name in pairs}
+        bare = ref.removeprefix("refs/tags/").removeprefix("refs/heads/")
+        for name in (f"refs/tags/{bare}^{{}}", f"refs/tags/{bare}", f"refs/heads/{bare}"):
+            if name in refs and (ref == bare or ref == name.removesuffix("^{}")):
+                return refs[name]
+        if repo is None and re.fullmatch(r"[0-9a-f]{7,39}", ref):
+            return self.resolve(ref)  # an abbreviated sha of this repository
+        raise UserError(
+            f"{ref!r} names no branch or tag in {shown}"
+            + ("" if repo is None else " (an abbreviated sha: write it in full)")
+        )
+
+    def code_commit(self, rev: str, path: str) -> str:
+        """The newest commit up to `rev` that changed the code under `path` (the spec file
+        at its root aside): the same code as `rev`, but a spec-only commit does not move it,
+        so promoting twice pins the same sha. `rev` itself when this checkout lacks it."""
+        if _lookup(self.root, f"{rev}^{{commit}}") is None:
+            return rev
+        where = _clean_path(path)
+        spec = f"{where}/{SPEC_FILE}" if where else SPEC_FILE
+        found = self._git(
+            "log", "-1", "--format=%H", rev, "--", f":(top){where}", f":(top,exclude){spec}"
+        ).strip()
+        return found or rev
+
     def parents(self, rev: str) -> list[str]:
         return _git(self.root, "rev-list", "--parents", "-n", "1", self.resolve(rev)).split()[1:]
 

@@ -85,9 +85,15 @@ repository, and with `source: {repo: URL, ref: REF, path: DIR}` the directory
 DIR of a separate app repository (mirrored and fetched like this one), so
 config and code can live apart. A branch is followed: it is resolved again at
 every fetch, and a push to it is a new desired state even without a commit
-here. A tag or a sha is fixed. Set `source` per environment in an overlay.
-A ref that does not resolve fails the sync with the service, ref and
-repository named, and what runs is left alone.
+here (in this repository, a branch stands for the newest commit on it that
+changed the code, so a commit that only edits `ondeck.yaml` moves nothing). A
+tag or a sha is fixed. Set `source` per environment in an overlay: `ondeck
+set-ref web=REF --env production` writes it in a one-line commit, `ondeck
+promote staging production` pins production to the full sha of the code
+staging runs (with its version and image; repo and path too), and `ondeck
+rollback --env production` reverts that. A ref that does not resolve fails
+the sync with the service, ref and repository named, and what runs is left
+alone.
 `ONDECK_REVISION` stays the spec's commit; `ONDECK_CODE_REVISION` is the
 commit the code comes from, and `ondeck status` shows it per service (CODE).
 

@@ -44,10 +44,13 @@ def get_value(text: str, path: Sequence[str]) -> Any | None:
 
 
 def deploy_path(service: str, field: str, env: str | None) -> list[str]:
-    """Where `field` of `service` is written: the base, or the overlay of `env`."""
+    """Where `field` of `service` is written: the base, or the overlay of `env`.
+
+    A dotted field (`source.ref`) is a key inside a mapping of the service.
+    """
     if env is None:
-        return ["services", service, field]
-    return ["environments", env, "services", service, field]
+        return ["services", service, *field.split(".")]
+    return ["environments", env, "services", service, *field.split(".")]
 
 
 def services(text: str, env: str | None) -> list[str]:
@@ -67,8 +70,10 @@ def effective_all(text: str, env: str | None, fields: Sequence[str]) -> dict[tup
     found: dict[tuple[str, str], str] = {}
     for name, service in entries.items() if isinstance(entries, dict) else ():
         for field in fields:
-            value = service.get(field) if isinstance(service, dict) else None
-            if value is not None:
+            value: Any = service
+            for key in field.split("."):  # `source.ref`: a key inside a mapping
+                value = value.get(key) if isinstance(value, dict) else None
+            if value is not None and not isinstance(value, dict | list):
                 found[(str(name), field)] = str(value)
     return found
 
