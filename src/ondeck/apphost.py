@@ -168,6 +168,12 @@ class AppHost:
             await self._stop_all()
             log.removeFilter(prefix)
 
+    def refresh_host_file(self) -> None:
+        """A push to the host file's repo (webhook): fetch it at once, not at the next poll."""
+        self.watch.expire()
+        if self._wake is not None:
+            self._wake.set()
+
     def stop(self) -> None:
         """Leave the loop; every app's instances keep running (the data plane outlives us)."""
         self._stopping = True

@@ -8,10 +8,14 @@ apps were read from.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 from conftest import Ondeck, Repo, git, wait_for
 
 SPEC = """\
@@ -88,3 +92,56 @@ def test_up_without_repo_runs_the_host_file_app_add_wrote(
     od = ondeck("")  # `ondeck up` and nothing else: the state dir's ondeck.host.yaml
     wait_for(lambda: _synced(od, "shop"), "shop Synced and Healthy", timeout=60)
     assert od.status()["host_file"]["path"] == str(tmp_path / "state" / "ondeck.host.yaml")
+
+
+SECRET = "hook-secret-for-tests"
+
+
+def _push(od: Ondeck, repo: Path, sha: str) -> httpx.Response:
+    """A signed GitHub push event for `repo`'s main, to the host's one webhook URL."""
+    body = json.dumps(
+        {
+            "ref": "refs/heads/main",
+            "before": "0" * 40,
+            "after": sha,
+            "repository": {"clone_url": f"file://{repo}", "default_branch": "main"},
+        }
+    ).encode()
+    headers = {
+        "X-GitHub-Event": "push",
+        "X-GitHub-Delivery": sha,
+        "X-Hub-Signature-256": "sha256="
+        + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest(),
+        "Content-Type": "application/json",
+    }
+    url = json.loads((od.state_dir / "api.json").read_text())["url"]
+    return httpx.post(f"{url}/hooks/github", content=body, headers=headers, timeout=10)
+
+
+def test_one_webhook_url_wakes_the_host_file_and_each_apps_repo(
+    tmp_path: Path, ondeck: Callable[..., Ondeck]
+) -> None:
+    shop, blog = Repo(tmp_path / "git" / "shop"), Repo(tmp_path / "git" / "blog")
+    shop.commit("shop", SPEC.format(app="shop"))
+    blog.commit("blog", SPEC.format(app="blog"))
+    hosts = Repo(tmp_path / "hosts")
+    hosts.write("ondeck.host.yaml", f"apps:\n  shop: {{repo: {shop.path}}}\n")
+    hosts.commit("web1")
+    ref = f"{hosts.path}#ondeck.host.yaml"
+    od = ondeck("", "--host-file", ref, "--poll", "1h", "--webhook-secret", SECRET)
+    wait_for(lambda: _synced(od, "shop"), "shop Synced and Healthy", timeout=60)
+
+    od.cli("app", "add", "blog", str(blog.path), "--host-file", ref)
+    head = git(hosts.path, "rev-parse", "HEAD")
+    assert _push(od, hosts.path, head).json() == {"accepted": True}
+    wait_for(lambda: _synced(od, "blog"), "blog started at the webhook", timeout=60)
+
+    second = shop.commit("shop 1.1", SPEC.format(app="shop").replace("1.0.0", "1.1.0"))
+    assert _push(od, shop.path, second).json() == {"accepted": True}
+    wait_for(
+        lambda: _synced(od, "shop") and _apps(od)["shop"]["live_revision"] == second,
+        "shop at its new commit",
+        timeout=60,
+    )
+    other = _push(od, tmp_path / "elsewhere", second).json()
+    assert "another repository" in other["ignored"]

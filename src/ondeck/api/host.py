@@ -28,9 +28,11 @@ from starlette.types import Message, Receive, Scope, Send
 from ondeck import __version__
 from ondeck.api import guard
 from ondeck.api.app import DownAnswer, DownBody, SyncBody, create_app, sync_entry
+from ondeck.api.webhooks import PROVIDERS, HookTarget, PushEvent, fanout_router
 from ondeck.apphost import AppHost
 from ondeck.controller import Controller
 from ondeck.errors import TemporaryError, UserError
+from ondeck.state.lifecycle import Trigger
 from ondeck.status import (
     ControllerStatus,
     HistoryDoc,
@@ -52,6 +54,7 @@ HOST_PATHS = {
     "/healthz",
     "/metrics",
 }
+HOST_PATHS |= {f"/hooks/{provider}" for provider in PROVIDERS}  # every app's repo, the host file's
 
 
 class AppsMetrics(Collector):
@@ -227,6 +230,21 @@ def _host_routes(host_api: HostApi) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    loop = asyncio.get_running_loop()  # webhooks arrive on worker threads
+
+    def hook_targets() -> list[HookTarget]:
+        """A push wakes the apps that follow its repo, and the host file's repo the host."""
+        found = [_hook(loop, r.controller) for r in list(host.apps.values())]
+        if host.host_file.repo is not None:
+
+            def fetch_host_file(_: PushEvent) -> None:
+                loop.call_soon_threadsafe(host.refresh_host_file)
+
+            found.append(HookTarget(host.host_file.repo, None, fetch_host_file))
+        return found
+
+    app.include_router(fanout_router(host_api.webhook_secret, hook_targets))
+
     registry = CollectorRegistry(auto_describe=False)
     registry.register(AppsMetrics(host))
 
@@ -333,6 +351,13 @@ def _host_routes(host_api: HostApi) -> FastAPI:
         return _overview(host_api.status(), list(host.apps))
 
     return app
+
+
+def _hook(loop: asyncio.AbstractEventLoop, controller: Controller) -> HookTarget:
+    def refresh(_: PushEvent) -> None:
+        loop.call_soon_threadsafe(controller.refresh, Trigger.WEBHOOK)
+
+    return HookTarget(controller.opts.repo, controller.opts.branch, refresh)
 
 
 def _overview(doc: StatusDoc | None, apps: list[str]) -> str:

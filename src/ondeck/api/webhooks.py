@@ -1,7 +1,8 @@
 """Push webhooks from GitHub, GitLab and Gitea: verify, parse, and trigger a refresh.
 
 `ondeck up` mounts `webhook_router` so a push to the watched branch refreshes
-from git at once instead of at the next poll. Verification and parsing are pure
+from git at once instead of at the next poll (`ondeck up --host-file`:
+`fanout_router`, for every app's repo and the host file's). Verification and parsing are pure
 functions; the router only checks the body size, the signature, replays and
 whether the push concerns the watched repository and branch, then calls
 `on_push`. A push that is wrongly accepted costs one idempotent refresh.
@@ -241,6 +242,15 @@ class _Deliveries:
             self._seen.pop(key, None)
 
 
+@dataclass(frozen=True)
+class HookTarget:
+    """What a push to `repo`/`branch` wakes: `on_push` is called with the event."""
+
+    repo: str
+    branch: str | None
+    on_push: Callable[[PushEvent], None]
+
+
 def webhook_router(
     secret: str | None,
     repo: str,
@@ -248,6 +258,13 @@ def webhook_router(
     on_push: Callable[[PushEvent], None],
 ) -> APIRouter:
     """POST /hooks/{github,gitlab,gitea}: each verified push to `repo`/`branch` calls `on_push`."""
+    target = [HookTarget(repo, branch, on_push)]
+    return fanout_router(secret, lambda: target)
+
+
+def fanout_router(secret: str | None, targets: Callable[[], list[HookTarget]]) -> APIRouter:
+    """POST /hooks/{github,gitlab,gitea} for several repositories (a host of many apps, its
+    host file's repo): each verified push calls every target it concerns, asked per push."""
     router = APIRouter(prefix="/hooks", include_in_schema=False)
     deliveries = _Deliveries()
 
@@ -263,13 +280,15 @@ def webhook_router(
             raise HTTPException(400, f"malformed {provider} payload: {err}") from err
         if event is None:
             return {"ignored": f"{event_name(provider, request.headers)} event"}
-        if not matches(event, repo, branch):
+        woken = [t for t in targets() if matches(event, t.repo, t.branch)]
+        if not woken:
             return {"ignored": f"push to {event.ref} of another repository or branch"}
         key = (provider, event.delivery or "")
         if event.delivery and not deliveries.first_time(key):
             return {"ignored": "replay"}
         try:
-            await run_in_threadpool(on_push, event)
+            for target in woken:
+                await run_in_threadpool(target.on_push, event)
         except BaseException:
             deliveries.forget(key)  # the provider's redelivery should get another chance
             raise

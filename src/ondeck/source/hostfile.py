@@ -146,6 +146,10 @@ class HostFileWatch:
         self._seen: object = None  # the stat of a plain file, the commit of a git one
         self._fetched_at: float | None = None
 
+    def expire(self) -> None:
+        """Fetch at the next `changed()`, however recent the last fetch (a webhook said so)."""
+        self._fetched_at = None
+
     def load(self) -> HostFileRead:
         """The host file now, whatever was read before."""
         self._fetched_at = self._clock()
