@@ -367,6 +367,9 @@ def _print_doc(doc: StatusDoc) -> None:
         )
     if doc.store.error:
         out.print(f"[red]state dir:[/red] {escape(doc.store.error)} (free some space)")
+    if doc.host_file is not None:
+        at = f" at {doc.host_file.revision[:12]}" if doc.host_file.revision else ""
+        out.print(f"[dim]host file: {escape(doc.host_file.path)}{at}[/dim]")
     if doc.host_file is not None and doc.host_file.error:
         out.print(f"[red]host file not applied:[/red] {escape(doc.host_file.error)}")
     for row in doc.apps:

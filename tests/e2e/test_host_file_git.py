@@ -59,6 +59,8 @@ def test_app_add_and_remove_commit_and_the_host_follows(
     wait_for(lambda: _synced(od, "shop"), "shop Synced and Healthy", timeout=60)
     head = git(hosts.path, "rev-parse", "HEAD")
     assert od.status()["host_file"]["revision"] == head
+    shown = od.cli("status").stdout.replace("\n", "")  # long paths wrap at 80 columns
+    assert f"host file: {ref} at {head[:12]}" in shown
 
     first.cli("app", "add", "blog", str(blog.path), "--host-file", ref)
     wait_for(lambda: _synced(od, "blog"), "blog started from the new commit", timeout=60)
