@@ -116,7 +116,12 @@ class Reporter:
         revision, fingerprint = max(counts, key=lambda k: counts[k])
         rendered = self.rendered_at(state, revision)
         svc = rendered.service(name) if rendered else None
-        return replace(svc, fingerprint=fingerprint) if svc else None
+        if svc is None:
+            return None
+        # A followed branch renders as it points now: the code shown is what the instance runs.
+        ran = next((i.code_revision for i in running if i.fingerprint == fingerprint), None)
+        code = replace(svc.code, sha=ran) if svc.code is not None and ran else svc.code
+        return replace(svc, fingerprint=fingerprint, code=code)
 
     def env_status(self, state: Environment, fetch_error: str | None) -> EnvStatus:
         record = self.store.get_env(state.name)

@@ -155,6 +155,8 @@ def test_a_separate_app_repo_branch_is_followed_and_a_tag_is_fixed(
     # No commit to the deploy repo: the followed branch moved, and that is a new desired state.
     staging = _runs(od, "staging", "app two", two)
     assert _env_of(staging)["ONDECK_CODE_REVISION"] == two
+    history = od.cli("history", "--json").stdout
+    assert f"web: code {one[:7]} -> {two[:7]}" in history
     assert od.env_status("staging")["revision"] == deploy
     assert _instance(od, "production")["pid"] == production["pid"]
     assert _code_of(production) == "app one"

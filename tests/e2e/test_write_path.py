@@ -165,6 +165,18 @@ def test_scoped_token_deploys_staging_but_not_production(
     assert _version(od, "production") == "1.0.0"
     assert "ci-staging (ondeck token)" in git(bare, "log", "-1", "--format=%an")
 
+    # The code pin too (source.ref), one of version, image or ref per call.
+    staging = {"service": "web", "env": "staging"}
+    both = call("POST", "/api/v1/deploy", token, json={**staging, "version": "3", "ref": "main"})
+    assert both.status_code == 422
+    pinned = call("POST", "/api/v1/deploy", token, json={**staging, "ref": first})
+    assert pinned.status_code == 200, pinned.text
+    assert pinned.json()["message"] == f"deploy(web): unset -> {first} [staging]"
+    wait_for(
+        lambda: (od.service("web", env="staging") or {}).get("code_ref") == first,
+        "staging to pin its code to the first commit",
+    )
+
     od.cli("token", "revoke", "ci-staging")
     assert call("GET", "/api/v1/status", token).status_code == 401
     listing = od.cli("token", "list", "--json").stdout

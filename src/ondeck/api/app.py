@@ -32,7 +32,7 @@ from ondeck.api.ui import ui_router
 from ondeck.api.webhooks import PushEvent, webhook_router
 from ondeck.controller import Controller
 from ondeck.errors import TemporaryError, UserError
-from ondeck.gitops import set_field
+from ondeck.gitops import Field, set_field
 from ondeck.runtime.container import decode_cri_log
 from ondeck.runtime.logs import tail
 from ondeck.state.lifecycle import Trigger
@@ -63,6 +63,7 @@ class DeployBody(Body):
     env: str | None = None
     version: str | None = None
     image: str | None = None
+    ref: str | None = None  # source.ref: the code the service runs (a branch, tag or sha)
 
 
 class DownBody(Body):
@@ -203,12 +204,17 @@ def create_app(
 
     @api.post("/deploy")
     async def deploy(body: DeployBody, info: Caller) -> DeployAnswer:
-        """CI without git credentials: a scoped token commits a new version or image."""
+        """CI without git credentials: a scoped token commits a new version, image or ref."""
         require(info, Scope.DEPLOY, body.env)
-        field: Literal["image", "version"] = "image" if body.image else "version"
-        value = body.image or body.version
-        if not value:
-            raise HTTPException(422, "give a version or an image")
+        asked: list[tuple[Field, str | None]] = [
+            ("version", body.version),
+            ("image", body.image),
+            ("source.ref", body.ref),
+        ]
+        given = [(f, v) for f, v in asked if v]
+        if len(given) != 1:
+            raise HTTPException(422, "give one of a version, an image or a ref")
+        field, value = given[0]
         author = f"{info.name} (ondeck token) <ondeck@{socket.gethostname()}>"
         try:
             result = await asyncio.to_thread(
