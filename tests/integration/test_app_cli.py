@@ -247,3 +247,16 @@ def test_add_reads_the_apps_repo_first(tmp_path: Path, env: dict[str, str]) -> N
                 env=env)  # fmt: skip
     assert ok.returncode == 0, ok.stderr
     assert f"shop: {{repo: {repo}, path: deploy, envs: [staging]}}" in host_file.read_text()
+
+
+def test_list_masks_credentials_in_repo_urls(tmp_path: Path, env: dict[str, str]) -> None:
+    url = "https://ci:hunter2@git.example/shop.git"
+    added = ondeck("app", "add", "--no-check", "shop", url, env=env)
+    assert added.returncode == 0, added.stderr
+    assert "hunter2" not in added.stdout + added.stderr
+    host_file = tmp_path / "state" / "ondeck.host.yaml"
+    assert "hunter2" in host_file.read_text() and host_file.stat().st_mode & 0o077 == 0
+    for args in (("app", "list"), ("app", "list", "--json")):
+        shown = ondeck(*args, env=env)
+        assert shown.returncode == 0 and "git.example/shop.git" in shown.stdout
+        assert "hunter2" not in shown.stdout + shown.stderr, args
