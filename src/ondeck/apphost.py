@@ -128,6 +128,7 @@ class AppHost:
         self._stopping = False
         self._wake: asyncio.Event | None = None
         self._heads: dict[str, str | None] = {}
+        self._restart_after: dict[str, float] = {}  # a restart that failed is tried again then
         self._down: asyncio.Future[list[str]] | None = None
 
     def load(self) -> HostFile:
@@ -235,19 +236,48 @@ class AppHost:
             if running is not None and running.task.done():
                 await self._ended(name, running)
             elif running is not None and (entry != running.entry or self._spec_envs_changed(name)):
-                log.info("[%s] its host file entry or environments changed: restarting it", name)
-                await self._retire(name)
+                await self._restart(name, entry)
             if name not in self.apps:
                 await self._start(name, entry)
 
-    async def _start(self, name: str, entry: HostApp) -> None:
+    async def _restart(self, name: str, entry: HostApp) -> None:
+        """A changed entry: the environments it no longer runs are brought down, then its
+        controller is replaced (the new one adopts the instances of the others)."""
+        running = self.apps[name]
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._restart_after.get(name, 0.0):
+            return
+        try:
+            envs = await self._envs_of(name, entry)
+        except (OndeckError, OSError) as err:
+            log.error("[%s] not restarted (retrying in %.0fs), it runs as it was: %s",
+                      name, RETRY, err)  # fmt: skip
+            self._restart_after[name] = loop.time() + RETRY
+            return
+        log.info("[%s] its host file entry or environments changed: restarting it", name)
+        for env in [e for e in running.controller.envs if e not in (envs or (DEFAULT_ENV,))]:
+            try:
+                await asyncio.wait_for(running.controller.request_down(env), DOWN_WAIT)
+            except (OndeckError, TimeoutError) as err:
+                log.error("[%s] [%s] not every instance stopped: %s", name, env, err)
+        await self._retire(name)
+        await self._start(name, entry, envs)
+
+    async def _envs_of(self, name: str, entry: HostApp) -> tuple[str, ...]:
+        """The environments `entry` runs: those it lists, else every one its spec defines."""
+        if entry.envs:
+            return tuple(entry.envs)
+        opts = app_options(self.base, name, entry, self._host_dir)
+        return await asyncio.to_thread(self._all_envs, opts)
+
+    async def _start(self, name: str, entry: HostApp, known: tuple[str, ...] | None = None) -> None:
         waiting = self.waiting.get(name)
         loop = asyncio.get_running_loop()
         if waiting is not None and waiting.entry == entry and loop.time() < waiting.retry_at:
             return
         opts = app_options(self.base, name, entry, self._host_dir)
         try:
-            envs = tuple(entry.envs) or await asyncio.to_thread(self._all_envs, opts)
+            envs = known if known is not None else await self._envs_of(name, entry)
         except (OndeckError, OSError) as err:
             if waiting is None or waiting.error != str(err):
                 log.error("[%s] cannot start (retrying every %.0fs): %s", name, RETRY, err)

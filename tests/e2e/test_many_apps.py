@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +50,7 @@ def _repo(root: Path, app: str, version: str, host: str | None = None) -> Repo:
     return repo
 
 
-def _host_file(path: Path, apps: dict[str, dict[str, Any]]) -> None:
+def _host_file(path: Path, apps: Mapping[str, Mapping[str, Any]]) -> None:
     """Write the host file as an editor would: a new file renamed over the old one."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps({"apps": apps}))  # JSON is YAML
@@ -281,6 +281,30 @@ def test_a_broken_spec_or_an_unreachable_repo_in_one_app_leaves_the_others_alone
     assert "nowhere" in rows[0]["error"]
     assert _version(port, "shop.localhost") == "1.0.0"
     assert _version(port, "blog.localhost") == "2.0.0"
+
+
+def _pids(od: Ondeck, app: str, env: str) -> list[int]:
+    e = _envs(od).get((app, env))
+    return [i["pid"] for s in e["services"] for i in s["instances"]] if e else []
+
+
+def test_an_entry_changed_restarts_its_app_without_restarting_what_stays(
+    host: tuple[Ondeck, Path, int],
+) -> None:
+    od, host_file, port = host
+    production, staging = _pids(od, "blog", "production"), _pids(od, "blog", "staging")
+    shop = _pids(od, "shop", "production")
+    apps: dict[str, Any] = {
+        "shop": {"repo": "git/shop"},
+        "blog": {"repo": "git/blog", "envs": ["production"]},
+    }
+    _host_file(host_file, apps)
+    wait_for(lambda: ("blog", "staging") not in _envs(od), "blog's staging to leave the status")
+    wait_for(lambda: not any(_alive(pid) for pid in staging), "blog's staging instance to stop")
+    assert "No application is routed" in str(_get(port, "staging.blog.localhost")[1])
+    wait_for(lambda: _pids(od, "blog", "production") == production, "blog production adopted")
+    assert _version(port, "blog.localhost") == "2.0.0"
+    assert _pids(od, "shop", "production") == shop
 
 
 def test_a_broken_host_file_leaves_every_app_running(host: tuple[Ondeck, Path, int]) -> None:
