@@ -163,6 +163,12 @@ def check_replace(unit_dir: Path, wanted: Installed, replace: bool) -> None:
             f"`ondeck app add NAME {mask(old.repo or '')}` (its state, history and secrets stay "
             f"in {old.state_dir}; the host keeps each app's under STATE_DIR/apps/NAME/); "
             "(3) run this install again with --replace"
+            + (
+                f" and a state dir of its own (--state-dir NEW: {old.state_dir} is that "
+                "app's, which `ondeck up --host-file` refuses)"
+                if old.state_dir == wanted.state_dir
+                else ""
+            )
         )
     advice = (
         "list every app in one host file (`ondeck app add NAME REPO`) and install that with "
@@ -174,6 +180,15 @@ def check_replace(unit_dir: Path, wanted: Installed, replace: bool) -> None:
         f"{where} runs {old.shown} already; this host has one unit set, and installing "
         f"{wanted.shown} would replace it: {advice}"
     )
+
+
+def _refuse_one_app_state(state_dir: Path) -> None:
+    """`ondeck up --host-file` refuses a state dir `ondeck up REPO` used (its mirror is there)."""
+    if (state_dir / "repos").exists():
+        raise UserError(
+            f"{state_dir} holds the state of `ondeck up REPO` (one app), which "
+            "`ondeck up --host-file` refuses: give the host a state dir of its own (--state-dir)"
+        )
 
 
 def _flag(argv: list[str], name: str) -> str | None:
@@ -243,6 +258,8 @@ def write_units(
         clean, credentials = split_credentials(repo or "")
         wanted = Installed(clean, None, str(state_dir))
     check_replace(unit_dir, wanted, replace)
+    if wanted.host_file is not None:
+        _refuse_one_app_state(state_dir)
     unit_dir.mkdir(parents=True, exist_ok=True)
     store = write_credentials(state_dir, credentials) if credentials else None
     units = {

@@ -131,8 +131,18 @@ def test_an_older_per_app_install_is_explained_not_overwritten(
         assert step in moved.stderr
     assert units_of(units) == before
 
+    (tmp_path / "state" / "repos").mkdir(parents=True)  # the one app's mirror: its state
+    same_state = ondeck("install", "--host-file", str(host_file), "--unit-dir", str(units),
+                        env=env)  # fmt: skip
+    assert same_state.returncode == 1 and "--state-dir NEW" in same_state.stderr
+    replaced = ondeck("install", "--host-file", str(host_file), "--unit-dir", str(units),
+                      "--replace", env=env)  # fmt: skip
+    assert replaced.returncode == 1 and "a state dir of its own" in replaced.stderr
+    assert units_of(units) == before
+
+    host_state = ("--state-dir", str(tmp_path / "host-state"))
     done = ondeck("install", "--host-file", str(host_file), "--unit-dir", str(units),
-                  "--replace", env=env)  # fmt: skip
+                  "--replace", *host_state, env=env)  # fmt: skip
     assert done.returncode == 0, done.stderr
     argv = exec_start(units / "ondeck.service")
     assert argv[argv.index("--host-file") + 1] == str(host_file)
