@@ -199,6 +199,16 @@ def up(
         ),
     ] = None,
     trusted_proxy: TrustedProxy = None,
+    kubeconfig: Annotated[
+        Path | None,
+        typer.Option(
+            help="runtime kubernetes: the cluster's kubeconfig (else $KUBECONFIG, "
+            "~/.kube/config, in-cluster)."
+        ),
+    ] = None,
+    context: Annotated[
+        str | None, typer.Option(help="runtime kubernetes: the kubeconfig context to use.")
+    ] = None,
     public_read: Annotated[
         bool,
         typer.Option(
@@ -252,6 +262,8 @@ def up(
         drift_check=parse_duration(drift_check),
         container_host=container_host,
         trusted_proxies=_router_options(trusted_proxy).trusted_proxies,
+        kubeconfig=kubeconfig.resolve() if kubeconfig else None,
+        kube_context=context,
     )
     if ref is not None:
         from ondeck.api.host import create_host_app

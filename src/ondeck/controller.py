@@ -23,6 +23,7 @@ from ondeck.alerts import drift_event, status_events
 from ondeck.backup.manifest import Manifest
 from ondeck.backup.service import BackupService
 from ondeck.clock import SYSTEM_CLOCK, Clock
+from ondeck.cluster import ClusterLink
 from ondeck.drift import Finding, Strays, apply_drift, find_drift
 from ondeck.environment import Environment, Host, Options, prune_shared
 from ondeck.errors import OndeckError, RuntimeFailure, SourceError, UserError
@@ -33,6 +34,7 @@ from ondeck.notify import Notifier
 from ondeck.report import Reporter
 from ondeck.rollout.strategies import EnvTraffic
 from ondeck.runtime.base import ExitEvent, Handle, Runtime, Runtimes
+from ondeck.runtime.kubernetes import Cluster
 from ondeck.source.base import Source
 from ondeck.spec.routes import collisions, service_claims
 from ondeck.state.desired import DEFAULT_ENV
@@ -105,8 +107,18 @@ class Controller:
         self.certificates = certificates  # HTTPS: obtained, renewed, pushed in its own task
         if certificates is not None:
             certificates.metrics = self.metrics
+        self.cluster = ClusterLink(Cluster(opts.kubeconfig, opts.kube_context))
         self.host = Host(
-            opts, store, source, runtimes, self.metrics, clock, router, self.wake, self._routing
+            opts,
+            store,
+            source,
+            runtimes,
+            self.metrics,
+            clock,
+            router,
+            self.wake,
+            self._routing,
+            self.cluster,
         )
         names = opts.envs or (DEFAULT_ENV,)
         self.envs = {
@@ -417,15 +429,15 @@ class Controller:
         handles = {i: handle for i, (handle, _) in scanned.items()}
         self._recover_records({i: h for i, (h, owner) in scanned.items() if owner is process})
         for env in self.envs.values():
-            records = self.store.instances(env=env.name)
-            if not records:
-                continue
-            env.ensure_supervisor(records[0].app).adopt(records, handles)
+            # a sync the last controller left open (on Kubernetes, with no instance here too)
             open_op = self.store.open_sync(env.name)
             if open_op is not None:
                 self.store.finish_sync(
                     open_op.id, SyncResult.ABORTED, self.clock.time(), "controller restarted"
                 )
+            records = self.store.instances(env=env.name)
+            if records:
+                env.ensure_supervisor(records[0].app).adopt(records, handles)
         managed = {r.id for r in self.store.instances()}
         for inst_id, (handle, owner) in scanned.items():
             if inst_id not in managed:
@@ -493,6 +505,7 @@ class Controller:
         for env in self.envs.values():
             env.close()
         self.runtimes.close()
+        self.cluster.close()
         self.store.close()
 
     # -- status -----------------------------------------------------------------------
@@ -531,6 +544,7 @@ class Controller:
                 e.op,
                 e.last_result,
                 e.supervisor.changes if e.supervisor else None,
+                e.cluster.changes if e.cluster else None,
                 e.fault,
                 tuple(e.releases.items()),
                 tuple(e.traffic.items()),

@@ -34,6 +34,7 @@ from ondeck.https import CertificateManager
 from ondeck.permissions import secure_state_dir
 from ondeck.runtime.base import ExitCallback, Runtimes
 from ondeck.runtime.container import ContainerRuntime
+from ondeck.runtime.kubernetes import Cluster, connect
 from ondeck.runtime.process import ProcessRuntime
 from ondeck.source.git import GitSource
 from ondeck.source.hostfile import HostFileRef
@@ -124,6 +125,9 @@ def build_host(host_file: HostFileRef, opts: Options) -> AppHost:
 
 def serve(opts: Options, api: str, webhook_secret: str | None, app_factory: AppFactory) -> None:
     """Run the controller and its API until SIGTERM/SIGINT; one per state dir."""
+    if opts.kubeconfig is not None or opts.kube_context is not None:
+        # asked for a cluster by name: one that does not load stops `up` before anything runs
+        connect(Cluster(opts.kubeconfig, opts.kube_context)).close()  # type: ignore[no-untyped-call]
     with _lock(opts.state_dir):
         asyncio.run(_serve(opts, api, webhook_secret, app_factory))
 

@@ -43,6 +43,7 @@ from ondeck.backup.envbackups import EnvBackups
 from ondeck.backup.manifest import Manifest
 from ondeck.backup.service import BackupMetrics
 from ondeck.clock import Clock
+from ondeck.cluster import ClusterEnv, ClusterLink, rendered
 from ondeck.errors import (
     BackupFailure,
     BuildError,
@@ -70,6 +71,7 @@ from ondeck.rollout.analysis import Measurement, measure
 from ondeck.rollout.strategies import EnvTraffic
 from ondeck.runtime.base import Runtime
 from ondeck.runtime.container import ContainerRuntime
+from ondeck.runtime.kubernetes import Cluster
 from ondeck.runtime.logs import rotate
 from ondeck.secrets.hoststore import HostStore, host_key
 from ondeck.source.base import Source
@@ -123,6 +125,8 @@ class Options:
     listen_tls: str | None = None  # where the router serves HTTPS; None: no TLS listener
     drift_check: float = HOUSEKEEPING_EVERY  # how often release files, envs and strays are checked
     container_host: str | None = None  # Docker API URL; default $DOCKER_HOST, else Podman
+    kubeconfig: Path | None = None  # runtime kubernetes: else $KUBECONFIG, ~/.kube, in-cluster
+    kube_context: str | None = None
 
 
 @dataclass
@@ -138,6 +142,7 @@ class Host:
     router: RouterControl | None
     wake: Callable[[], None]  # ask the host loop for a pass soon
     routing: Callable[[], list[EnvTraffic]]  # who serves what, across every environment
+    cluster: ClusterLink | None = None  # runtime kubernetes: the cluster, connected on first use
     code: CodeRepos = field(init=False)  # where services' pinned code comes from
 
     def __post_init__(self) -> None:
@@ -165,6 +170,7 @@ class Environment:
     def __init__(self, name: str, overlay: str | None, host: Host) -> None:
         self.name, self.overlay, self.host = name, overlay, host
         self.supervisor: Supervisor | None = None
+        self.cluster: ClusterEnv | None = None  # runtime kubernetes: its objects on the cluster
         self.held_down = False  # `ondeck down --env`: nothing runs until `ondeck sync --env`
         self.desired: Desired | None = None
         self.commit: CommitInfo | None = None
@@ -194,6 +200,7 @@ class Environment:
         self.paused = False  # a restore holds this environment's services stopped
         self.prepare_steps: list[PrepareStep] = [
             Environment.check_signature,
+            Environment.check_cluster,  # runtime kubernetes: a cluster, and a spec it can hold
             Environment.backup_before_deploy,  # before anything that touches data (release tasks)
             Environment.pull_images,
             Environment.build_releases,
@@ -342,6 +349,9 @@ class Environment:
         if self.supervisor is not None:
             self.supervisor.adopt_fingerprints(desired)
         log.info("[%s] restored %s %s", self.name, rev[:12], commit.message)
+        if desired.runtime == "kubernetes" and record.live_revision != rev:
+            # a sync the last controller did not see through: this one finishes it
+            self._open(commit, Trigger.STARTUP, self.host.clock.time(), None)
 
     async def _apply_revision(self, rev: str, trigger: Trigger, commit: CommitInfo) -> None:
         started = self.host.clock.time()  # the sync's duration counts its prepare phase
@@ -433,6 +443,21 @@ class Environment:
                 f"{desired.revision[:12]}: {found.reason}. Sign it (git commit -S) with an allowed key"
             )
         log.info("[%s] %s %s", self.name, desired.revision[:12], found.reason)
+
+    async def check_cluster(self, desired: Desired) -> None:
+        """runtime kubernetes: the cluster is configured and every object renders."""
+        if desired.runtime != "kubernetes":
+            return
+        await asyncio.to_thread(rendered, desired)
+        await asyncio.to_thread(self.ensure_cluster().link.api)
+
+    def ensure_cluster(self) -> ClusterEnv:
+        if self.cluster is None:
+            link = self.host.cluster
+            if link is None:  # a host built without one (tests): the usual places
+                link = self.host.cluster = ClusterLink(Cluster())
+            self.cluster = ClusterEnv(link, self.name, self.host.wake, self.host.opts.drift_check)
+        return self.cluster
 
     async def backup_before_deploy(self, desired: Desired) -> None:
         """`before_deploy`: what runs now is backed up (and proven) before it is changed."""
@@ -537,6 +562,9 @@ class Environment:
             await hook(self, now)
         if self.paused:
             return  # a restore stopped the services: nothing starts them until it is done
+        if desired.runtime == "kubernetes":
+            self._reconcile_cluster(desired, sup, now)
+            return
         await self._analyze(now)
         steps = plan(desired, sup.live(), now, self.releases)
         self.wake_at = _earliest(
@@ -557,6 +585,41 @@ class Environment:
         self.host.metrics.reconcile_duration.labels(self.name).observe(
             time.perf_counter() - started
         )
+
+    def _reconcile_cluster(self, desired: Desired, sup: Supervisor, now: float) -> None:
+        """runtime kubernetes: the cluster does the work; a pass starts or collects a job."""
+        for inst_id, inst in list(sup.instances.items()):  # moved from this host
+            if inst.rec.state is not InstanceState.STOPPING:
+                sup.stop(inst_id, "the environment runs on Kubernetes now")
+        cluster = self.ensure_cluster()
+        heal = self.host.opts.self_heal or self.manual
+        self.manual = False
+        cluster.step(desired, self.op is not None, heal, self)
+        due = cluster.due_in()
+        self.wake_at = _earliest(now + due if due is not None else None, *self.wake_hints.values())
+
+    def cluster_synced(
+        self, revision: str, result: SyncResult, error: str | None, actions: list[str]
+    ) -> None:
+        """A sync's job on the cluster ended (cluster.Reports)."""
+        op = self.op
+        if op is None or op.revision != revision:
+            return  # superseded meanwhile: the newer sync has its own job
+        if actions:
+            self.host.store.add_sync_actions(op.id, actions)
+        self._finish(result, error)
+
+    def cluster_healed(self, actions: list[str]) -> None:
+        """A check changed the cluster back to what git says (cluster.Reports): in history."""
+        if self.desired is None or self.commit is None:
+            return
+        c, now = self.commit, self.host.clock.time()
+        op_id = self.host.store.begin_sync(
+            self.name, c.sha, c.author, c.message, Trigger.SELF_HEAL, now
+        )
+        self.host.store.add_sync_actions(op_id, actions)
+        self.host.store.finish_sync(op_id, SyncResult.SUCCEEDED, self.host.clock.time())
+        log.info("[%s] drift on the cluster: %s", self.name, "; ".join(actions))
 
     async def _execute(
         self, sup: Supervisor, desired: Desired, actions: tuple[Action, ...]
@@ -907,6 +970,8 @@ class Environment:
                 task.cancel()
         if self.supervisor is not None:
             self.supervisor.close()
+        if self.cluster is not None:
+            self.cluster.close()
         for close in self.closers:
             close()
 

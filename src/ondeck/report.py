@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
+from ondeck.cluster import ClusterEnv
 from ondeck.environment import Environment, commit_json
 from ondeck.errors import SourceError, SpecError, UserError
 from ondeck.secrets import known as known_secrets
@@ -54,6 +55,8 @@ class Reporter:
         self._rendered: dict[tuple[str, str], Desired] = {}  # (env, revision)
 
     def diffs(self, state: Environment) -> list[ServiceDiff]:
+        if state.desired is not None and state.desired.runtime == "kubernetes":
+            return cluster_diffs(self.target(state), state.cluster, state.op is not None)
         if state.desired is None or state.supervisor is None:
             return []
         found = diff(self.target(state), state.supervisor.live())
@@ -67,6 +70,8 @@ class Reporter:
 
     def unified_diffs(self, state: Environment) -> dict[str, list[str]]:
         """Per service, a unified diff of what runs (live) against what git says (desired)."""
+        if state.desired is not None and state.desired.runtime == "kubernetes":
+            return self.cluster_unified(state)
         if state.desired is None or state.supervisor is None:
             return {}
         target = self.target(state)
@@ -80,6 +85,31 @@ class Reporter:
             out[name] = unified(
                 name,
                 service_view(runs, len(running), revisions, known_secrets.VALUES),
+                service_view(
+                    want, want.replicas if want else 0, [target.revision], known_secrets.VALUES
+                ),
+            )
+        return out
+
+    def cluster_unified(self, state: Environment) -> dict[str, list[str]]:
+        """runtime kubernetes: per service, what its Deployment was applied from against git."""
+        target = self.target(state)
+        observed = state.cluster.observed if state.cluster is not None else None
+        applied = {s.name: s for s in observed.status.services} if observed else {}
+        out: dict[str, list[str]] = {}
+        for name in sorted(target.names | set(applied)):
+            live = applied.get(name)
+            rendered = self.rendered_at(state, live.revision) if live and live.revision else None
+            runs = rendered.service(name) if rendered is not None else None
+            want = target.service(name)
+            out[name] = unified(
+                name,
+                service_view(
+                    runs,
+                    live.desired if live else 0,
+                    [live.revision or ""] if live else [],
+                    known_secrets.VALUES,
+                ),
                 service_view(
                     want, want.replicas if want else 0, [target.revision], known_secrets.VALUES
                 ),
@@ -155,11 +185,14 @@ class Reporter:
             last_result=state.last_result,
             app=state.desired.app if state.desired else None,
             services=services,
-            conditions=[state.rewritten] if state.rewritten else [],
+            conditions=[c for c in (state.rewritten, cluster_error(state)) if c],
+            namespace=observed_namespace(state),
             backups=[BackupStatus.model_validate(b) for b in state.backups.status()],
         )
 
     def services_status(self, state: Environment, diffs: list[ServiceDiff]) -> list[ServiceStatus]:
+        if state.desired is not None and state.desired.runtime == "kubernetes":
+            return cluster_services(state.desired, state.cluster, diffs)
         if state.desired is None or state.supervisor is None:
             return []
         live = state.supervisor.live()
@@ -243,6 +276,102 @@ def desired_code(
         current = [i.code_revision for i in instances if i.fingerprint == svc.fingerprint]
         return next((c for c in current if c), desired.revision)
     return svc.code.sha
+
+
+def cluster_error(state: Environment) -> str | None:
+    observed = state.cluster.observed if state.cluster is not None else None
+    return f"the cluster: {observed.error}" if observed and observed.error else None
+
+
+def observed_namespace(state: Environment) -> str | None:
+    observed = state.cluster.observed if state.cluster is not None else None
+    return observed.namespace if observed is not None else None
+
+
+def cluster_diffs(target: Desired, cluster: ClusterEnv | None, syncing: bool) -> list[ServiceDiff]:
+    """runtime kubernetes: a service is OutOfSync while its objects are not at the target
+    revision (a sync under way), or changed by hand and left so (self-heal off)."""
+    observed = cluster.observed if cluster is not None else None
+    applied = {s.name: s for s in observed.status.services} if observed else {}
+    drifted = observed.drifted if observed else ()
+    out: list[ServiceDiff] = []
+    for name in sorted(target.names | set(applied)):
+        live = applied.get(name)
+        reasons: list[str] = []
+        if name not in target.names:
+            reasons.append("not in the spec any more: to be pruned")
+        elif live is None or live.verdict.health is Health.MISSING:
+            reasons.append("not on the cluster yet")
+        elif live.revision != target.revision:
+            reasons.append(
+                f"applied at {(live.revision or '?')[:12]}, git says {target.revision[:12]}"
+            )
+        elif syncing and live.verdict.health is not Health.HEALTHY:
+            reasons.append(f"rolling out: {live.verdict.reason}")
+        for key in drifted:
+            if _names_service(key, name):
+                reasons.append(
+                    f"{key} changed by hand (self-heal is off: `ondeck sync` reverts it)"
+                )
+        out.append(ServiceDiff(name, Sync.OUT_OF_SYNC if reasons else Sync.SYNCED, tuple(reasons)))
+    return out
+
+
+def _names_service(key: str, service: str) -> bool:
+    """Is object `Kind/ns/name` one of `service`'s (web, web-env, web-blue, ...)?"""
+    name = key.rsplit("/", 1)[-1]
+    return name == service or name.startswith(f"{service}-")
+
+
+def cluster_services(
+    desired: Desired, cluster: ClusterEnv | None, diffs: list[ServiceDiff]
+) -> list[ServiceStatus]:
+    """runtime kubernetes: each service from its Deployment; its pods are the instances."""
+    observed = cluster.observed if cluster is not None else None
+    applied = {s.name: s for s in observed.status.services} if observed else {}
+    reasons = {d.name: d for d in diffs}
+    out = []
+    for name in sorted(desired.names | set(applied)):
+        svc, live = desired.service(name), applied.get(name)
+        verdict = live.verdict if live else Verdict(Health.MISSING, "not on the cluster yet")
+        if svc is None:
+            verdict = Verdict(Health.PROGRESSING, "pruning")
+        pods = observed.pods.get(name, ()) if observed else ()
+        logs = {crash.pod: lines for crash, lines in live.crashes} if live else {}
+        d = reasons.get(name)
+        current = svc is not None and verdict.health is Health.HEALTHY
+        out.append(
+            ServiceStatus(
+                name=name,
+                sync=d.sync if d else Sync.SYNCED,
+                health=verdict.health,
+                health_reason=verdict.reason,
+                reasons=list(d.reasons) if d else [],
+                version=svc.spec.version if svc else None,
+                fingerprint=svc.fingerprint if svc else None,
+                replicas=Replicas(
+                    desired=svc.replicas if svc else 0, ready=live.ready if live else 0
+                ),
+                instances=[
+                    InstanceStatus(
+                        id=pod.name,
+                        revision=(live.revision or "") if live else "",
+                        health=Health.HEALTHY
+                        if pod.ready
+                        else (Health.DEGRADED if pod.name in logs else Health.PROGRESSING),
+                        restarts=pod.restarts,
+                        state=InstanceState.RUNNING,
+                        # every pod of a settled Deployment runs its current template
+                        fingerprint=svc.fingerprint if current and svc else pod.template,
+                        started_at=pod.started_at,
+                        last_error=pod.waiting,
+                        log_tail=logs.get(pod.name),
+                    )
+                    for pod in pods
+                ],
+            )
+        )
+    return out
 
 
 def commit_status(commit: CommitInfo | None) -> CommitStatus | None:

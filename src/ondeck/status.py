@@ -181,6 +181,7 @@ class EnvStatus(Model):
     backups: list[BackupStatus] = Field(default_factory=list)
     notifications: list[NotificationStatus] = Field(default_factory=list)
     jobs: list[JobStatus] = Field(default_factory=list)
+    namespace: str | None = None  # runtime kubernetes: where its objects are
 
 
 class CertificateStatus(Model):

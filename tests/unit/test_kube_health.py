@@ -126,3 +126,28 @@ def test_subset_ignores_what_the_server_adds_but_not_what_it_changed() -> None:
     )
     assert not is_subset(want, {"spec": {"replicas": 3, "ports": [{"port": 80}]}})
     assert not is_subset(want, {"spec": {"replicas": 2, "ports": []}})
+
+
+def test_a_pod_the_scheduler_cannot_place_is_named_with_why() -> None:
+    pending = {
+        "metadata": {"name": "web-1-abc"},
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/1 nodes are available: 1 Insufficient cpu.",
+                }
+            ],
+        },
+    }
+    verdict, _ = service_health(_deploy(conditions=[DEADLINE], replicas=1), [pending])
+    assert verdict.health is Health.DEGRADED
+    assert verdict.reason == (
+        'ProgressDeadlineExceeded: ReplicaSet "web-1" has timed out progressing.; '
+        "pod web-1-abc: Unschedulable: 0/1 nodes are available: 1 Insufficient cpu."
+    )
+    # a settled Deployment says nothing of pods
+    assert service_health(_deploy(**DONE), [pending])[0].reason is None

@@ -85,13 +85,31 @@ def crashes(pods: Iterable[Obj]) -> list[Crash]:
     return sorted(found, key=lambda c: (c.pod, c.container))
 
 
+def unschedulable(pods: Iterable[Obj]) -> str | None:
+    """Why the first pod the scheduler cannot place waits (`PodScheduled=False`), or None."""
+    for pod in sorted(pods, key=lambda p: str(p["metadata"]["name"])):
+        scheduled = condition(pod, "PodScheduled")
+        if scheduled is not None and scheduled.get("status") == "False":
+            why = f"{scheduled.get('reason', '')}: {scheduled.get('message', '')}".strip(": ")
+            return f"pod {pod['metadata']['name']}: {why}"
+    return None
+
+
 def service_health(deploy: Obj | None, pods: Iterable[Obj]) -> tuple[Verdict, list[Crash]]:
-    """One service's verdict: Missing without a Deployment; a crash loop makes it Degraded."""
+    """One service's verdict: Missing without a Deployment; a crash loop makes it Degraded.
+
+    A Deployment that is not Healthy carries, in its reason, why a pod cannot be placed.
+    """
     if deploy is None:
         return Verdict(Health.MISSING, "no Deployment"), []
+    pods = list(pods)
     crashed = crashes(pods)
     if crashed:
         first = crashed[0]
         text = f"pod {first.pod}: {first.reason} (restarts: {first.restarts})"
         return Verdict(Health.DEGRADED, text), crashed
-    return deployment_health(deploy), []
+    verdict = deployment_health(deploy)
+    waiting = unschedulable(pods) if verdict.health is not Health.HEALTHY else None
+    if waiting is not None:
+        return Verdict(verdict.health, f"{verdict.reason}; {waiting}"), []
+    return verdict, []

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -712,7 +713,7 @@ class KubernetesRuntime:
         canary: Mapping[str, int] | None = None,
     ) -> list[Obj]:
         """The environment's manifests plus its Secret, which only the runtime holds values for."""
-        objects = manifests(desired, namespace, colors, serving, canary)
+        objects = with_deadlines(manifests(desired, namespace, colors, serving, canary), desired)
         values: dict[str, str] = {}
         for svc in desired.services:
             values.update(svc.secrets.values)
@@ -721,6 +722,15 @@ class KubernetesRuntime:
         if values:
             objects = sort_objects([*objects, secret(desired, namespace, values)])
         return objects
+
+    def pods(self, namespace: str, app: str, env: str) -> list[Obj]:
+        """The environment's pods (one list request), for status."""
+        selector = f"ondeck.dev/app={app},ondeck.dev/env={env}"
+        with _api_errors(f"listing pods in {namespace}"):
+            listing = self._request(
+                "GET", f"/api/v1/namespaces/{namespace}/pods", labelSelector=selector
+            )
+        return sorted(listing.get("items", []), key=lambda p: str(p["metadata"]["name"]))
 
     def _live_service(self, namespace: str, name: str) -> Obj | None:
         return self.get({"kind": "Service", "metadata": {"name": name, "namespace": namespace}})
@@ -759,6 +769,19 @@ def _merged(first: ApplyResult, then: ApplyResult) -> ApplyResult:
         pruned=then.pruned,
         writes=first.writes + then.writes,
     )
+
+
+def with_deadlines(objects: list[Obj], desired: Desired) -> list[Obj]:
+    """Each Deployment gets its service's `rollout.deadline` as `progressDeadlineSeconds`,
+    so the Deployment controller itself reports a release that cannot finish in time."""
+    for obj in objects:
+        if obj["kind"] != "Deployment":
+            continue
+        svc = desired.service(obj["metadata"]["labels"].get("ondeck.dev/service", ""))
+        if svc is not None:
+            deadline = max(1, math.ceil(svc.spec.rollout.deadline))
+            obj["spec"]["progressDeadlineSeconds"] = deadline
+    return objects
 
 
 def _serving_color(service: Obj | None) -> str | None:

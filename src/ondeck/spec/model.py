@@ -745,17 +745,6 @@ class Spec(Strict):
             raise ValueError(f"{value!r} is not a DNS label: use lowercase letters, digits and '-'")
         return value
 
-    @field_validator("runtime")
-    @classmethod
-    def _runtime_ready(cls, value: RuntimeKind) -> RuntimeKind:
-        # Nothing inert: the controller cannot run an environment on Kubernetes yet.
-        if value is RuntimeKind.KUBERNETES:
-            raise ValueError(
-                "runtime kubernetes is not supported by `ondeck up` yet; run on process or "
-                "container, and hand `ondeck render --target kubernetes` manifests to kubectl"
-            )
-        return value
-
     @field_validator("services", "backups", "jobs", "environments")
     @classmethod
     def _names(cls, value: dict[str, Any]) -> dict[str, Any]:
@@ -796,6 +785,23 @@ class Spec(Strict):
         return self
 
     @model_validator(mode="after")
+    def _kubernetes_fits(self) -> Spec:
+        """Nothing inert: on Kubernetes, a key ondeck cannot carry out there is refused."""
+        if self.runtime is not RuntimeKind.KUBERNETES:
+            return self
+        for key, why in (
+            ("backups", "the data dir is a volume in the cluster, out of the controller's reach"),
+            ("tls", "HTTPS is served by ondeck's router, which a cluster's Ingress replaces"),
+        ):
+            if getattr(self, key):
+                raise ValueError(_not_on_kubernetes(key, why))
+        for name, service in self.services.items():
+            found = kubernetes_inert(service)
+            if found is not None:
+                raise ValueError(_not_on_kubernetes(f"services.{name}.{found[0]}", found[1]))
+        return self
+
+    @model_validator(mode="after")
     def _runtime_needs(self) -> Spec:
         for name, service in self.services.items():
             if self.runtime is RuntimeKind.PROCESS and service.command is None:
@@ -823,3 +829,40 @@ class Spec(Strict):
                     "the task by hand"
                 )
         return self
+
+
+def _not_on_kubernetes(key: str, why: str) -> str:
+    return (
+        f"{key} is not supported yet with runtime kubernetes ({why}); remove it from this "
+        "environment, or run it on runtime process or container"
+    )
+
+
+def kubernetes_inert(service: Service) -> tuple[str, str] | None:
+    """The first key of `service` a Deployment cannot carry out, with why; None if all fit."""
+    rollout = service.rollout
+    checks: list[tuple[bool, str, str]] = [
+        (service.build is not None, "build", "an image is the release: build it before"),
+        (service.maintenance is not None, "maintenance", "the router answers it, not the cluster"),
+        (
+            service.restart.policy != "always",
+            "restart.policy",
+            "a Deployment's pods always restart",
+        ),
+        (
+            bool(service.restart.model_fields_set - {"policy"}),
+            "restart",
+            "the kubelet has its own crash backoff",
+        ),
+        (service.stop.signal != "TERM", "stop.signal", "the kubelet sends TERM"),
+        (rollout.strategy == "canary", "rollout.strategy canary", "no traffic split there yet"),
+        (bool(rollout.steps), "rollout.steps", "canary steps need ondeck's router"),
+        (rollout.analysis is not None, "rollout.analysis", "it reads ondeck's router metrics"),
+        (rollout.match is not None, "rollout.match", "header/cookie routing is the router's"),
+        (
+            "drain" in rollout.model_fields_set,
+            "rollout.drain",
+            "the router drains, not the cluster",
+        ),
+    ]
+    return next(((key, why) for inert, key, why in checks if inert), None)

@@ -1,0 +1,416 @@
+"""One environment run on a Kubernetes cluster: sync, observe, heal, all off the host loop.
+
+environment.py gives an environment whose desired runtime is `kubernetes` a
+`ClusterEnv` and calls its `step` once per pass. A step starts at most one job,
+in a daemon thread (the API calls block): apply the open sync's revision and
+watch it settle (`KubernetesRuntime.sync`), or look at what runs (a no-op apply
+that reverts or reports drift, plus the pods). Between jobs a watch on the
+environment's Deployments wakes the host loop when one changes, so a
+`kubectl edit` is seen at once; `check_every` is the backstop for other kinds.
+What was seen is kept as an `Observed` for status; the sync record stays with
+the environment, which gets each job's outcome through a `Reports`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import urllib3
+from kubernetes import client as k8s
+from kubernetes import watch as k8s_watch
+from kubernetes.client.exceptions import ApiException
+
+from ondeck.errors import OndeckError, TemporaryError
+from ondeck.kube.render import Obj, manifests, namespace_of
+from ondeck.runtime.kubernetes import (
+    ApplyResult,
+    Cluster,
+    EnvStatus,
+    KubernetesRuntime,
+    SyncOutcome,
+    connect,
+)
+from ondeck.state.desired import Desired
+from ondeck.state.health import Health
+from ondeck.state.lifecycle import SyncResult
+
+log = logging.getLogger("ondeck")
+T = TypeVar("T")
+
+SETTLE_GRACE = 30.0  # past the rollout deadline, time for the Deployment controller to say so
+RETRY = 5.0  # the API server unreachable: try again after this long
+WATCH_RESTART = 2.0  # a watch that ended on an error starts again after this long
+MIN_CHECK_GAP = 0.2  # a burst of watch events coalesces into one check
+
+
+class ClusterLink:
+    """The controller's connection to its cluster, made on first use and shared."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self._api: k8s.ApiClient | None = None
+        self._lock = threading.Lock()
+
+    def api(self) -> k8s.ApiClient:
+        """The API client; a `UserError` saying how to configure a cluster when none is."""
+        with self._lock:
+            if self._api is None:
+                self._api = connect(self.cluster)
+            return self._api
+
+    def close(self) -> None:
+        with self._lock:
+            if self._api is not None:
+                self._api.close()  # type: ignore[no-untyped-call]
+                self._api = None
+
+
+@dataclass(frozen=True)
+class Pod:
+    """One pod of a service, as status shows it (an instance)."""
+
+    name: str
+    service: str
+    ready: bool
+    restarts: int
+    template: str  # pod-template-hash: which ReplicaSet it belongs to
+    started_at: float | None
+    waiting: str | None  # why a container waits (CrashLoopBackOff, ...), if it does
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the environment's objects looked like at the last job."""
+
+    namespace: str
+    status: EnvStatus
+    pods: Mapping[str, tuple[Pod, ...]]
+    drifted: tuple[str, ...] = ()  # object keys changed by hand, left so (self-heal off)
+    left: tuple[str, ...] = ()  # fields another manager owns, left to it
+    error: str | None = None  # the last check failed (the cluster unreachable, ...)
+
+
+class Reports(Protocol):
+    """How a job's outcome reaches the environment (which keeps the sync records)."""
+
+    def cluster_synced(
+        self, revision: str, result: SyncResult, error: str | None, actions: list[str]
+    ) -> None: ...
+
+    def cluster_healed(self, actions: list[str]) -> None: ...
+
+
+@dataclass(frozen=True)
+class _Job:
+    kind: str  # "sync" | "check"
+    revision: str
+    future: asyncio.Future[Any]
+
+
+class ClusterEnv:
+    """One environment's objects on the cluster."""
+
+    def __init__(
+        self, link: ClusterLink, env: str, wake: Callable[[], None], check_every: float
+    ) -> None:
+        self.link, self.env, self.wake = link, env, wake
+        self.check_every = check_every
+        self.observed: Observed | None = None
+        self.changes = 0  # bumped whenever `observed` changes: the status cache key
+        self._job: _Job | None = None
+        self._runtimes: dict[bool, KubernetesRuntime] = {}
+        self._next_check = 0.0
+        self._last_check = 0.0
+        self._retry_at = 0.0
+        self._dirty = False
+        self._watching: tuple[str, str, str] | None = None
+        self._stop_watch = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._job is not None
+
+    def due_in(self) -> float | None:
+        """Seconds until the next job is due, for the host loop's sleep (None: a job runs)."""
+        if self._job is not None:
+            return None
+        due = self._next_check
+        if self._dirty:
+            due = min(due, self._last_check + MIN_CHECK_GAP)
+        return max(0.0, max(due, self._retry_at) - time.monotonic())
+
+    def runtime(self, self_heal: bool) -> KubernetesRuntime:
+        if self_heal not in self._runtimes:
+            self._runtimes[self_heal] = KubernetesRuntime(self.link.api(), self_heal=self_heal)
+        return self._runtimes[self_heal]
+
+    # -- the pass ----------------------------------------------------------------------
+
+    def step(self, desired: Desired, sync_open: bool, heal: bool, reports: Reports) -> None:
+        """Start the job that is due, if none runs: the open sync first, else a check."""
+        self._loop = asyncio.get_running_loop()
+        if self._job is not None:
+            if self._job.future.done():
+                self._collect(self._job, reports)
+            else:
+                return
+        now = time.monotonic()
+        if now < self._retry_at:
+            return
+        if sync_open:
+            self._start("sync", desired, self._sync, desired)
+        elif now >= self._next_check or (self._dirty and now - self._last_check >= MIN_CHECK_GAP):
+            self._dirty = False
+            self._start("check", desired, self._check, desired, heal)
+
+    def _start(self, kind: str, desired: Desired, work: Callable[..., T], *args: Any) -> None:
+        future = _in_thread(work, *args)
+        future.add_done_callback(lambda _: self.wake())
+        self._job = _Job(kind, desired.revision, future)
+        self._last_check = time.monotonic()
+        self._next_check = self._last_check + self.check_every
+
+    def _collect(self, job: _Job, reports: Reports) -> None:
+        self._job = None
+        err = job.future.exception()
+        if isinstance(err, TemporaryError):
+            log.warning("[%s] the cluster: %s (retry in %.0fs)", self.env, err, RETRY)
+            self._retry_at = time.monotonic() + RETRY
+            self._observe_error(str(err))
+            return
+        if isinstance(err, OndeckError) and job.kind == "sync":
+            reports.cluster_synced(job.revision, SyncResult.FAILED, str(err), [])
+            return
+        if isinstance(err, OndeckError):
+            self._observe_error(str(err))
+            return
+        if err is not None:
+            raise err  # a bug: the environment contains it
+        if job.kind == "sync":
+            outcome, observed = job.future.result()
+            self._set(observed)
+            result, error = judge(outcome)
+            reports.cluster_synced(job.revision, result, error, actions(outcome.result))
+        else:
+            applied, observed = job.future.result()
+            self._set(observed)
+            if applied.changed_anything:
+                reports.cluster_healed(actions(applied))
+
+    def _set(self, observed: Observed) -> None:
+        if observed != self.observed:
+            self.observed = observed
+            self.changes += 1
+
+    def _observe_error(self, error: str) -> None:
+        if self.observed is not None:
+            self.observed = Observed(
+                self.observed.namespace,
+                self.observed.status,
+                self.observed.pods,
+                self.observed.drifted,
+                self.observed.left,
+                error,
+            )
+            self.changes += 1
+
+    # -- the jobs (in a worker thread) -------------------------------------------------
+
+    def _sync(self, desired: Desired) -> tuple[SyncOutcome, Observed]:
+        runtime = self.runtime(True)  # a sync applies what git says, over any edit by hand
+        deadline = max(s.spec.rollout.deadline for s in desired.services) if desired.services else 0
+        outcome = runtime.sync(desired, desired.revision, deadline + SETTLE_GRACE)
+        self._watch(outcome.namespace, desired.app, desired.env)
+        return outcome, self._observe(runtime, desired, outcome.status, outcome.result)
+
+    def _check(self, desired: Desired, heal: bool) -> tuple[ApplyResult, Observed]:
+        runtime = self.runtime(heal)
+        outcome = runtime.sync(desired, desired.revision, 0.0)
+        self._watch(outcome.namespace, desired.app, desired.env)
+        return outcome.result, self._observe(runtime, desired, outcome.status, outcome.result)
+
+    def _observe(
+        self, runtime: KubernetesRuntime, desired: Desired, status: EnvStatus, result: ApplyResult
+    ) -> Observed:
+        listed = runtime.pods(status.namespace, desired.app, desired.env)
+        pods: dict[str, list[Pod]] = {}
+        for raw in listed:
+            pod = _pod(raw)
+            pods.setdefault(pod.service, []).append(pod)
+        return Observed(
+            status.namespace,
+            status,
+            {name: tuple(found) for name, found in sorted(pods.items())},
+            tuple(sorted(result.drifted)),
+            tuple(sorted(result.left)),
+        )
+
+    # -- the watch (its own daemon thread) ---------------------------------------------
+
+    def _watch(self, namespace: str, app: str, env: str) -> None:
+        """Watch the Deployments of this environment from now on (one thread, restarted)."""
+        key = (namespace, app, env)
+        if self._watching == key:
+            return
+        self._stop_watch.set()
+        self._stop_watch = threading.Event()
+        self._watching = key
+        thread = threading.Thread(
+            target=self._watch_loop,
+            args=(key, self._stop_watch),
+            name=f"ondeck-watch-{self.env}",
+            daemon=True,
+        )
+        thread.start()
+
+    def _watch_loop(self, key: tuple[str, str, str], stop: threading.Event) -> None:
+        namespace, app, env = key
+        apps = k8s.AppsV1Api(self.link.api())
+        selector = f"ondeck.dev/app={app},ondeck.dev/env={env}"
+        version: str | None = None
+        while not stop.is_set():
+            watcher = k8s_watch.Watch()  # type: ignore[no-untyped-call]
+            try:
+                for event in watcher.stream(  # type: ignore[no-untyped-call]
+                    apps.list_namespaced_deployment,
+                    namespace,
+                    label_selector=selector,
+                    resource_version=version,
+                    allow_watch_bookmarks=True,
+                    timeout_seconds=30,
+                    _request_timeout=40,
+                ):
+                    if stop.is_set():
+                        break
+                    raw = event["raw_object"]
+                    version = raw.get("metadata", {}).get("resourceVersion", version)
+                    if event["type"] != "BOOKMARK":
+                        self._poke()
+            except ApiException as err:
+                version = None  # 410 Gone and the like: list again from now
+                if err.status != 410:
+                    stop.wait(WATCH_RESTART)
+            except (urllib3.exceptions.HTTPError, OSError, ValueError):
+                version = None
+                stop.wait(WATCH_RESTART)
+            finally:
+                watcher.stop()  # type: ignore[no-untyped-call]
+
+    def _poke(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+
+        def mark() -> None:
+            self._dirty = True
+            self.wake()
+
+        with contextlib.suppress(RuntimeError):  # the loop is closed: we are exiting
+            loop.call_soon_threadsafe(mark)
+
+    def close(self) -> None:
+        self._stop_watch.set()
+
+
+# --- decisions (pure) ---------------------------------------------------------------------
+
+
+def judge(outcome: SyncOutcome) -> tuple[SyncResult, str | None]:
+    """A sync's result from how the environment settled: Healthy succeeds, else it fails."""
+    status = outcome.status
+    if status.health is Health.HEALTHY:
+        return SyncResult.SUCCEEDED, None
+    reasons = status.reasons()
+    for svc in status.services:
+        for crash, lines in svc.crashes:
+            reasons.append(
+                f"--- {crash.pod} ({crash.reason}), last log lines ---\n{lines.rstrip()}"
+            )
+    if status.health is Health.DEGRADED:
+        return SyncResult.FAILED, "; ".join(reasons) or "Degraded"
+    return SyncResult.FAILED, "not ready before the rollout deadline: " + (
+        "; ".join(reasons) or status.health.value
+    )
+
+
+def actions(result: ApplyResult) -> list[str]:
+    """What an apply did, as history lines."""
+    return (
+        [f"create {k}" for k in result.created]
+        + [f"apply {k}" for k in result.changed]
+        + [f"revert {k} (changed by hand)" for k in result.reverted]
+        + [f"prune {k}" for k in result.pruned]
+    )
+
+
+def rendered(desired: Desired) -> list[Obj]:
+    """The objects of `desired` (raises the renderer's `UserError` for what it cannot map)."""
+    return manifests(desired, namespace_of(desired.app, desired.env))
+
+
+def _pod(raw: Obj) -> Pod:
+    meta, status = raw["metadata"], raw.get("status", {})
+    statuses = status.get("containerStatuses") or []
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
+    waiting = next(
+        (
+            s["state"]["waiting"].get("reason")
+            for s in statuses
+            if (s.get("state") or {}).get("waiting")
+        ),
+        None,
+    )
+    return Pod(
+        name=meta["name"],
+        service=(meta.get("labels") or {}).get("ondeck.dev/service", ""),
+        ready=ready,
+        restarts=sum(int(s.get("restartCount", 0)) for s in statuses),
+        template=(meta.get("labels") or {}).get("pod-template-hash", ""),
+        started_at=_timestamp(status.get("startTime")),
+        waiting=waiting,
+    )
+
+
+def _timestamp(text: str | None) -> float | None:
+    if not text:
+        return None
+    with contextlib.suppress(ValueError):
+        from datetime import datetime
+
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    return None
+
+
+def _in_thread(work: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    """Run blocking `work` in a daemon thread (an exit never waits for an API call)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not future.done():
+            outcome()
+
+    def run() -> None:
+        try:
+            value = work(*args)
+        except BaseException as err:  # handed to the loop, which decides
+            failure = err
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(settle, lambda: future.set_exception(failure))
+        else:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(settle, lambda: future.set_result(value))
+
+    threading.Thread(target=run, name="ondeck-cluster", daemon=True).start()
+    return future

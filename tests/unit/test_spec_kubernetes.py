@@ -1,0 +1,91 @@
+"""runtime kubernetes: what validates is what a cluster carries out; the rest is refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from ondeck.spec.load import parse, render_spec, validate
+
+BASE = """\
+app: shop
+runtime: kubernetes
+services:
+  web:
+    image: ghcr.io/acme/shop:1
+    command: ["/bin/shop", "--port", "${PORT}"]
+    version: "1.4.2"
+    env: {LOG_LEVEL: info}
+    port: 8080
+    replicas: 2
+    memory: 256MiB
+    cpus: 0.5
+    pull: always
+    volumes: {uploads: /uploads}
+    health: {http: /healthz, interval: 2s, timeout: 1s, failure_threshold: 3, start_period: 5s}
+    restart: {policy: always}
+    stop: {signal: TERM, grace: 20s}
+    rollout: {strategy: rolling, max_surge: 1, max_unavailable: 0, deadline: 2m, keep_old: 30s}
+    routes: [{host: shop.example, path: /}]
+  admin:
+    image: ghcr.io/acme/admin:1
+    rollout: {strategy: blue-green}
+protect: {signed_by: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ0 admin"]}
+notify: [{url: "json://127.0.0.1:9000/ondeck"}]
+"""
+
+
+def test_every_key_a_cluster_carries_out_validates() -> None:
+    assert validate(BASE) == []
+    assert render_spec(parse(BASE), None).runtime == "kubernetes"
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        ("    build: [make]\n", "services.web.build"),
+        ("    maintenance: {message: soon}\n", "services.web.maintenance"),
+        ("    restart: {policy: on-failure}\n", "services.web.restart.policy"),
+        ("    restart: {backoff_max: 10s}\n", "services.web.restart"),
+        ("    stop: {signal: INT}\n", "services.web.stop.signal"),
+        ("    rollout: {strategy: canary}\n", "services.web.rollout.strategy canary"),
+        ("    rollout: {steps: [{weight: 10}]}\n", "services.web.rollout.steps"),
+        ("    rollout: {analysis: {interval: 5s}}\n", "services.web.rollout.analysis"),
+        ("    rollout: {match: {header: {X-Canary: always}}}\n", "services.web.rollout.match"),
+        ("    rollout: {drain: 5s}\n", "services.web.rollout.drain"),
+    ],
+)
+def test_a_service_key_only_a_host_carries_out_is_refused(extra: str, key: str) -> None:
+    spec = "app: shop\nruntime: kubernetes\nservices:\n  web:\n    image: shop:1\n" + extra
+    [problem] = validate(spec)
+    assert problem.message.startswith(f"{key} is not supported yet with runtime kubernetes")
+    assert "runtime process or container" in problem.message
+    # on a host, nothing is said of kubernetes
+    on_host = validate(spec.replace("runtime: kubernetes", "runtime: container"))
+    assert not any("kubernetes" in p.message for p in on_host)
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        ("backups:\n  db: {postgres: {url_env: DATABASE_URL}}\n", "backups"),
+        ("tls: {certificates: [{hosts: [a.example], cert: /c, key: /k}]}\n", "tls"),
+    ],
+)
+def test_a_spec_key_only_a_host_carries_out_is_refused(extra: str, key: str) -> None:
+    spec = "app: shop\nruntime: kubernetes\nservices:\n  web: {image: 'shop:1', port: 80}\n"
+    [problem] = validate(spec + extra)
+    assert problem.message.startswith(f"{key} is not supported yet with runtime kubernetes")
+
+
+def test_an_overlay_moving_one_environment_to_kubernetes_is_checked_there_only() -> None:
+    spec = """\
+app: shop
+services:
+  web: {command: [a], image: "shop:1", rollout: {drain: 5s}}
+environments:
+  staging: {}
+  production: {runtime: kubernetes, services: {web: {rollout: {drain: 30s}}}}
+"""
+    assert render_spec(parse(spec), "staging").runtime == "process"
+    [problem] = validate(spec)
+    assert "production" in str(problem) and "rollout.drain" in problem.message
