@@ -328,3 +328,65 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+
+
+def _instance_of(od: Ondeck, app: str, env: str) -> dict[str, Any] | None:
+    e = _envs(od).get((app, env))
+    if e is None or (e["sync"], e["health"]) != ("Synced", "Healthy"):
+        return None
+    instances = [i for s in e["services"] for i in s["instances"]]
+    return dict(instances[0]) if len(instances) == 1 else None
+
+
+def _code_of(inst: dict[str, Any]) -> str:
+    """What the instance's own working directory holds: the code it really runs."""
+    return (Path(os.readlink(f"/proc/{inst['pid']}/cwd")) / "code.txt").read_text().strip()
+
+
+def _runs(od: Ondeck, app: str, env: str, code: str) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        inst = _instance_of(od, app, env)
+        return inst if inst is not None and _code_of(inst) == code else None
+
+    return wait_for(check, f"{app}/{env} running code {code}", timeout=60)
+
+
+def test_each_app_pins_its_code_per_environment_promote_and_rollback(
+    tmp_path: Path, ondeck: Callable[..., Ondeck]
+) -> None:
+    """Code pinning (`source: {ref}`) in one app of a host: a code change reaches its
+    staging only, `promote` moves exactly that code to its production, a rollback of
+    production leaves staging alone, and the other app is never touched."""
+    shop = Repo(tmp_path / "git" / "shop")
+    shop.write("code.txt", "one\n")
+    one = shop.commit("code one", SPEC.format(app="shop", version="1.0.0", host="shop.localhost"))
+    blog = _repo(tmp_path / "git", "blog", "2.0.0")
+    blog.write("code.txt", "blog\n")
+    blog.commit("blog code")
+    host_file = tmp_path / "ondeck.host.yaml"
+    _host_file(host_file, {"shop": {"repo": "git/shop"}, "blog": {"repo": "git/blog"}})
+    port = allocate_port()
+    od = ondeck("", "--host-file", str(host_file), "--listen", f"127.0.0.1:{port}")
+    od.cli("set-ref", f"web={one}", "--env", "production", "--repo", str(shop.path))
+    production = _runs(od, "shop", "production", "one")
+    blog_pids = {env: _runs(od, "blog", env, "blog")["pid"] for env in ENVS}
+
+    shop.write("code.txt", "two\n")
+    two = shop.commit("code two")
+    staging = _runs(od, "shop", "staging", "two")  # staging follows main
+    wait_for(
+        lambda: (_envs(od)[("shop", "production")]["revision"] or "") == two, "production at two"
+    )
+    assert _runs(od, "shop", "production", "one")["pid"] == production["pid"]  # not moved
+
+    promoted = od.cli("promote", "staging", "production", "--repo", str(shop.path)).stdout
+    assert two in promoted
+    production = _runs(od, "shop", "production", "two")  # exactly the code staging runs
+    assert _runs(od, "shop", "staging", "two")["pid"] == staging["pid"]
+
+    od.cli("rollback", "--env", "production", "--repo", str(shop.path))
+    _runs(od, "shop", "production", "one")
+    assert _runs(od, "shop", "staging", "two")["pid"] == staging["pid"]  # staging left alone
+    assert {env: _runs(od, "blog", env, "blog")["pid"] for env in ENVS} == blog_pids
+    code, body = _get(port, "staging.shop.localhost")
+    assert code == 200 and isinstance(body, dict) and body["version"] == "1.0.0"
