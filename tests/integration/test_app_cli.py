@@ -216,6 +216,9 @@ def test_ref_forms(tmp_path: Path) -> None:
     for bad in ("repo#", "#path", "repo#../x.yaml"):
         with pytest.raises(UserError):
             parse_ref(bad)
+    with pytest.raises(UserError) as refused:
+        parse_ref("https://u:pw@git.example/hosts.git#")
+    assert "pw" not in str(refused.value)
 
 
 def test_add_reads_the_apps_repo_first(tmp_path: Path, env: dict[str, str]) -> None:

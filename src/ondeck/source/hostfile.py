@@ -71,7 +71,7 @@ def parse_ref(text: str) -> HostFileRef:
         repo, _, path = text.rpartition("#")
         if not repo or not path.strip("/"):
             raise UserError(
-                f"{text!r}: write REPO#PATH, e.g. /srv/git/hosts.git#web1/ondeck.host.yaml"
+                f"{_redact(text)!r}: write REPO#PATH, e.g. /srv/git/hosts.git#web1/ondeck.host.yaml"
             )
         repo = str(Path(repo).expanduser().resolve()) if _is_local(repo) else repo
         return HostFileRef(repo, _clean_path(path))
