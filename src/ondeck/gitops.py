@@ -15,7 +15,7 @@ from typing import Literal
 from ondeck.errors import UserError
 from ondeck.source.write import Workspace
 from ondeck.spec import edit
-from ondeck.spec.model import MAINTENANCE_MESSAGE
+from ondeck.spec.model import MAINTENANCE_MESSAGE, REF
 
 Field = Literal["version", "image", "source.ref"]
 # What an environment runs: its version, its image, and the code its `source` pins.
@@ -71,7 +71,21 @@ def set_field(
         changes = _assignment_changes(text, assignments, field, env)
         if not changes:
             return _nothing(f"nothing to change: {_already(assignments, field, env)}")
+        if field == "source.ref":
+            _check_refs(ws, text, changes)
         return _commit(ws, text, changes, _deploy_message(changes), push, author)
+
+
+def _check_refs(ws: Workspace, text: str, changes: list[Change]) -> None:
+    """A pin that names nothing is refused before it is committed (the sync would refuse it)."""
+    for c in changes:
+        if not REF.match(c.new):
+            continue  # not a ref at all: the spec's validation says so, in its words
+        repo = edit.effective(text, c.service, "source.repo", c.env)
+        try:
+            ws.code_sha(c.new, repo)
+        except UserError as err:
+            raise UserError(f"refusing to pin {c.service} to {c.new!r}: {err}") from err
 
 
 def promote(

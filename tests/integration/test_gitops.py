@@ -287,12 +287,13 @@ class TestPromote:
             "source.repo": str(app),
             "source.path": "src",
         }
-        with pytest.raises(UserError, match="names no branch or tag"):
+        with pytest.raises(UserError, match=f"'nope' names no branch or tag in {app}"):
             gitops.set_field(str(alice), [("web", "nope")], "source.ref", "staging", push=False)
-            gitops.promote(str(alice), "staging", "production", ["web"], push=False)
 
     def test_set_ref_writes_one_line_and_refuses_a_bad_ref(self, origin: Path) -> None:
         alice = clone(origin, "alice")
+        git(alice, "tag", "v1.4.2")
+        git(alice, "push", "-q", "origin", "v1.4.2")
         result = gitops.set_field(
             str(alice), [("web", "v1.4.2")], "source.ref", "production", push=False
         )
@@ -303,6 +304,8 @@ class TestPromote:
         assert git(alice, "diff", "--numstat", "HEAD~1").split()[:2] == ["2", "0"]
         with pytest.raises(UserError, match="is not a git ref"):
             gitops.set_field(str(alice), [("web", "main~1")], "source.ref", None, push=False)
+        with pytest.raises(UserError, match="refusing to pin web to 'v9': 'v9' names no branch"):
+            gitops.set_field(str(alice), [("web", "v9")], "source.ref", None, push=False)
 
     def test_one_service(self, origin: Path) -> None:
         alice = clone(origin, "alice")
