@@ -43,6 +43,7 @@ class CodeRepos:
         self._fresh: set[str] = set()  # fetched in this round
         self._lock = threading.Lock()
         self._fetching: dict[str, threading.Lock] = {}
+        self._failed: dict[str, str] = {}  # the last fetch error of each app repository
 
     def new_round(self) -> None:
         """The deploy repository was fetched: app repositories are fetched again when used."""
@@ -92,8 +93,8 @@ class CodeRepos:
         with lock:  # two environments wanting one repo: one fetch, the other waits for it
             if repo in self._fresh:
                 return
+            self._fetch_now(service, repo, source)  # raises when there is no mirror at all
             self._fresh.add(repo)
-            self._fetch_now(service, repo, source)
 
     def _fetch_now(self, service: str, repo: str, source: Source) -> None:
         try:
@@ -103,4 +104,8 @@ class CodeRepos:
                 raise UserError(
                     f"service {service}: cannot fetch its source repo {_redact(repo)}: {err}"
                 ) from err
-            log.warning("fetch of %s failed, using the mirror as it is: %s", _redact(repo), err)
+            if self._failed.get(repo) != str(err):  # once per new error, not at every fetch
+                log.warning("fetch of %s failed, using its mirror as it is: %s", _redact(repo), err)
+            self._failed[repo] = str(err)
+            return
+        self._failed.pop(repo, None)
