@@ -53,6 +53,7 @@ from ondeck.errors import (
     SourceError,
     SpecError,
     TemporaryError,
+    UnresolvedRef,
     UserError,
 )
 from ondeck.metrics import Metrics
@@ -180,6 +181,7 @@ class Environment:
         )
         self.seen: str | None = None  # the last head offered
         self.error: str | None = None
+        self.waiting_ref = False  # refused for a `source` ref that names nothing (yet)
         self.error_commit: CommitInfo | None = None
         self.op: Operation | None = None
         self.last_result: SyncResult | None = None
@@ -269,14 +271,14 @@ class Environment:
 
     def _follows_code(self, head: str) -> bool:
         """Could `head` mean new code without a new commit (a pinned branch, a ref refused)?"""
-        if self.error_commit is not None and self.error_commit.sha == head:
+        if self._waits_for_ref(head):
             return True
         desired = self.desired
         return desired is not None and any(s.code and s.code.follows for s in desired.services)
 
     async def _follow_code(self, head: str, trigger: Trigger, manual: bool) -> None:
         """Resolve the pins at `head` again; apply it when a branch moved or a ref appeared."""
-        retry = self.error_commit is not None and self.error_commit.sha == head
+        retry = self._waits_for_ref(head)
         commit = self.error_commit if retry else self.commit
         if commit is None or commit.sha != head or not (self.host.opts.auto_sync or manual):
             return
@@ -290,6 +292,14 @@ class Environment:
         if before is not None and again is not None and _codes(again) == _codes(before):
             return
         await self._apply_revision(head, trigger, commit)
+
+    def _waits_for_ref(self, head: str) -> bool:
+        """`head` was refused only because a ref named nothing: the ref may exist now.
+
+        (A head refused for anything else, a failed build say, waits for a new commit or
+        `ondeck sync`, as before.)"""
+        refused = self.error_commit is not None and self.error_commit.sha == head
+        return refused and self.waiting_ref
 
     def start_background(self, work: Awaitable[None]) -> None:
         """Run prepare-phase work (a hook's) in the background, as for an offered revision."""
@@ -374,6 +384,7 @@ class Environment:
         if self.supervisor is not None:  # instances adopted without a record (db lost)
             self.supervisor.adopt_fingerprints(desired)
         self.error = self.error_commit = None
+        self.waiting_ref = False
         record = self.host.store.get_env(self.name)
         if trigger == Trigger.STARTUP and record is not None and record.live_revision == rev:
             self._save_env()  # a restart on the same revision: only drift opens a sync
@@ -522,6 +533,7 @@ class Environment:
         if isinstance(err, ReleaseTaskError) and err.log_tail:
             message += "\n--- release task output (tail) ---\n" + err.log_tail
         self.error, self.error_commit = message, commit
+        self.waiting_ref = isinstance(err, UnresolvedRef)
         store = self.host.store
         op_id = store.begin_sync(
             self.name, commit.sha, commit.author, commit.message, trigger, started

@@ -34,6 +34,10 @@ class UserError(OndeckError):
     """The user's input is wrong; the message says what to do instead."""
 
 
+class UnresolvedRef(UserError):
+    """A service's `source` ref names nothing (yet): tried again at every fetch."""
+
+
 class SpecError(UserError):
     """An `ondeck.yaml` that cannot be used; carries every problem found."""
 

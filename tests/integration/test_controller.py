@@ -493,3 +493,25 @@ def test_a_bug_in_one_environment_is_contained_there_and_reported(tmp_path: Path
             assert not any("internal error" in c for c in production.conditions)
 
     asyncio.run(scenario())
+
+
+def test_a_commit_refused_for_its_build_is_not_built_again_at_every_fetch(tmp_path: Path) -> None:
+    # Only a ref that named nothing is tried again at each fetch (it may exist by now).
+    log = tmp_path / "builds"
+    failing = f"    build: [\"python3\", \"-c\", \"open('{log}', 'a').write('b\\\\n'); exit(1)\"]\n"
+
+    async def scenario() -> None:
+        async with harness(tmp_path, spec()) as h:
+            await h.until(lambda: h.env().last_result is SyncResult.SUCCEEDED, "first sync")
+            h.repo.commit("a build that fails", spec(extra=failing))
+            h.ctl.refresh(Trigger.POLL)
+            await h.until(lambda: h.env().error is not None, "the commit refused")
+            for _ in range(3):
+                before = h.ctl.fetch  # each successful fetch replaces it
+                h.ctl.refresh(Trigger.POLL)
+                await h.until(lambda: h.ctl.fetch is not before, "a fetch")  # noqa: B023
+                await h.until(lambda: not h.ctl.busy, "what the fetch started")
+            assert log.read_text().splitlines() == ["b"]
+            assert [r.result for r in h.history()].count("Failed") == 1
+
+    asyncio.run(scenario())

@@ -16,7 +16,7 @@ import logging
 import threading
 from pathlib import Path
 
-from ondeck.errors import SourceError, UserError
+from ondeck.errors import SourceError, UnresolvedRef, UserError
 from ondeck.source.base import Source
 from ondeck.source.git import GitSource, _redact
 from ondeck.spec.model import CodeSource
@@ -71,7 +71,7 @@ class CodeRepos:
         found = source.resolve_ref(pin.ref)
         where = _redact(pin.repo) if pin.repo else "this repository"
         if found is None:
-            raise UserError(
+            raise UnresolvedRef(
                 f"service {service}: source ref {pin.ref!r} does not resolve in {where}: "
                 "push that branch or tag, or pin an existing one (`ondeck set-ref`)"
             )
@@ -101,7 +101,7 @@ class CodeRepos:
             source.fetch()
         except (SourceError, UserError) as err:
             if not (source.mirror_dir / "HEAD").is_file():
-                raise UserError(
+                raise UnresolvedRef(
                     f"service {service}: cannot fetch its source repo {_redact(repo)}: {err}"
                 ) from err
             if self._failed.get(repo) != str(err):  # once per new error, not at every fetch
