@@ -31,6 +31,7 @@ from ondeck.source.base import Source
 from ondeck.source.hostfile import HostFileRead, HostFileRef, HostFileWatch
 from ondeck.spec.host import HostApp, HostFile
 from ondeck.spec.load import environment_names, parse
+from ondeck.spec.routes import Claim
 from ondeck.state.desired import DEFAULT_ENV, Desired
 from ondeck.status import AppStatus, HostFileStatus, SourceStatus
 from ondeck.traffic import RouterControl
@@ -289,7 +290,8 @@ class AppHost:
         controller = self.build(opts, view)
         controller.hold_on_down = True  # `ondeck down --app`: held down, not ended
         for env in controller.envs.values():  # first: a refused revision costs nothing
-            env.prepare_steps.insert(0, route_guard(name, lambda: self._desired(name)))
+            guard = route_guard(name, lambda: self._desired(name), self._served)
+            env.prepare_steps.insert(0, guard)
         context = contextvars.copy_context()  # its tasks and threads log as this app
         context.run(_APP.set, name)
         task = loop.create_task(controller.run(), name=f"app-{name}", context=context)
@@ -319,6 +321,9 @@ class AppHost:
         except (OndeckError, OSError):
             return False  # a broken spec: its sync says so, what runs stays
         return bool(envs) and envs != running.envs
+
+    def _served(self) -> list[Claim]:
+        return self.router.served() if self.router is not None else []
 
     def _desired(self, me: str) -> list[Desired]:
         """What the other apps are set to serve (their routes are theirs)."""

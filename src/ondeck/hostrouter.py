@@ -59,7 +59,7 @@ def merge_routes(
             holder = routes[key][0]
             where = f"host {route.host or '*'} path {route.path}"
             refused.setdefault(app, []).append(
-                f"app {app!r} and app {holder!r} both route {where}: "
+                f"app {app!r} ({app}/{route.pool}) and app {holder!r} both route {where}: "
                 f"{holder!r} serves it; give each app its own host or path"
             )
             continue
@@ -113,6 +113,15 @@ class HostRouter:
         self.link = link
         self.parts: dict[str, list[EnvTraffic]] = {}
         self.merged = Merged(RouterConfig((), {}), {}, {})
+
+    def refusals(self, app: str, env: str) -> list[str]:
+        """Why routes of `app`'s `env` are not served (another app held them first)."""
+        mark = f"({app}/{env}/"
+        return [text for text in self.merged.refused.get(app, ()) if mark in text]
+
+    def served(self) -> list[Claim]:
+        """What the router serves now, owned by `APP/ENV/SERVICE` (its pool)."""
+        return [Claim(r.pool, r.host, r.path) for r in self.merged.config.routes]
 
     def view(self, app: str) -> AppRouter:
         return AppRouter(self, app)
@@ -168,10 +177,15 @@ class AppRouter:
         return await self.host.link.metrics()
 
 
-def route_guard(app: str, others: Callable[[], Iterable[Desired]]) -> PrepareStep:
+def route_guard(
+    app: str,
+    others: Callable[[], Iterable[Desired]],
+    served: Callable[[], Iterable[Claim]] = list,
+) -> PrepareStep:
     """A prepare step of every environment of `app`: a revision is refused (its sync fails,
     nothing running is touched) when it is named otherwise, asks for what a host of many apps
-    cannot do yet, or routes a host + path another app serves (`others()`: their desired)."""
+    cannot do yet, or routes a host + path another app claims (`others()`: their desired) or
+    serves (`served()`: the router's routes, also those of an app being restarted)."""
 
     async def check(env: Environment, desired: Desired) -> None:
         if desired.app != app:
@@ -185,6 +199,7 @@ def route_guard(app: str, others: Callable[[], Iterable[Desired]]) -> PrepareSte
                 "(`ondeck up REPO --listen-tls ...`) or remove `tls:`"
             )
         theirs = [c for d in others() if d.app != app for c in app_claims(d.app, d)]
+        theirs += [c for c in served() if not c.owner.startswith(f"{app}/")]
         problems = foreign_collisions(theirs, app_claims(app, desired))
         if problems:
             raise UserError("; ".join(dict.fromkeys(problems)))

@@ -15,11 +15,19 @@ import pytest
 from ondeck.apphost import app_options
 from ondeck.environment import Options
 from ondeck.errors import UserError
-from ondeck.hostrouter import app_claims, foreign_collisions, merge_routes, route_guard
+from ondeck.hostrouter import (
+    HostRouter,
+    app_claims,
+    foreign_collisions,
+    merge_routes,
+    route_guard,
+)
 from ondeck.router.table import Backend, Pool, Route, RouterConfig, resolve
 from ondeck.spec.host import HostApp
 from ondeck.spec.load import parse, render_spec
+from ondeck.spec.routes import Claim
 from ondeck.state.desired import Desired, render
+from ondeck.traffic import RouterLink
 
 
 def _config(env: str, *routes: tuple[str | None, str], port: int = 1000) -> RouterConfig:
@@ -68,10 +76,24 @@ def test_a_route_two_apps_claim_stays_with_its_holder_and_names_both() -> None:
     assert served is not None and served.name == "shop/production/web"
     assert second.refused == {
         "blog": (
-            "app 'blog' and app 'shop' both route host shop.example path /: 'shop' serves it; "
+            "app 'blog' (blog/production/web) and app 'shop' both route host shop.example "
+            "path /: 'shop' serves it; "
             "give each app its own host or path",
         )
     }
+
+
+def test_a_refused_route_is_told_to_the_environment_that_asked_for_it(tmp_path: Path) -> None:
+    host = HostRouter(RouterLink(tmp_path, "127.0.0.1:1"))  # never started: nothing is sent
+    host.merged = merge_routes(
+        {
+            "shop": _config("production", ("shop.example", "/"), port=1),
+            "blog": _config("staging", ("shop.example", "/"), port=2),
+        }
+    )
+    [why] = host.refusals("blog", "staging")
+    assert "app 'blog' (blog/staging/web) and app 'shop'" in why
+    assert host.refusals("blog", "production") == [] and host.refusals("shop", "production") == []
 
 
 def test_a_route_without_host_is_the_fallback_of_every_app() -> None:
@@ -137,6 +159,18 @@ def test_the_guard_refuses_collisions_misnamed_apps_and_tls() -> None:
     tls = _desired("blog", "staging", "s.blog", "blog", tls="{acme: {email: a@b.example}}")
     with pytest.raises(UserError, match="tls: not supported by `ondeck up --host-file` yet"):
         _guard("blog", tls, [])
+
+
+def test_the_guard_also_refuses_what_the_router_serves_for_an_app_being_restarted() -> None:
+    """An app whose controller is being replaced has no desired state for a moment; the
+    routes the router serves for it still belong to it."""
+    blog = _desired("blog", "staging", "shop.example", "blog.example")
+    served = [Claim("shop/production/web", "shop.example", "/")]
+    check = route_guard("blog", lambda: [], lambda: served)
+    with pytest.raises(UserError, match=r"app 'blog' .* and app 'shop' .* both route host shop"):
+        asyncio.run(check(None, blog))  # type: ignore[arg-type]  # the guard reads no env
+    mine = [Claim("blog/staging/web", "shop.example", "/")]  # its own routes: no conflict
+    asyncio.run(route_guard("blog", lambda: [], lambda: mine)(None, blog))  # type: ignore[arg-type]
 
 
 def test_an_app_runs_in_its_own_state_dir_with_its_own_source(tmp_path: Path) -> None:

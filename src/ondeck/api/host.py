@@ -32,6 +32,7 @@ from ondeck.api.webhooks import PROVIDERS, HookTarget, PushEvent, fanout_router
 from ondeck.apphost import AppHost
 from ondeck.controller import Controller
 from ondeck.errors import TemporaryError, UserError
+from ondeck.state.health import Health, worst
 from ondeck.state.lifecycle import Trigger
 from ondeck.status import (
     ControllerStatus,
@@ -165,7 +166,12 @@ class HostApi:
         for name, running in self.host.apps.items():
             doc = running.controller.status()
             certificates += doc.certificates
-            environments += [e.model_copy(update={"app": e.app or name}) for e in doc.environments]
+            for e in doc.environments:
+                refused = self.host.router.refusals(name, e.name) if self.host.router else []
+                health = worst((e.health, Health.DEGRADED)) if refused else e.health
+                conditions = e.conditions + refused
+                update = {"app": e.app or name, "conditions": conditions, "health": health}
+                environments.append(e.model_copy(update=update))
         first = next(iter(self.host.apps.values()), None)
         base = self.host.base
         router_error = first.controller.status().router.error if first is not None else None
