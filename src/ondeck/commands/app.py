@@ -13,28 +13,19 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
 from ondeck.client import default_state_dir
 from ondeck.commands.options import Author, JsonOpt, Push, StateDir
 from ondeck.errors import OndeckError, UserError
-from ondeck.source.git import _is_local, _redact
-from ondeck.source.hostfile import (
-    Edited,
-    HostFileRef,
-    edit_host_file,
-    locate,
-    probe_app,
-    read_host_file,
-    read_plain,
-)
-from ondeck.spec.host import HostApp
-from ondeck.spec.hostedit import add_app, remove_app
+
+if TYPE_CHECKING:  # git, the host file model and its editor load when a command runs
+    from ondeck.source.hostfile import Edited, HostFileRef
+    from ondeck.spec.host import HostApp
 
 app_app = typer.Typer(
     help="The apps this host runs: edit the host file of `ondeck up --host-file`.",
@@ -81,6 +72,10 @@ def add(
     ] = True,
 ) -> None:
     """Add app NAME, deployed from REPO, to the host file."""
+    from ondeck.source.git import _redact
+    from ondeck.source.hostfile import edit_host_file
+    from ondeck.spec.hostedit import add_app
+
     ref = _ref(host_file, state_dir, push)
     entry = _entry(_repo_as_written(repo), branch, path, env or [])
     if check:
@@ -104,6 +99,9 @@ def remove(
     author: Author = None,
 ) -> None:
     """Remove app NAME from the host file: `ondeck up` stops its instances, its routes go."""
+    from ondeck.source.hostfile import edit_host_file, read_plain
+    from ondeck.spec.hostedit import remove_app
+
     ref = _ref(host_file, state_dir, push)
     if ref.repo is None and read_plain(ref) is None:
         raise UserError(f"no host file at {ref.path}: there is no app to remove")
@@ -122,6 +120,9 @@ def list_apps(
     json_out: JsonOpt = False, host_file: HostFileOpt = None, state_dir: StateDir = None
 ) -> None:
     """The apps of the host file: name, repo, branch, path and environments."""
+    from ondeck.source.git import _redact
+    from ondeck.source.hostfile import read_host_file, read_plain
+
     ref = _ref(host_file, state_dir)
     apps: dict[str, HostApp] = {}
     revision = None
@@ -147,6 +148,8 @@ def list_apps(
 
 def _shown(entry: HostApp) -> dict[str, object]:
     """An entry as `app list --json` shows it: credentials in a repo URL masked."""
+    from ondeck.source.git import _redact
+
     return {
         "repo": _redact(entry.repo),
         "branch": entry.branch,
@@ -156,6 +159,8 @@ def _shown(entry: HostApp) -> dict[str, object]:
 
 
 def _ref(option: str | None, state_dir: Path | None, push: bool = False) -> HostFileRef:
+    from ondeck.source.hostfile import locate
+
     ref = locate(option, _state_dir(state_dir))
     if push and ref.repo is None:
         raise UserError(
@@ -171,6 +176,10 @@ def _state_dir(state_dir: Path | None) -> Path:
 
 def _entry(repo: str, branch: str | None, path: str, envs: list[str]) -> HostApp:
     """The entry as the host file model takes it; a bad field is a `UserError` naming its flag."""
+    from pydantic import ValidationError
+
+    from ondeck.spec.host import HostApp
+
     try:
         return HostApp(repo=repo, branch=branch, path=path, envs=envs)
     except ValidationError as error:
@@ -182,6 +191,8 @@ def _entry(repo: str, branch: str | None, path: str, envs: list[str]) -> HostApp
 
 
 def _probe(name: str, entry: HostApp) -> None:
+    from ondeck.source.hostfile import probe_app
+
     with tempfile.TemporaryDirectory(prefix="ondeck-app-") as scratch:
         try:
             probe_app(name, entry, Path(scratch))
@@ -194,6 +205,8 @@ def _probe(name: str, entry: HostApp) -> None:
 def _repo_as_written(repo: str) -> str:
     """A local repo typed relative to here is written absolute: the host file reads it from
     its own directory, and `ondeck up` may run from anywhere."""
+    from ondeck.source.git import _is_local
+
     local = Path(repo).expanduser()
     if _is_local(repo) and local.exists():
         return str(local.resolve())

@@ -22,8 +22,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from ruamel.yaml import YAML
-from ruamel.yaml.error import YAMLError
 
 from ondeck.client import Client, default_state_dir
 from ondeck.commands.options import StateDir
@@ -231,6 +229,9 @@ def secret_edit(
 
 def _edit_in_editor(values: dict[str, str], label: str) -> dict[str, str]:
     """Run $EDITOR on `NAME: value` lines in a 0700 temp dir; the dir is removed after."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
     editor = shlex.split(os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi")
     tmp = Path(tempfile.mkdtemp(prefix="ondeck-secrets-"))
     try:
