@@ -54,7 +54,7 @@ bench: install system-deps bench-deps k8s-control-plane
 	$(PY) bench/container_start.py
 	$(PY) bench/dashboard.py
 	$(PY) bench/backup.py
-	$(PY) bench/kube.py
+	$(PY) bench/kubernetes.py
 
 docs: install
 	$(PY) -m ondeck.spec.docs > docs/spec.md

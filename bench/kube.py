@@ -6,16 +6,23 @@ in the same run:
      Available through a watch; ondeck's own overhead is the time spent
      rendering and applying (the rest is the Deployment controller and KWOK);
   2. a no-op reconcile with 50 services: wall time, requests sent, and write
-     requests sent (goal: none).
+     requests sent (goal: none);
+  3. the same two through the controller (`ondeck up`'s Controller, run in
+     this process so each check can be timed): a commit -> the sync Succeeded
+     with the Deployment Available, and ondeck's overhead over the runtime
+     alone (the direct path of 1, measured alternately in the same run); and
+     the periodic check of an environment of 50 services already in sync.
 
-Run: `.venv/bin/python bench/kube.py [--repeats 5]`; starts its own control
-plane in a temporary directory (built once into ~/.cache/ondeck-k8s) and writes
-bench/results/kube.json. docs/benchmarks.md explains the figures.
+Run: `.venv/bin/python bench/kubernetes.py [--repeats 5]` (an alias of this
+file, bench/kube.py); starts its own control plane in a temporary directory
+(built once into ~/.cache/ondeck-k8s) and writes bench/results/kubernetes.json.
+docs/benchmarks.md explains the figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import signal
 import subprocess
 import sys
@@ -25,12 +32,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from common import describe, save_results, summarize
+from common import Repo, describe, save_results, summarize
+from ondeck.cluster import ClusterEnv
+from ondeck.controller import Controller
+from ondeck.daemon import build_controller
+from ondeck.environment import Environment, Options
 from ondeck.kube.render import Obj, dump, manifests
 from ondeck.runtime.kubernetes import Cluster, KubernetesRuntime, connect
 from ondeck.spec.load import parse, render_spec
 from ondeck.state.desired import render
 from ondeck.state.health import Health
+from ondeck.state.lifecycle import SyncResult, Trigger
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "k8s-control-plane.sh"
@@ -48,6 +60,10 @@ def spec_text(app: str, services: int, tag: str) -> str:
             f"    routes: [{{host: s{i}.example}}]",
         ]
     return "\n".join(lines) + "\n"
+
+
+def kube_spec(app: str, services: int, tag: str) -> str:
+    return spec_text(app, services, tag).replace("runtime: container", "runtime: kubernetes")
 
 
 def objects(app: str, services: int, tag: str) -> list[Obj]:
@@ -145,6 +161,133 @@ def bench_noop(runtime: CountingRuntime, kubeconfig: Path, repeats: int) -> dict
     }
 
 
+# --- through the controller ---------------------------------------------------------------
+
+
+async def _settled(controller: Controller, rev: str, timeout: float = 300) -> Environment:
+    """The default environment once its sync of `rev` Succeeded (polled on the loop)."""
+    env = controller.envs["default"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        live = controller.store.get_env("default")
+        if env.op is None and live is not None and live.live_revision == rev:
+            if env.last_result is not SyncResult.SUCCEEDED:
+                raise SystemExit(f"sync of {rev[:12]} ended {env.last_result}")
+            return env
+        if env.error is not None:
+            raise SystemExit(f"sync of {rev[:12]} refused: {env.error}")
+        await asyncio.sleep(0.005)
+    raise SystemExit(f"sync of {rev[:12]} not done in {timeout:.0f}s")
+
+
+def _controller(
+    tmp: Path, name: str, kubeconfig: Path, spec: str, check: float
+) -> tuple[Controller, Repo, str]:
+    repo = Repo(tmp / f"{name}-repo")
+    rev = repo.commit("first", spec)
+    opts = Options(
+        repo=str(repo.path),
+        state_dir=tmp / f"{name}-state",
+        poll=3600.0,  # commits are announced (a webhook would), never polled for
+        drift_check=check,
+        kubeconfig=kubeconfig,
+    )
+    return build_controller(opts), repo, rev
+
+
+async def bench_controller_rollout(
+    runtime: CountingRuntime, tmp: Path, kubeconfig: Path, repeats: int
+) -> dict[str, Any]:
+    app = "ctl"
+    controller, repo, rev = _controller(tmp, app, kubeconfig, kube_spec(app, 1, "0"), 30.0)
+    direct = "dir"
+    runtime.sync(_desired(direct, 1, "0"), "r0", 120)
+    task = asyncio.create_task(controller.run())
+    try:
+        await _settled(controller, rev)
+        through, alone, recorded = [], [], []
+        for i in range(1, repeats + 1):
+            rev = await asyncio.to_thread(repo.commit, f"v{i}", kube_spec(app, 1, f"c{i}"))
+            start = time.perf_counter()
+            controller.refresh(Trigger.WEBHOOK)
+            env = await _settled(controller, rev)
+            through.append(time.perf_counter() - start)
+            row = controller.store.history(env="default", limit=1)[0]
+            assert row.finished_at is not None
+            recorded.append(row.finished_at - row.started_at)
+
+            desired = _desired(direct, 1, f"d{i}")
+            start = time.perf_counter()
+            outcome = await asyncio.to_thread(runtime.sync, desired, f"r{i}", 120)
+            alone.append(time.perf_counter() - start)
+            if outcome.status.health is not Health.HEALTHY:
+                raise SystemExit(f"direct rollout {i}: {outcome.status.reasons()}")
+        assert env.desired is not None
+    finally:
+        controller.stop()
+        await task
+    through_s, alone_s = summarize(through), summarize(alone)
+    return {
+        "controller_commit_to_available_s": through_s,
+        "controller_sync_duration_in_history_s": summarize(recorded),
+        "runtime_sync_alone_s": alone_s,
+        "controller_overhead_median_s": through_s["median"] - alone_s["median"],
+    }
+
+
+def _desired(app: str, services: int, tag: str) -> Any:
+    spec = render_spec(parse(kube_spec(app, services, tag)), None)
+    return render(spec, "default", f"rev-{tag}", "")
+
+
+async def bench_controller_noop(tmp: Path, kubeconfig: Path, repeats: int) -> dict[str, Any]:
+    app, n = "ctlnoop", 50
+    controller, _, rev = _controller(tmp, app, kubeconfig, kube_spec(app, n, "1"), 0.5)
+    task = asyncio.create_task(controller.run())
+    try:
+        env = await _settled(controller, rev)
+        cluster = env.cluster
+        assert isinstance(cluster, ClusterEnv)
+        runtime = cluster.runtime(True)
+        sent: Counter[str] = Counter()
+        send = runtime._request
+
+        def counted(method: str, path: str, body: Any = None, **query: Any) -> Any:
+            sent[method] += 1
+            return send(method, path, body, **query)
+
+        runtime._request = counted  # type: ignore[method-assign]
+        check = cluster._check
+        times: list[float] = []
+        healed: list[int] = []
+
+        def timed(*args: Any) -> Any:
+            start = time.perf_counter()
+            found = check(*args)
+            times.append(time.perf_counter() - start)
+            healed.append(int(found[0].changed_anything))
+            return found
+
+        cluster._check = timed  # type: ignore[method-assign,assignment]
+        wanted = max(10, repeats * 4)
+        deadline = time.monotonic() + 120
+        while len(times) < wanted and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        writes = sum(sent[m] for m in ("PATCH", "POST", "PUT", "DELETE"))
+    finally:
+        controller.stop()
+        await task
+    return {
+        "services": n,
+        "checks": len(times),
+        "controller_noop_check_s": summarize(times),
+        "requests_sent": sum(sent.values()),
+        "requests_per_check": sum(sent.values()) / max(1, len(times)),
+        "write_requests": writes,
+        "checks_that_changed_something": sum(healed),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=5)
@@ -159,10 +302,20 @@ def main() -> None:
             runtime = CountingRuntime(connect(Cluster(kubeconfig)))
             rollout = bench_rollout(runtime, kubeconfig, args.repeats)
             noop = bench_noop(runtime, kubeconfig, args.repeats)
+            through = asyncio.run(
+                bench_controller_rollout(runtime, directory, kubeconfig, args.repeats)
+            )
+            noop_through = asyncio.run(bench_controller_noop(directory, kubeconfig, args.repeats))
         finally:
             subprocess.run(["bash", str(SCRIPT), "stop", str(directory)], check=False, timeout=120)
-    results = {"rollout": rollout, "noop_50_services": noop, "goals": GOALS}
-    path = save_results("kube", {"repeats": args.repeats}, results)
+    results = {
+        "rollout": rollout,
+        "noop_50_services": noop,
+        "controller_rollout": through,
+        "controller_noop_50_services": noop_through,
+        "goals": GOALS,
+    }
+    path = save_results("kubernetes", {"repeats": args.repeats}, results)
     print("spec change -> Available:", describe(rollout["ondeck_change_to_available_s"]))
     print("  ondeck overhead:      ", describe(rollout["ondeck_overhead_s"]))
     print("  peer kubectl:         ", describe(rollout["peer_kubectl_apply_and_rollout_status_s"]))
@@ -170,6 +323,15 @@ def main() -> None:
     print(f"  requests {noop['ondeck_requests_sent']}, writes {noop['ondeck_write_requests']}")
     print("  render (once a revision):", describe(noop["ondeck_render_s"]))
     print("  peer kubectl apply:   ", describe(noop["peer_kubectl_apply_server_side_s"]))
+    print("through the controller:")
+    print("  commit -> Available:  ", describe(through["controller_commit_to_available_s"]))
+    print("  runtime alone:        ", describe(through["runtime_sync_alone_s"]))
+    print(f"  overhead (medians):    {through['controller_overhead_median_s'] * 1000:.0f} ms")
+    print("  no-op check, 50 svcs: ", describe(noop_through["controller_noop_check_s"]))
+    print(
+        f"  {noop_through['checks']} checks, {noop_through['requests_per_check']:.1f} requests"
+        f" each, writes {noop_through['write_requests']}"
+    )
     print(f"saved {path}", file=sys.stderr)
 
 

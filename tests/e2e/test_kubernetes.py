@@ -367,3 +367,38 @@ def test_a_secret_becomes_a_secret_object_and_is_never_shown(
     shown = od.cli("status", "--json").stdout + od.cli("history", "--json").stdout
     shown += od.cli("diff", "--env", "staging").stdout + od.log()
     assert value not in shown
+
+
+def test_a_release_task_runs_as_a_job_before_the_deployment_changes(
+    control_plane: ControlPlane, repo: Repo, ondeck: Callable[..., Ondeck], app: str
+) -> None:
+    release = '\n    release: ["/bin/migrate"]\n    release_timeout: 2m'
+    first = repo.commit("with a migration", spec(app, extra=release))
+    od = up(ondeck, repo, control_plane, "--env", "staging")
+    ns = f"{app}-staging"
+    od.wait_synced(first, "staging", timeout=180)
+    synced = history(od, "staging")[0]
+    jobs = [a for a in synced["actions"] if a.startswith(f"create Job/{ns}/web-release-")]
+    assert len(jobs) == 1, synced["actions"]
+    assert synced["actions"].index(jobs[0]) < synced["actions"].index(f"create Deployment/{ns}/web")
+
+    # a task that cannot succeed (its pod fits no node; 3 s deadline): the sync fails with
+    # the reason, and the running Deployment is left as it was
+    failing = (
+        spec(app, extra=release)
+        .replace("shop:1", "shop:2")
+        .replace("release_timeout: 2m", "release_timeout: 3s\n    memory: 512GiB")
+    )
+    second = repo.commit("a migration that fails", failing)
+    failed = wait_for(
+        lambda: next(
+            (r for r in history(od, "staging") if r["revision"] == second and r["result"]), None
+        ),
+        "the second sync to end",
+        180,
+    )
+    assert failed["result"] == "Failed"
+    assert "release task of web failed" in failed["error"], failed["error"]
+    assert image(control_plane, ns) == "registry.example/shop:1"
+    web = od.service("web", "staging")
+    assert web is not None and web["health"] == "Healthy"

@@ -26,6 +26,8 @@ services:
     stop: {signal: TERM, grace: 20s}
     rollout: {strategy: rolling, max_surge: 1, max_unavailable: 0, deadline: 2m, keep_old: 30s}
     routes: [{host: shop.example, path: /}]
+    release: ["/bin/shop", "migrate"]
+    release_timeout: 5m
   admin:
     image: ghcr.io/acme/admin:1
     rollout: {strategy: blue-green}
@@ -89,3 +91,10 @@ environments:
     assert render_spec(parse(spec), "staging").runtime == "process"
     [problem] = validate(spec)
     assert "production" in str(problem) and "rollout.drain" in problem.message
+
+
+def test_a_release_task_is_refused_on_containers_only() -> None:
+    spec = "app: shop\nruntime: container\nservices:\n  web: {image: 'a:1', release: [m]}\n"
+    [problem] = validate(spec)
+    assert "release tasks are not supported yet with the container runtime" in problem.message
+    assert validate(spec.replace("runtime: container", "runtime: kubernetes")) == []

@@ -632,7 +632,7 @@ class KubernetesRuntime:
         ns = namespace or namespace_of(desired.app, desired.env)
         app, env = desired.app, desired.env
         live, _ = self._deployments(ns, app, env)
-        services = {s.name: self._live_service(ns, s.name) for s in desired.services}
+        services = self._services(ns, app, env)  # one list, not a read per service
         colors: dict[str, str] = {}
         serving: dict[str, str] = {}
         keep: set[str] = set()
@@ -641,7 +641,7 @@ class KubernetesRuntime:
             two_sets = svc.spec.rollout.strategy == "blue-green"
             if not two_sets or container_port(svc.spec) is None:
                 continue
-            active = _serving_color(services[svc.name])
+            active = _serving_color(services.get(svc.name))
             if active is None:
                 colors[svc.name] = "blue"
                 continue
@@ -652,7 +652,7 @@ class KubernetesRuntime:
                 candidate[svc.name]["spec"]["template"], current["spec"]["template"]
             ):
                 colors[svc.name] = active
-                if now - _switched_at(services[svc.name]) < svc.spec.rollout.keep_old:
+                if now - _switched_at(services.get(svc.name)) < svc.spec.rollout.keep_old:
                     keep.add(f"Deployment/{ns}/{svc.name}-{idle}")
                 continue
             colors[svc.name], serving[svc.name] = idle, active
@@ -731,6 +731,15 @@ class KubernetesRuntime:
                 "GET", f"/api/v1/namespaces/{namespace}/pods", labelSelector=selector
             )
         return sorted(listing.get("items", []), key=lambda p: str(p["metadata"]["name"]))
+
+    def _services(self, namespace: str, app: str, env: str) -> dict[str, Obj]:
+        """The environment's Services by name (one list request)."""
+        selector = f"ondeck.dev/app={app},ondeck.dev/env={env}"
+        with _api_errors(f"reading Services in {namespace}"):
+            listing = self._request(
+                "GET", _COLLECTION["Service"].format(ns=namespace), labelSelector=selector
+            )
+        return {s["metadata"]["name"]: s for s in listing.get("items", [])}
 
     def _live_service(self, namespace: str, name: str) -> Obj | None:
         return self.get({"kind": "Service", "metadata": {"name": name, "namespace": namespace}})

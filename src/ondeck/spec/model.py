@@ -821,11 +821,11 @@ class Spec(Strict):
                     f"service {name!r}: source pins the code of the process runtime; with "
                     f"{self.runtime.value}, the image is the code: pin it with image instead"
                 )
-            if self.runtime is not RuntimeKind.PROCESS and service.release is not None:
-                # Nothing inert: only the process runtime runs release tasks so far.
+            if self.runtime is RuntimeKind.CONTAINER and service.release is not None:
+                # Nothing inert: the process runtime and Kubernetes (a Job) run them so far.
                 raise ValueError(
                     f"service {name!r}: release tasks are not supported yet with the "
-                    f"{self.runtime.value} runtime (process only); remove `release:` and run "
+                    "container runtime (process and kubernetes only); remove `release:` and run "
                     "the task by hand"
                 )
         return self
