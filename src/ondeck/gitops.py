@@ -261,8 +261,8 @@ def _code_of(ws: Workspace, text: str, name: str, env: str, dest: Deployed) -> D
     """`source.*` pinning exactly the code `env` runs for `name`: a full sha, repo and path."""
     pin = edit.effective_all(text, env, PIN)
     ref, repo = pin.get((name, "source.ref")), pin.get((name, "source.repo"))
-    sha = ws.head() if ref is None else ws.code_sha(ref, repo)
-    if repo is None:  # this repository: the commit that made that code, not a later spec edit
+    sha, follows = (ws.head(), True) if ref is None else ws.code_sha(ref, repo)
+    if repo is None and follows:  # the commit that made this code, not a later spec edit
         sha = ws.code_commit(sha, pin.get((name, "source.path"), ws.prefix))
     found = {(name, "source.ref"): sha}
     for field in ("source.repo", "source.path"):

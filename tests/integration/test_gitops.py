@@ -258,6 +258,16 @@ class TestPromote:
         assert effective(text, "web", "source.ref", "production") is None
         assert effective(text, "web", "source.ref", "staging") == "main"
 
+    def test_a_tag_is_pinned_to_exactly_its_commit(self, origin: Path) -> None:
+        alice = clone(origin, "alice")
+        gitops.set_field(str(alice), [("api", "2.1.0")], "version", "staging", push=True)
+        tagged = git(alice, "rev-parse", "HEAD")  # a spec-only commit: still what the tag names
+        git(alice, "tag", "-a", "-m", "release", "v2")
+        git(alice, "push", "-q", "origin", "v2")
+        gitops.set_field(str(alice), [("web", "v2")], "source.ref", "staging", push=True)
+        gitops.promote(str(alice), "staging", "production", ["web"], push=True)
+        assert effective(remote_spec(origin), "web", "source.ref", "production") == tagged
+
     def test_an_app_repo_pin_copies_repo_path_and_a_full_sha(
         self, origin: Path, tmp_path: Path
     ) -> None:

@@ -249,18 +249,20 @@ class Workspace:
             raise UserError(f"unknown revision {rev!r} in {self.root}")
         return found[0]
 
-    def code_sha(self, ref: str, repo: str | None) -> str:
-        """The full sha `ref` names now: in `repo` (an app repository), else in this
-        repository as its remote has it (what ondeck fetches), else as it is here.
+    def code_sha(self, ref: str, repo: str | None) -> tuple[str, bool]:
+        """(full sha, is a branch) of what `ref` names now: in `repo` (an app repository),
+        else in this repository as its remote has it (what ondeck fetches), else here.
 
         A tag wins over a branch, as when ondeck resolves a pin.
         """
         if re.fullmatch(r"[0-9a-f]{40}", ref):
-            return ref
+            return ref, False
         where = repo or (self.remote[0] if self.remote else ".")
         shown = _redact(repo) if repo else "this repository"
         try:
-            out = _git(self.root, "ls-remote", "--", where, ref, timeout=_CLONE_TIMEOUT)
+            # `REF^{}` too: an annotated tag's line names the tag object, its peeled one the commit
+            args = ("ls-remote", "--", where, ref, f"{ref}^{{}}")
+            out = _git(self.root, *args, timeout=_CLONE_TIMEOUT)
         except SourceError as err:
             raise UserError(f"cannot read the refs of {shown}: {err}") from err
         pairs = (line.split("\t", 1) for line in out.splitlines() if "\t" in line)
@@ -268,9 +270,9 @@ class Workspace:
         bare = ref.removeprefix("refs/tags/").removeprefix("refs/heads/")
         for name in (f"refs/tags/{bare}^{{}}", f"refs/tags/{bare}", f"refs/heads/{bare}"):
             if name in refs and (ref == bare or ref == name.removesuffix("^{}")):
-                return refs[name]
+                return refs[name], name.startswith("refs/heads/")
         if repo is None and re.fullmatch(r"[0-9a-f]{7,39}", ref):
-            return self.resolve(ref)  # an abbreviated sha of this repository
+            return self.resolve(ref), False  # an abbreviated sha of this repository
         raise UserError(
             f"{ref!r} names no branch or tag in {shown}"
             + ("" if repo is None else " (an abbreviated sha: write it in full)")
