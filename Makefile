@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install system-deps bench-deps podman-setup lint test unit demo demo-stop bench docs clean
+.PHONY: install system-deps bench-deps podman-setup lint test unit demo demo-stop bench docs clean k8s-control-plane k8s-build-start
 
 $(STAMP): pyproject.toml
 	@command -v python3 >/dev/null || { echo "python3 is required"; exit 1; }
@@ -20,8 +20,11 @@ system-deps:
 bench-deps:
 	@bash scripts/bench-deps.sh
 
-k8s-control-plane:  # built once into ~/.cache/ondeck-k8s (a no-op when built)
+k8s-control-plane:  # built once into ~/.cache/ondeck-k8s (a no-op when built; waits for a running build)
 	@nice bash scripts/k8s-control-plane.sh build
+
+k8s-build-start:  # the same build, in the background, while the other tests run
+	@bash scripts/k8s-control-plane.sh build-start
 
 podman-setup:
 	@bash scripts/podman-setup.sh
@@ -32,8 +35,14 @@ lint: install
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-test: install system-deps k8s-control-plane lint
-	$(VENV)/bin/pytest -q -p no:cacheprovider
+# The control plane builds (once, in the background) while lint and every test that does not
+# need it run; the Kubernetes tests (marked by tests/kubeplane.py) run last, once it is built.
+test: install system-deps k8s-build-start lint
+	@status=0; \
+	$(VENV)/bin/pytest -q -p no:cacheprovider -m "not kubernetes" || status=$$?; \
+	nice bash scripts/k8s-control-plane.sh build || status=$$?; \
+	$(VENV)/bin/pytest -q -p no:cacheprovider -m kubernetes || status=$$?; \
+	exit $$status
 
 unit: install
 	$(VENV)/bin/pytest -q tests/unit

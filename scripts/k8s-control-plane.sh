@@ -2,15 +2,18 @@
 # A real Kubernetes control plane for ondeck's tests and bench, built from the
 # Go module proxy (no Debian/PyPI/npm package ships a kube-apiserver).
 #
-#   k8s-control-plane.sh build        build once into $ONDECK_K8S_CACHE (a no-op when built)
+#   k8s-control-plane.sh build        build once into $ONDECK_K8S_CACHE (a no-op when built);
+#                                     waits for a build already running (lock), then reuses it
+#   k8s-control-plane.sh build-start  the same build, detached in the background (log:
+#                                     $ONDECK_K8S_CACHE/build.log); returns at once
 #   k8s-control-plane.sh start DIR    etcd + apiserver + controller-manager + scheduler + kwok
 #                                     on free loopback ports, one simulated node; waits
 #                                     until a Deployment can become Available; writes
 #                                     DIR/kubeconfig and DIR/pids; exits 0
 #   k8s-control-plane.sh stop DIR     stops what start started, by pid
 #
-# Called by `make test` (build) and by the pytest fixture in tests/conftest.py
-# (start/stop). See docs/kubernetes.md.
+# Called by `make test` (build-start first, build before the Kubernetes tests) and by
+# the pytest fixture in tests/kubeplane.py (start/stop). See docs/kubernetes.md.
 set -euo pipefail
 
 K8S=${ONDECK_K8S_VERSION:-1.36.3}
@@ -18,30 +21,52 @@ KWOK=${ONDECK_KWOK_VERSION:-v0.8.0}
 CACHE=${ONDECK_K8S_CACHE:-$HOME/.cache/ondeck-k8s}
 BIN=$CACHE/bin
 STAMP=$BIN/.built-$K8S-$KWOK
+LOCK=$CACHE/.build.lock
+# how long `build` waits for a build another process runs (a cold one is long on 2 cores)
+WAIT=${ONDECK_K8S_BUILD_WAIT:-7200}
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 
 log() { echo "k8s-control-plane: $*" >&2; }
 die() { log "$*"; exit 1; }
 
+built() {
+  [ -f "$STAMP" ] || return 1
+  local c
+  for c in "${COMPONENTS[@]}"; do [ -x "$BIN/$c" ] || return 1; done
+}
+
 build() {
-  if [ -f "$STAMP" ]; then
-    for c in "${COMPONENTS[@]}"; do [ -x "$BIN/$c" ] || { rm -f "$STAMP"; break; }; done
-    [ -f "$STAMP" ] && return 0
+  built && return 0
+  mkdir -p "$CACHE"
+  exec 9>"$LOCK"
+  if ! flock -n 9; then
+    log "another build is running (log: $CACHE/build.log); waiting up to ${WAIT}s"
+    flock -w "$WAIT" 9 || die "timed out after ${WAIT}s waiting for the build running in $CACHE"
   fi
+  # the build we waited for may have done it
+  built && return 0
+  compile
+}
+
+compile() {
   command -v go >/dev/null || die "go is required to build the control plane (apt-get install -y golang-go, go >= 1.26)"
-  local need_kb=$((6 * 1024 * 1024)) avail_kb
+  command -v flock >/dev/null || die "flock is required (apt-get install -y util-linux)"
+  local need_kb=$((6 * 1024 * 1024)) avail_kb jobs
   mkdir -p "$CACHE/mod" "$BIN"
   avail_kb=$(df -Pk "$CACHE" | awk 'NR==2{print $4}')
   [ "$avail_kb" -ge "$need_kb" ] ||
     die "need 6 GiB free under $CACHE for modules and build cache, have $((avail_kb / 1024)) MiB"
+  # Parallel compiles: every core up to 8 (each can take ~1 GiB on the largest packages).
+  jobs=${ONDECK_K8S_BUILD_JOBS:-$(nproc)}
+  [ "$jobs" -le 8 ] || jobs=8
   local t0=$SECONDS
-  log "building Kubernetes v$K8S and kwok $KWOK into $BIN (once; 10-30 min on 2 cores)"
-  export GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
+  log "building Kubernetes v$K8S and kwok $KWOK into $BIN (once; 30-60 min on 2 cores)"
+  export GOTOOLCHAIN=local GOFLAGS="-mod=mod -p=$jobs" CGO_ENABLED=0
   (
     cd "$CACHE/mod"
     rm -f go.mod go.sum
     go mod init ondeck.local/k8sbin >/dev/null 2>&1
-    local modfile stg minor etcd_v
+    local modfile stg minor etcd_v vf
     stg=0.${K8S#1.}
     minor=$(cut -d. -f2 <<<"$K8S")
     modfile=$(go mod download -json "k8s.io/kubernetes@v$K8S" | sed -n 's/.*"GoMod": "\(.*\)",*/\1/p')
@@ -53,15 +78,44 @@ build() {
     done
     etcd_v=$(awk '$1 == "go.etcd.io/etcd/client/v3" {print $2}' "$modfile")
     go get "k8s.io/kubernetes@v$K8S" "go.etcd.io/etcd/server/v3@$etcd_v"
-    local vf="-X k8s.io/component-base/version.gitVersion=v$K8S -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor"
+    vf="-X k8s.io/component-base/version.gitVersion=v$K8S -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor"
+    # Only the binaries a test cluster runs, stripped (-s -w) and path-independent
+    # (-trimpath); one `go build` so the packages they share compile once.
     go build -trimpath -ldflags "-s -w $vf" -o "$BIN/" k8s.io/kubernetes/cmd/kube-apiserver \
       k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler
     go build -trimpath -ldflags "-s -w" -o "$BIN/etcd" go.etcd.io/etcd/server/v3
-    GOFLAGS= GOBIN=$BIN go install "sigs.k8s.io/kwok/cmd/kwok@$KWOK"
+    # kwok uses the same client libraries (k8s.io/* v0.MINOR): built in this module, it
+    # reuses what is compiled already. Should its code not build against them, it is
+    # built as its own module instead.
+    local stages
+    if go get "sigs.k8s.io/kwok@$KWOK" &&
+      go build -trimpath -ldflags "-s -w" -o "$BIN/kwok" sigs.k8s.io/kwok/cmd/kwok; then
+      log "kwok built with the cluster's client libraries"
+    else
+      log "kwok did not build in the shared module; building it as its own module"
+      GOFLAGS="-p=$jobs" GOBIN=$BIN go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK"
+    fi
+    # the stage files the simulated node uses, kept next to the binaries
+    stages=$(go mod download -json "sigs.k8s.io/kwok@$KWOK" | sed -n 's/.*"Dir": "\(.*\)",*/\1/p')
+    rm -rf "$BIN/stages"
+    cp -r "$stages/kustomize/stage" "$BIN/stages"
+    chmod -R u+w "$BIN/stages"  # module files are read-only: a rebuild must remove them
   )
   for c in "${COMPONENTS[@]}"; do [ -x "$BIN/$c" ] || die "build finished without $BIN/$c"; done
-  echo "k8s=v$K8S kwok=$KWOK seconds=$((SECONDS - t0))" >"$STAMP"
+  echo "k8s=v$K8S kwok=$KWOK seconds=$((SECONDS - t0)) jobs=$jobs" >"$STAMP"
   log "built in $((SECONDS - t0)) s"
+}
+
+build_start() {
+  built && return 0
+  mkdir -p "$CACHE"
+  # a build already holding the lock is left to finish; `build` will wait for it
+  if ! flock -n "$LOCK" true; then
+    log "a build is already running in $CACHE"
+    return 0
+  fi
+  log "building in the background (log: $CACHE/build.log)"
+  setsid nice -n 10 bash "$0" build >"$CACHE/build.log" 2>&1 </dev/null &
 }
 
 free_port() {
@@ -174,7 +228,9 @@ EOF
     --enable-hostpath-provisioner=true
   launch "$DIR" kube-scheduler "$BIN/kube-scheduler" --kubeconfig="$DIR/kubeconfig" \
     --bind-address=127.0.0.1 --secure-port=0 --leader-elect=false
-  stages=$(GOTOOLCHAIN=local go env GOMODCACHE)/sigs.k8s.io/kwok@$KWOK/kustomize/stage
+  stages=$BIN/stages
+  # a cache built before the stages were kept there: kwok's module in the Go module cache
+  [ -d "$stages" ] || stages=$(GOTOOLCHAIN=local go env GOMODCACHE)/sigs.k8s.io/kwok@$KWOK/kustomize/stage
   launch "$DIR" kwok "$BIN/kwok" --kubeconfig="$DIR/kubeconfig" --manage-all-nodes=true \
     --server-address="127.0.0.1:$kwok_port" --node-lease-duration-seconds=40 \
     -c "$stages/node/fast/node-initialize.yaml" \
@@ -251,12 +307,13 @@ stop() {
 
 case "${1:-}" in
   build) build ;;
+  build-start) build_start ;;
   start) start "${2:?usage: $0 start DIR}" ;;
   stop) stop "${2:?usage: $0 stop DIR}" ;;
   # restart DIR COMPONENT: stop one component and start it again with the same argv
   restart) stop_one "${2:?}" "${3:?}" && relaunch "$2" "$3" ;;
   *)
-    echo "usage: $0 build | start DIR | stop DIR | restart DIR COMPONENT" >&2
+    echo "usage: $0 build | build-start | start DIR | stop DIR | restart DIR COMPONENT" >&2
     exit 2
     ;;
 esac

@@ -3,8 +3,10 @@
 etcd, kube-apiserver, kube-controller-manager and kube-scheduler are the real
 components built from the Go module proxy; KWOK stands in for the kubelet only
 (no kubelet can run containers here), marking scheduled pods Running and Ready
-on a simulated node. Imported by the conftest of each test directory that
-needs it; `make test` builds the binaries beforehand (a no-op once built).
+on a simulated node. Loaded as a pytest plugin (pyproject's addopts); every
+test using the `control_plane` fixture is marked `kubernetes` and runs last, so
+`make test` runs the others while the binaries build in the background
+(`-m "not kubernetes"`, then `-m kubernetes` once built).
 """
 
 from __future__ import annotations
@@ -31,6 +33,21 @@ class ControlPlane:
             check=True,
             timeout=120,
         )
+
+
+MARK = "kubernetes"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", f"{MARK}: needs the Kubernetes control plane (runs last)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that use the control plane, and move them to the end of the run."""
+    for item in items:
+        if "control_plane" in getattr(item, "fixturenames", ()):
+            item.add_marker(MARK)
+    items.sort(key=lambda item: item.get_closest_marker(MARK) is not None)
 
 
 @pytest.fixture(scope="session")
