@@ -297,6 +297,8 @@ class KubernetesRuntime:
         self.core = k8s.CoreV1Api(api)
         # fields left to another manager, by object key: never applied again by ondeck
         self._left: dict[str, set[str]] = {}
+        # the last renders, as JSON text: a no-op reconcile does not render the spec again
+        self._rendered: dict[tuple[Any, ...], tuple[Desired, str]] = {}
 
     # -- requests --
 
@@ -713,6 +715,24 @@ class KubernetesRuntime:
         canary: Mapping[str, int] | None = None,
     ) -> list[Obj]:
         """The environment's manifests plus its Secret, which only the runtime holds values for."""
+        key = (namespace, _frozen(colors), _frozen(serving), _frozen(canary))
+        hit = self._rendered.get(key)
+        if hit is None or hit[0] is not desired:
+            hit = (desired, json.dumps(self._render(desired, namespace, colors, serving, canary)))
+            if len(self._rendered) >= 8:
+                self._rendered.clear()
+            self._rendered[key] = hit
+        found: list[Obj] = json.loads(hit[1])  # a fresh copy: callers change what they get
+        return found
+
+    def _render(
+        self,
+        desired: Desired,
+        namespace: str,
+        colors: Mapping[str, str] | None,
+        serving: Mapping[str, str] | None,
+        canary: Mapping[str, int] | None,
+    ) -> list[Obj]:
         objects = with_deadlines(manifests(desired, namespace, colors, serving, canary), desired)
         values: dict[str, str] = {}
         for svc in desired.services:
@@ -791,6 +811,10 @@ def with_deadlines(objects: list[Obj], desired: Desired) -> list[Obj]:
             deadline = max(1, math.ceil(svc.spec.rollout.deadline))
             obj["spec"]["progressDeadlineSeconds"] = deadline
     return objects
+
+
+def _frozen(values: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted((values or {}).items()))
 
 
 def _serving_color(service: Obj | None) -> str | None:
