@@ -191,6 +191,11 @@ class Controller:
         kept, and the next `ondeck up` brings it all back. With `env` that environment
         is held down while the others go on, until `ondeck sync --env` starts it again.
         """
+        if env:
+            self.env(env).refuse_on_cluster(
+                "`ondeck down --env`",
+                "scale its Deployments with kubectl, or take the environment out of ondeck.yaml",
+            )
         names = [self.env(env).name] if env else list(self.envs)
         future: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
         self._down = (env and names[0], future)
@@ -398,6 +403,9 @@ class Controller:
             )
         )
         if found is None:
+            for state in self.envs.values():  # a rolling update on a cluster is not ours to stop
+                if state.desired is not None and state.desired.service(service) is not None:
+                    state.refuse_on_cluster(f"`ondeck rollout {action}`", "see `ondeck status`")
             raise UserError(f"no release of {service!r} is in progress; see `ondeck status`")
         return found.rollout_action(service, action)
 

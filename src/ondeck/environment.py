@@ -56,6 +56,7 @@ from ondeck.errors import (
     UnresolvedRef,
     UserError,
 )
+from ondeck.kube.render import namespace_of
 from ondeck.metrics import Metrics
 from ondeck.release_phase import HostSecretsWatch, run_release_tasks, secrets_at
 from ondeck.releases import (
@@ -875,8 +876,28 @@ class Environment:
         self.releases[name] = progress
         self._save_releases()
 
+    def on_cluster(self) -> str | None:
+        """runtime kubernetes: `namespace N` where its objects are (what to tell kubectl)."""
+        desired = self.desired
+        if desired is None or desired.runtime != "kubernetes":
+            return None
+        return f"namespace {namespace_of(desired.app, desired.env)}"
+
+    def refuse_on_cluster(self, what: str, instead: str) -> None:
+        """A host-only operation asked of an environment that runs on Kubernetes."""
+        where = self.on_cluster()
+        if where is not None:
+            raise UserError(
+                f"environment {self.name!r} runs on Kubernetes ({where}): {what} works on "
+                f"this host's instances only; {instead}"
+            )
+
     def rollout_action(self, service: str, action: str) -> Progress:
         """`ondeck rollout promote|abort SERVICE`: a person steps in."""
+        self.refuse_on_cluster(
+            f"`ondeck rollout {action}`",
+            "a Deployment's rolling update is the cluster's; undo a release with `ondeck rollback`",
+        )
         now = self.host.clock.time()
         progress = self.releases.get(service) or self._rolling_release(service, action, now)
         if action == "promote":

@@ -235,6 +235,16 @@ def test_two_environments_in_two_namespaces(
     assert (deployment(control_plane, f"{app}-production", "web") or {})["spec"]["replicas"] == 3
     web = next(s for s in prod["services"] if s["name"] == "web")
     assert web["replicas"] == {"desired": 3, "ready": 3}
+    # What works on this host's instances only says so, and where to go instead.
+    logs = od.cli("logs", "web", "--env", "production", check=False)
+    said = logs.stdout + logs.stderr
+    assert logs.returncode != 0 and f"kubectl logs -n {app}-production deployment/web" in said
+    for argv in (["down", "--env", "staging"], ["rollout", "abort", "web", "--env", "staging"]):
+        refused = od.cli(*argv, check=False)
+        said = refused.stdout + refused.stderr
+        assert refused.returncode != 0 and f"runs on Kubernetes (namespace {app}-staging)" in said
+    assert (deployment(control_plane, f"{app}-staging", "web") or {})["spec"]["replicas"] == 2
+    assert od.env_status("staging")["sync"] == "Synced"
 
 
 def test_self_heal_off_reports_an_edit_by_hand(

@@ -296,6 +296,16 @@ def create_app(
             paths = _log_paths(controller, service, envs)
             resolve = functools.partial(_log_paths, controller, service, envs)
         if not paths:
+            for name in envs:  # its pods log on the cluster: say where
+                state = controller.envs[name]
+                where = state.on_cluster()
+                if where and state.desired and state.desired.service(service) is not None:
+                    raise HTTPException(
+                        409,
+                        f"service {service!r} of environment {name!r} runs on Kubernetes "
+                        f"({where}): read its logs with `kubectl logs -n "
+                        f"{where.split()[-1]} deployment/{service}`",
+                    )
             raise HTTPException(404, f"no instance of service {service!r}; see `ondeck status`")
         if not follow:
             return PlainTextResponse(
