@@ -7,7 +7,6 @@ state dir, since status and logs can reveal as much as a mutating call can.
 
 import asyncio
 import functools
-import hmac
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -51,7 +50,7 @@ from ondeck.status import (
     SyncEntry,
 )
 from ondeck.store import SyncRecord
-from ondeck.tokens import ADMIN, Scope, TokenInfo, Tokens, allows, visible_envs
+from ondeck.tokens import Scope, TokenInfo, Tokens, allows, visible_envs
 
 FOLLOW_INTERVAL = 0.2
 RESOLVE_INTERVAL = 1.0  # how often a follow looks for new instances
@@ -111,18 +110,7 @@ def create_app(
     tokens = tokens or Tokens(controller.store)
 
     def authorized(request: Request) -> TokenInfo:
-        header = request.headers.get("authorization", "")
-        given = header.removeprefix("Bearer ").strip()
-        if given and hmac.compare_digest(given.encode(), token.encode()):
-            return ADMIN
-        info = tokens.check(given) if given else None
-        if info is None:
-            raise HTTPException(
-                401,
-                "missing or wrong bearer token: see the `token` file in the state dir, "
-                "or `ondeck token create`",
-            )
-        return info
+        return guard.bearer(request, token, tokens)
 
     Caller = Annotated[TokenInfo, Depends(authorized)]
 

@@ -8,15 +8,17 @@ is a number too large for the store (OverflowError from SQLite).
 
 from __future__ import annotations
 
+import hmac
 import re
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, field_validator
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ondeck.errors import UserError
+from ondeck.tokens import ADMIN, TokenInfo, Tokens
 
 MAX_LIMIT = 10_000
 """The most rows one history or events call returns."""
@@ -63,3 +65,18 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(OverflowError)
     async def overflow(request: Request, err: OverflowError) -> JSONResponse:
         return JSONResponse({"detail": f"a number in the request is out of range ({err})"}, 400)
+
+
+def bearer(request: Request, admin_token: str, tokens: Tokens) -> TokenInfo:
+    """Who calls: the state dir's token (ADMIN) or one of `tokens`; else 401."""
+    given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    if given and hmac.compare_digest(given.encode(), admin_token.encode()):
+        return ADMIN
+    info = tokens.check(given) if given else None
+    if info is None:
+        raise HTTPException(
+            401,
+            "missing or wrong bearer token: see the `token` file in the state dir, "
+            "or `ondeck token create`",
+        )
+    return info

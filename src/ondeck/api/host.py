@@ -12,7 +12,6 @@ Built by cli.py (`ondeck up --host-file`), served by daemon.py.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 from collections.abc import Iterable
 from html import escape
@@ -198,17 +197,7 @@ def _host_routes(host_api: HostApi) -> FastAPI:
 
     def caller(request: Request) -> TokenInfo:
         """The admin token, or one of the host's tokens (`ondeck token create`)."""
-        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if given and hmac.compare_digest(given.encode(), host_api.token.encode()):
-            return ADMIN
-        info = host_api.tokens.check(given) if given else None
-        if info is None:
-            raise HTTPException(
-                401,
-                "missing or wrong bearer token: see the `token` file in the state dir, "
-                "or `ondeck token create`",
-            )
-        return info
+        return guard.bearer(request, host_api.token, host_api.tokens)
 
     def authorized(request: Request) -> None:
         if caller(request) is not ADMIN:
