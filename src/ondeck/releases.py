@@ -10,6 +10,7 @@ at once take turns (one builds, the other finds it complete).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -244,35 +245,31 @@ def prune(root: Path, keep: set[Path], recent: int = KEEP_RECENT) -> list[Path]:
     if not root.is_dir():
         return removed
     for service_dir in root.iterdir():
-        releases = [r for r in service_dir.iterdir() if r.is_dir()] if service_dir.is_dir() else []
-        spare = sorted(
-            (r for r in releases if r not in keep and is_complete(r) and ".drifted-" not in r.name),
-            key=_built_at,
-            reverse=True,
-        )[:recent]
-        for release in releases:
-            if release not in keep and release not in spare:
-                shutil.rmtree(release, ignore_errors=True)
-                removed.append(release)
+        if service_dir.is_dir():
+            removed += _prune_among(service_dir, keep, recent, locked=False)
     return removed
 
 
 def prune_flat(root: Path, keep: set[Path], recent: int) -> list[Path]:
     """`prune` for shared releases (root/KEY): `recent` spares in all, newest first."""
-    removed: list[Path] = []
     if not root.is_dir():
-        return removed
-    releases = [r for r in root.iterdir() if r.is_dir()]
+        return []
+    return _prune_among(root, keep, recent, locked=True)
+
+
+def _prune_among(parent: Path, keep: set[Path], recent: int, locked: bool) -> list[Path]:
+    """Remove the release dirs under `parent` that are neither kept nor the `recent` newest
+    complete spares. `locked`: a shared release is removed under its build lock."""
+    releases = [r for r in parent.iterdir() if r.is_dir()]
     spare = sorted(
         (r for r in releases if r not in keep and is_complete(r) and ".drifted-" not in r.name),
         key=_built_at,
         reverse=True,
     )[:recent]
-    for release in releases:
-        if release not in keep and release not in spare:
-            with _lock(release):
-                shutil.rmtree(release, ignore_errors=True)
-            removed.append(release)
+    removed = [r for r in releases if r not in keep and r not in spare]
+    for release in removed:
+        with _lock(release) if locked else contextlib.nullcontext():
+            shutil.rmtree(release, ignore_errors=True)
     return removed
 
 
