@@ -82,8 +82,13 @@ def test_backups_are_taken_proven_listed_gated_and_restored(
     # restore: the current state is backed up first, services stopped and started again
     writer_pid = _pid(od, "writer")
     since = datetime.datetime.fromisoformat(backups[1]["created"]).timestamp() + 1
-    until = time.time() - 1
-    assert _ticks(db, since, until) > 0  # written after that backup: a restore loses them
+
+    def written_after_that_backup() -> float | None:
+        until = time.time() - 1  # a window that closes before the restore can start
+        return until if until > since and _ticks(db, since, until) > 0 else None
+
+    # rows written after that backup, which a restore loses (the window needs a second or more)
+    until = wait_for(written_after_that_backup, "the writer to write after that backup")
     restored = _json(od, "backup", "restore", "db")
     assert isinstance(restored, dict) and restored["id"] == backups[1]["id"]
     assert len(_json(od, "backup", "list", "db")) == 3
