@@ -4,9 +4,11 @@ environment.py gives an environment whose desired runtime is `kubernetes` a
 `ClusterEnv` and calls its `step` once per pass. A step starts at most one job,
 in a daemon thread (the API calls block): apply the open sync's revision and
 watch it settle (`KubernetesRuntime.sync`), or look at what runs (a no-op apply
-that reverts or reports drift, plus the pods). Between jobs a watch on the
-environment's Deployments wakes the host loop when one changes, so a
-`kubectl edit` is seen at once; `check_every` is the backstop for other kinds.
+that reverts or reports drift, plus the pods). The environment's objects are
+kept in a watch-fed cache (runtime/kube_cache.py) that the runtime reads, so a
+check of an environment in sync sends no request; a change of any of them but
+a pod wakes the host loop, so a `kubectl edit` is seen at once; `check_every`
+is the backstop.
 What was seen is kept as an `Observed` for status; the sync record stays with
 the environment, which gets each job's outcome through a `Reports`.
 """
@@ -22,19 +24,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-import urllib3
 from kubernetes import client as k8s
-from kubernetes import watch as k8s_watch
-from kubernetes.client.exceptions import ApiException
 
 from ondeck.errors import OndeckError, TemporaryError
 from ondeck.kube.render import Obj, manifests, namespace_of
+from ondeck.runtime.kube_cache import KubeCache
 from ondeck.runtime.kubernetes import (
     ApplyResult,
     Cluster,
     EnvStatus,
     KubernetesRuntime,
     SyncOutcome,
+    cache_sources,
     connect,
 )
 from ondeck.state.desired import Desired
@@ -131,7 +132,7 @@ class ClusterEnv:
         self._retry_at = 0.0
         self._dirty = False
         self._watching: tuple[str, str, str] | None = None
-        self._stop_watch = threading.Event()
+        self._cache: KubeCache | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -149,7 +150,10 @@ class ClusterEnv:
 
     def runtime(self, self_heal: bool) -> KubernetesRuntime:
         if self_heal not in self._runtimes:
-            self._runtimes[self_heal] = KubernetesRuntime(self.link.api(), self_heal=self_heal)
+            runtime = KubernetesRuntime(self.link.api(), self_heal=self_heal)
+            if self._cache is not None and self._watching is not None:
+                runtime.use_cache(*self._watching, self._cache)
+            self._runtimes[self_heal] = runtime
         return self._runtimes[self_heal]
 
     # -- the pass ----------------------------------------------------------------------
@@ -226,6 +230,7 @@ class ClusterEnv:
 
     def _sync(self, desired: Desired) -> tuple[SyncOutcome, Observed]:
         runtime = self.runtime(True)  # a sync applies what git says, over any edit by hand
+        self._watch(namespace_of(desired.app, desired.env), desired.app, desired.env)
         deadline = max(s.spec.rollout.deadline for s in desired.services) if desired.services else 0
         outcome = runtime.sync(desired, desired.revision, deadline + SETTLE_GRACE)
         self._watch(outcome.namespace, desired.app, desired.env)
@@ -233,6 +238,7 @@ class ClusterEnv:
 
     def _check(self, desired: Desired, heal: bool) -> tuple[ApplyResult, Observed]:
         runtime = self.runtime(heal)
+        self._watch(namespace_of(desired.app, desired.env), desired.app, desired.env)
         outcome = runtime.sync(desired, desired.revision, 0.0)
         self._watch(outcome.namespace, desired.app, desired.env)
         return outcome.result, self._observe(runtime, desired, outcome.status, outcome.result)
@@ -256,53 +262,32 @@ class ClusterEnv:
     # -- the watch (its own daemon thread) ---------------------------------------------
 
     def _watch(self, namespace: str, app: str, env: str) -> None:
-        """Watch the Deployments of this environment from now on (one thread, restarted)."""
+        """Keep this environment's objects in a watch-fed cache from now on (one per key).
+
+        The runtimes read live state from it (a check in sync sends no request), and any
+        change but a pod's wakes the host loop for a check, so a `kubectl edit` is seen at once.
+        """
         key = (namespace, app, env)
         if self._watching == key:
             return
-        self._stop_watch.set()
-        self._stop_watch = threading.Event()
+        self._stop_cache()
         self._watching = key
-        thread = threading.Thread(
-            target=self._watch_loop,
-            args=(key, self._stop_watch),
-            name=f"ondeck-watch-{self.env}",
-            daemon=True,
-        )
-        thread.start()
+        self._cache = KubeCache(
+            self.link.api(), cache_sources(*key), on_change=self._changed
+        ).start()
+        for runtime in self._runtimes.values():
+            runtime.use_cache(*key, self._cache)
 
-    def _watch_loop(self, key: tuple[str, str, str], stop: threading.Event) -> None:
-        namespace, app, env = key
-        apps = k8s.AppsV1Api(self.link.api())
-        selector = f"ondeck.dev/app={app},ondeck.dev/env={env}"
-        version: str | None = None
-        while not stop.is_set():
-            watcher = k8s_watch.Watch()  # type: ignore[no-untyped-call]
-            try:
-                for event in watcher.stream(  # type: ignore[no-untyped-call]
-                    apps.list_namespaced_deployment,
-                    namespace,
-                    label_selector=selector,
-                    resource_version=version,
-                    allow_watch_bookmarks=True,
-                    timeout_seconds=30,
-                    _request_timeout=40,
-                ):
-                    if stop.is_set():
-                        break
-                    raw = event["raw_object"]
-                    version = raw.get("metadata", {}).get("resourceVersion", version)
-                    if event["type"] != "BOOKMARK":
-                        self._poke()
-            except ApiException as err:
-                version = None  # 410 Gone and the like: list again from now
-                if err.status != 410:
-                    stop.wait(WATCH_RESTART)
-            except (urllib3.exceptions.HTTPError, OSError, ValueError):
-                version = None
-                stop.wait(WATCH_RESTART)
-            finally:
-                watcher.stop()  # type: ignore[no-untyped-call]
+    def _changed(self, kind: str) -> None:
+        if kind != "Pod":
+            self._poke()
+
+    def _stop_cache(self) -> None:
+        if self._cache is not None and self._watching is not None:
+            for runtime in self._runtimes.values():
+                runtime.use_cache(*self._watching, None)
+            self._cache.stop()
+        self._cache = None
 
     def _poke(self) -> None:
         loop = self._loop
@@ -317,7 +302,8 @@ class ClusterEnv:
             loop.call_soon_threadsafe(mark)
 
     def close(self) -> None:
-        self._stop_watch.set()
+        self._stop_cache()
+        self._watching = None
 
 
 # --- decisions (pure) ---------------------------------------------------------------------

@@ -46,6 +46,7 @@ from ondeck.kube.render import (
     secret,
     sort_objects,
 )
+from ondeck.runtime.kube_cache import KubeCache, Source
 from ondeck.runtime.kube_canary import CanaryRun, CanaryState, Position, annotate
 from ondeck.runtime.kube_errors import api_errors as _api_errors
 from ondeck.runtime.kube_release import run_release_tasks
@@ -59,6 +60,7 @@ NO_CLUSTER = (
     "(and --context NAME) to `ondeck up`, set KUBECONFIG, or run ondeck inside a cluster "
     "(in-cluster service account)"
 )
+MANAGED_BY = "app.kubernetes.io/managed-by"
 APPLIED = "ondeck.dev/applied"  # hash of what ondeck applied: tells drift from a new spec
 REVISION = "ondeck.dev/revision"
 SWITCHED = "ondeck.dev/switched-at"  # when a blue/green Service last changed sets
@@ -74,6 +76,7 @@ _COLLECTION = {
     "Ingress": "/apis/networking.k8s.io/v1/namespaces/{ns}/ingresses",
 }
 _TIMEOUT = 20.0
+_RESOURCE = {path.rsplit("/", 1)[1]: kind for kind, path in _COLLECTION.items()} | {"pods": "Pod"}
 
 
 class ConflictError(OndeckError):
@@ -119,6 +122,24 @@ def _default_kubeconfig() -> Path | None:
             return Path(candidate)
     home = Path.home() / ".kube" / "config"
     return home if home.is_file() else None
+
+
+def cache_sources(namespace: str, app: str, env: str) -> list[Source]:
+    """What a `KubeCache` of one environment keeps: every kind ondeck applies, and pods."""
+    labels = (("labelSelector", f"ondeck.dev/app={app},ondeck.dev/env={env}"),)
+    sources = [
+        Source(
+            "Namespace",
+            "v1",
+            _COLLECTION["Namespace"],
+            (("fieldSelector", f"metadata.name={namespace}"),),
+        )
+    ]
+    for kind, path in _COLLECTION.items():
+        if kind != "Namespace":
+            sources.append(Source(kind, API_VERSION[kind], path.format(ns=namespace), labels))
+    sources.append(Source("Pod", "v1", f"/api/v1/namespaces/{namespace}/pods", labels))
+    return sources
 
 
 def object_key(obj: Obj) -> str:
@@ -299,6 +320,35 @@ class KubernetesRuntime:
         self._left: dict[str, set[str]] = {}
         # the last renders, as JSON text: a no-op reconcile does not render the spec again
         self._rendered: dict[tuple[Any, ...], tuple[Desired, str]] = {}
+        # watch-fed live state by (namespace, app, env), read instead of lists while fresh
+        self.caches: dict[tuple[str, str, str], KubeCache] = {}
+
+    def use_cache(self, namespace: str, app: str, env: str, cache: KubeCache | None) -> None:
+        """Read the environment's live state from `cache` (None: from the API server)."""
+        if cache is None:
+            self.caches.pop((namespace, app, env), None)
+        else:
+            self.caches[(namespace, app, env)] = cache
+
+    def _cached(
+        self, kind: str, namespace: str, app: str, env: str
+    ) -> tuple[list[Obj], str] | None:
+        """`kind`'s live objects in the environment and their version, if a fresh cache has them."""
+        cache = self.caches.get((namespace, app, env))
+        return cache.snapshot(kind) if cache is not None else None
+
+    def _wrote(self, path: str, answer: Any) -> None:
+        """Tell the caches of the namespace `path` is in what a write there answered."""
+        parts = path.strip("/").split("/")
+        if "namespaces" not in parts:
+            return
+        at = parts.index("namespaces")
+        namespace = parts[at + 1] if len(parts) > at + 1 else ""
+        kind = _RESOURCE.get(parts[at + 2], "") if len(parts) > at + 2 else "Namespace"
+        version = (answer or {}).get("metadata", {}).get("resourceVersion") if answer else None
+        for (ns, _, _), cache in list(self.caches.items()):
+            if ns == namespace:
+                cache.wrote(kind, str(version) if version else None)
 
     # -- requests --
 
@@ -317,7 +367,18 @@ class KubernetesRuntime:
             body=body,
             auth_settings=["BearerToken"],
         )
-        response = self.api.call_api(*request, _request_timeout=_TIMEOUT)
+        if method == "GET":
+            return self._send(request)
+        answer = None
+        try:
+            answer = self._send(request)
+        finally:  # a failed write's outcome is unknown: the caches list again
+            self._wrote(path, answer if isinstance(answer, dict) else None)
+        return answer
+
+    def _send(self, request: tuple[Any, ...]) -> Any:
+        method, url, headers, body, post = request
+        response = self.api.call_api(method, url, headers, body, post, _request_timeout=_TIMEOUT)
         response.read()  # type: ignore[no-untyped-call]
         if not 200 <= response.status <= 299:
             raise ApiException(http_resp=response)
@@ -353,6 +414,10 @@ class KubernetesRuntime:
         for kind in KIND_ORDER:
             if kind == "Namespace":
                 continue
+            cached = self._cached(kind, namespace, app, env)
+            if cached is not None:
+                found += [o for o in cached[0] if _labels(o).get(MANAGED_BY) == MANAGER]
+                continue
             path = _COLLECTION[kind].format(ns=namespace)
             with _api_errors(f"listing {kind}s in {namespace}"):
                 listing = self._request("GET", path, labelSelector=selector)
@@ -387,7 +452,10 @@ class KubernetesRuntime:
             gone = [
                 o
                 for k, o in live.items()
-                if k not in keys and k not in keep and o["kind"] != "Namespace"
+                if k not in keys
+                and k not in keep
+                and o["kind"] != "Namespace"
+                and not o["metadata"].get("deletionTimestamp")  # already on its way out
             ]
             self._prune(sorted(gone, key=key_order, reverse=True), result)
         return result
@@ -397,14 +465,16 @@ class KubernetesRuntime:
         found: dict[str, Obj] = {}
         for obj in wanted:
             if obj["kind"] == "Namespace":
-                live = self.get(obj)
+                name, labels = obj["metadata"]["name"], obj["metadata"]["labels"]
+                app, env = labels["ondeck.dev/app"], labels["ondeck.dev/env"]
+                cached = self._cached("Namespace", name, app, env)
+                live = cached[0][0] if cached and cached[0] else None
+                if cached is None:
+                    live = self.get(obj)
                 if live is not None:
                     live.setdefault("kind", "Namespace")
                     found[object_key(live)] = live
-                    labels = obj["metadata"]["labels"]
-                    for item in self.list_owned(
-                        obj["metadata"]["name"], labels["ondeck.dev/app"], labels["ondeck.dev/env"]
-                    ):
+                    for item in self.list_owned(name, app, env):
                         found[object_key(item)] = item
         return found
 
@@ -482,6 +552,9 @@ class KubernetesRuntime:
 
     def _deployments(self, namespace: str, app: str, env: str) -> tuple[dict[str, Obj], str]:
         """The environment's Deployments by name, and the list's resourceVersion."""
+        cached = self._cached("Deployment", namespace, app, env)
+        if cached is not None:
+            return {d["metadata"]["name"]: d for d in cached[0]}, cached[1]
         selector = f"ondeck.dev/app={app},ondeck.dev/env={env}"
         with _api_errors(f"reading Deployments in {namespace}"):
             listing = self._request(
@@ -504,12 +577,7 @@ class KubernetesRuntime:
         pods: dict[str, list[Obj]] = {}
         unsettled = any(d is not None and not _settled(d) for d in chosen.values())
         if look_at_pods and unsettled:
-            selector = f"ondeck.dev/app={app},ondeck.dev/env={env}"
-            with _api_errors(f"listing pods in {namespace}"):
-                items = self._request(
-                    "GET", f"/api/v1/namespaces/{namespace}/pods", labelSelector=selector
-                ).get("items", [])
-            for pod in items:
+            for pod in self.pods(namespace, app, env):
                 service = pod["metadata"].get("labels", {}).get("ondeck.dev/service", "")
                 pods.setdefault(service, []).append(pod)
         return EnvStatus(
@@ -744,7 +812,10 @@ class KubernetesRuntime:
         return objects
 
     def pods(self, namespace: str, app: str, env: str) -> list[Obj]:
-        """The environment's pods (one list request), for status."""
+        """The environment's pods (one list request, or none when cached), for status."""
+        cached = self._cached("Pod", namespace, app, env)
+        if cached is not None:
+            return sorted(cached[0], key=lambda p: str(p["metadata"]["name"]))
         selector = f"ondeck.dev/app={app},ondeck.dev/env={env}"
         with _api_errors(f"listing pods in {namespace}"):
             listing = self._request(
@@ -753,7 +824,10 @@ class KubernetesRuntime:
         return sorted(listing.get("items", []), key=lambda p: str(p["metadata"]["name"]))
 
     def _services(self, namespace: str, app: str, env: str) -> dict[str, Obj]:
-        """The environment's Services by name (one list request)."""
+        """The environment's Services by name (one list request, or none when cached)."""
+        cached = self._cached("Service", namespace, app, env)
+        if cached is not None:
+            return {s["metadata"]["name"]: s for s in cached[0]}
         selector = f"ondeck.dev/app={app},ondeck.dev/env={env}"
         with _api_errors(f"reading Services in {namespace}"):
             listing = self._request(
@@ -855,6 +929,10 @@ def _targets(services: Mapping[str, str] | Iterable[str]) -> dict[str, str]:
     if isinstance(services, Mapping):
         return dict(services)
     return {name: name for name in services}
+
+
+def _labels(obj: Obj) -> Mapping[str, str]:
+    return obj.get("metadata", {}).get("labels") or {}
 
 
 def _settled(deploy: Obj) -> bool:
