@@ -714,7 +714,8 @@ def logs(
     if access:
         from ondeck.commands.access import show
 
-        show((state_dir or default_state_dir()).resolve(), service, env, lines, follow, sys.stdout)
+        where = (state_dir or default_state_dir()).resolve()
+        show(where, service, env, lines, follow, sys.stdout, app=app_name)
         return
     client = _client(state_dir, api, token, app_name)
     if release:

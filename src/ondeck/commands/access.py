@@ -2,7 +2,8 @@
 
 Reads the JSON lines the router writes to STATE_DIR/logs/access*.log (its own
 file per worker, rotated to .1 .. .3; see router/accesslog.py) on this host,
-keeps the service's (and environment's) requests and prints them as columns.
+keeps the service's (and environment's, and under a host file the app's: the
+router names those pools APP/ENV/SERVICE) requests and prints them as columns.
 With -f it follows the files, rotation included. Called by cli.py's `logs`.
 """
 
@@ -13,6 +14,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -22,9 +24,16 @@ FOLLOW_POLL = 0.2  # seconds between looks at the files while following
 
 
 def show(
-    state_dir: Path, service: str, env: str | None, lines: int, follow: bool, out: TextIO
+    state_dir: Path,
+    service: str,
+    env: str | None,
+    lines: int,
+    follow: bool,
+    out: TextIO,
+    app: str | None = None,
 ) -> None:
     """Print the last `lines` requests of `service`, then (with `follow`) new ones."""
+    want = Want(service, env, app)
     logs = state_dir / "logs"
     current = sorted(logs.glob("access*.log"))
     if not current and not follow:
@@ -34,12 +43,12 @@ def show(
         )
     last: deque[str] = deque(maxlen=max(lines, 0))
     for path in _oldest_first(logs):
-        last.extend(_matching(_read_lines(path), service, env))
+        last.extend(_matching(_read_lines(path), want))
     for text in last:
         out.write(text + "\n")
     out.flush()
     if follow:
-        _follow(logs, service, env, out)
+        _follow(logs, want, out)
 
 
 def format_line(entry: dict[str, Any]) -> str:
@@ -64,13 +73,29 @@ def format_line(entry: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def _matching(raw: Iterator[str], service: str, env: str | None) -> Iterator[str]:
+@dataclass(frozen=True)
+class Want:
+    """Which requests to show: a service's, of one environment and app if given."""
+
+    service: str
+    env: str | None = None
+    app: str | None = None
+
+    def wants(self, entry: dict[str, Any]) -> bool:
+        """Whether `entry` is one of them; under a host file its env field is APP/ENV."""
+        if entry.get("service") != self.service:
+            return False
+        app, _, env = str(entry.get("env") or "").rpartition("/")
+        return (self.env is None or env == self.env) and (self.app is None or app == self.app)
+
+
+def _matching(raw: Iterator[str], want: Want) -> Iterator[str]:
     for text in raw:
         try:
             entry = json.loads(text)
         except ValueError:
             continue  # a line cut by a crash
-        if entry.get("service") == service and (env is None or entry.get("env") == env):
+        if want.wants(entry):
             yield format_line(entry)
 
 
@@ -93,20 +118,20 @@ def _read_lines(path: Path) -> Iterator[str]:
         return
 
 
-def _follow(logs: Path, service: str, env: str | None, out: TextIO) -> None:
+def _follow(logs: Path, want: Want, out: TextIO) -> None:
     """Print lines appended from now on; a rotated file is reopened from its start."""
     positions = {p: (p.stat().st_ino, p.stat().st_size) for p in logs.glob("access*.log")}
     try:
         while True:
             time.sleep(FOLLOW_POLL)
             for path in sorted(logs.glob("access*.log")):
-                positions[path] = _print_new(path, positions.get(path), service, env, out)
+                positions[path] = _print_new(path, positions.get(path), want, out)
     except KeyboardInterrupt:
         sys.stdout.flush()
 
 
 def _print_new(
-    path: Path, seen: tuple[int, int] | None, service: str, env: str | None, out: TextIO
+    path: Path, seen: tuple[int, int] | None, want: Want, out: TextIO
 ) -> tuple[int, int]:
     try:
         stat = path.stat()
@@ -122,7 +147,7 @@ def _print_new(
         chunk = f.read()
     complete = chunk[: chunk.rfind(b"\n") + 1]  # a line being written waits for its end
     texts = complete.decode("utf-8", "replace").splitlines()
-    for text in _matching(iter(texts), service, env):
+    for text in _matching(iter(texts), want):
         out.write(text + "\n")
     out.flush()
     return stat.st_ino, start + len(complete)
