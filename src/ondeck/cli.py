@@ -111,6 +111,7 @@ def validate(
     path: Annotated[Path, typer.Argument(help="ondeck.yaml, or a directory holding one.")] = Path(
         "."
     ),
+    state_dir: StateDir = None,
 ) -> None:
     """Check a spec: exit 1 with FILE:LINE:COL: message lines."""
     from ondeck.spec.load import validate as check
@@ -120,7 +121,8 @@ def validate(
         raise UserError(f"{file}: no such file; run `ondeck init` to scaffold one")
     from ondeck.commands.secret import known_secrets
 
-    problems = check(file.read_bytes(), str(file), known_secrets(file.parent))
+    where = (state_dir or default_state_dir()).resolve()
+    problems = check(file.read_bytes(), str(file), known_secrets(file.parent, where))
     for problem in problems:
         print(problem)
     if problems:

@@ -260,3 +260,19 @@ def test_validate_knows_the_secrets_of_the_host_and_of_the_age_file(tmp_path: Pa
     assert "FROM_FILE" not in missing.stdout
     ok(ondeck(state, "secret", "set", "FROM_HOST", stdin="y"))
     ok(ondeck(state, "validate", str(repo)))
+
+
+def test_validate_under_a_host_file_reads_the_apps_own_store(tmp_path: Path) -> None:
+    state, repo = tmp_path / "state", tmp_path / "repo"
+    (state / "apps" / "shop").mkdir(parents=True)  # `ondeck up --host-file` made it
+    repo.mkdir()
+    (repo / "ondeck.yaml").write_text(
+        'app: shop\nservices:\n  web:\n    command: ["python3", "web.py"]\n'
+        '    env: {B: "${FROM_HOST}"}\n'
+    )
+    missing = ondeck(state, "validate", str(repo))
+    assert missing.returncode == 1 and "secret ${FROM_HOST} is not set" in missing.stdout
+    ok(ondeck(state, "secret", "set", "FROM_HOST", "--app", "shop", stdin="y"))
+    ok(ondeck(state, "validate", str(repo)))
+    elsewhere = tmp_path / "elsewhere"
+    assert ondeck(elsewhere, "validate", str(repo), "--state-dir", str(state)).returncode == 0

@@ -267,18 +267,21 @@ def _text(value: object) -> str:
     return "" if value is None else str(value)
 
 
-def known_secrets(spec_dir: Path) -> Callable[[Document, str | None], list[str]]:
+def known_secrets(spec_dir: Path, state_dir: Path) -> Callable[[Document, str | None], list[str]]:
     """For `ondeck validate`: the names of an environment's secrets, from the host store of
-    the state dir (when there is one) and from the spec's age file (names are in clear)."""
+    the state dir (under a host file, the app's: STATE_DIR/apps/APP) and from the spec's
+    age file (names are in clear)."""
     from ondeck.secrets.hoststore import HostStore
     from ondeck.secrets.resolve import file_names, secrets_file
     from ondeck.state.desired import DEFAULT_ENV
 
-    store = HostStore(default_state_dir().resolve())
-
     def names(doc: Document, env: str | None) -> list[str]:
         app = doc.data.get("app")
-        found = set(store.values(app, env or DEFAULT_ENV)) if isinstance(app, str) else set()
+        found: set[str] = set()
+        if isinstance(app, str):
+            own = state_dir / "apps" / app  # `ondeck up --host-file`: each app has its own
+            store = HostStore(own if own.is_dir() else state_dir)
+            found.update(store.values(app, env or DEFAULT_ENV))
         name = secrets_file(doc.data, env)
         if name is not None and (spec_dir / name).is_file():
             found.update(file_names((spec_dir / name).read_bytes(), name))
