@@ -6,12 +6,16 @@ in the same run:
      Available through a watch; ondeck's own overhead is the time spent
      rendering and applying (the rest is the Deployment controller and KWOK);
   2. a no-op reconcile with 50 services: wall time, requests sent, and write
-     requests sent (goal: none);
+     requests sent (goal: none), reading live state from the watch-fed cache
+     the controller keeps (runtime/kube_cache.py), and, for comparison, with
+     one list per kind as without it;
   3. the same two through the controller (`ondeck up`'s Controller, run in
      this process so each check can be timed): a commit -> the sync Succeeded
      with the Deployment Available, and ondeck's overhead over the runtime
      alone (the direct path of 1, measured alternately in the same run); and
-     the periodic check of an environment of 50 services already in sync.
+     the periodic check of an environment of 50 services already in sync
+     (from when its cache is fresh), with every request it sends counted,
+     the cache's own lists and watches included.
 
 Run: `.venv/bin/python bench/kubernetes.py [--repeats 5]` (an alias of this
 file, bench/kube.py); starts its own control plane in a temporary directory
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -38,7 +43,8 @@ from ondeck.controller import Controller
 from ondeck.daemon import build_controller
 from ondeck.environment import Environment, Options
 from ondeck.kube.render import Obj, dump, manifests
-from ondeck.runtime.kubernetes import Cluster, KubernetesRuntime, connect
+from ondeck.runtime.kube_cache import KubeCache
+from ondeck.runtime.kubernetes import Cluster, KubernetesRuntime, cache_sources, connect
 from ondeck.spec.load import parse, render_spec
 from ondeck.state.desired import render
 from ondeck.state.health import Health
@@ -130,18 +136,34 @@ def bench_noop(runtime: CountingRuntime, kubeconfig: Path, repeats: int) -> dict
     wanted = objects(app, n, "1")
     runtime.apply(wanted)
     runtime.wait(app, app, "default", [f"s{i}" for i in range(n)], timeout=300)
-    times, renders, writes, sent = [], [], [], []
-    for _ in range(repeats):
-        # a controller renders once per revision; a no-op reconcile re-applies that
-        start = time.perf_counter()
-        again = objects(app, n, "1")
-        renders.append(time.perf_counter() - start)
-        runtime.sent.clear()
-        start = time.perf_counter()
-        result = runtime.apply(again)
-        times.append(time.perf_counter() - start)
-        writes.append(result.writes + runtime.sent["PATCH"] + runtime.sent["DELETE"])
-        sent.append(sum(runtime.sent.values()))
+
+    def noops() -> tuple[list[float], list[float], list[int], list[int]]:
+        times, renders, writes, sent = [], [], [], []
+        for _ in range(repeats):
+            # a controller renders once per revision; a no-op reconcile re-applies that
+            start = time.perf_counter()
+            again = objects(app, n, "1")
+            renders.append(time.perf_counter() - start)
+            runtime.sent.clear()
+            start = time.perf_counter()
+            result = runtime.apply(again)
+            times.append(time.perf_counter() - start)
+            writes.append(result.writes + runtime.sent["PATCH"] + runtime.sent["DELETE"])
+            sent.append(sum(runtime.sent.values()))
+        return times, renders, writes, sent
+
+    listed, _, listed_writes, listed_sent = noops()  # one list per kind, no cache
+    cache = KubeCache(runtime.api, cache_sources(app, app, "default")).start()
+    try:
+        if not cache.wait_fresh(120):
+            raise SystemExit("the cache of the no-op environment did not become fresh")
+        runtime.use_cache(app, app, "default", cache)
+        before = cache.requests()
+        times, renders, writes, sent = noops()
+        cache_sent = sum((cache.requests() - before).values())
+    finally:
+        runtime.use_cache(app, app, "default", None)
+        cache.stop()
     peer = []
     stream = dump(wanted)
     for _ in range(repeats):
@@ -156,6 +178,10 @@ def bench_noop(runtime: CountingRuntime, kubeconfig: Path, repeats: int) -> dict
         "ondeck_render_s": summarize(renders),
         "ondeck_requests_sent": max(sent),
         "ondeck_write_requests": max(writes),
+        "cache_requests_during_noops": cache_sent,
+        "ondeck_noop_uncached_s": summarize(listed),
+        "ondeck_uncached_requests_sent": max(listed_sent),
+        "ondeck_uncached_write_requests": max(listed_writes),
         "peer_kubectl_apply_server_side_s": summarize(peer),
         "peer_write_requests": len(wanted),
     }
@@ -256,6 +282,13 @@ async def bench_controller_noop(tmp: Path, kubeconfig: Path, repeats: int) -> di
             sent[method] += 1
             return send(method, path, body, **query)
 
+        cache = cluster._cache
+        fresh = cache is not None and await asyncio.to_thread(cache.wait_fresh, 120)
+        if cache is None or not fresh:
+            raise SystemExit("the controller's cache did not become fresh")
+        while cluster.busy:  # a check begun before the cache was fresh is not measured
+            await asyncio.sleep(0.01)
+        before = cache.requests()
         runtime._request = counted  # type: ignore[method-assign]
         check = cluster._check
         times: list[float] = []
@@ -274,6 +307,7 @@ async def bench_controller_noop(tmp: Path, kubeconfig: Path, repeats: int) -> di
         while len(times) < wanted and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         writes = sum(sent[m] for m in ("PATCH", "POST", "PUT", "DELETE"))
+        cache_sent = cache.requests() - before
     finally:
         controller.stop()
         await task
@@ -284,6 +318,7 @@ async def bench_controller_noop(tmp: Path, kubeconfig: Path, repeats: int) -> di
         "requests_sent": sum(sent.values()),
         "requests_per_check": sum(sent.values()) / max(1, len(times)),
         "write_requests": writes,
+        "cache_lists_and_watches_meanwhile": sum(cache_sent.values()),
         "checks_that_changed_something": sum(healed),
     }
 
@@ -294,6 +329,7 @@ def main() -> None:
     args = parser.parse_args()
     # SIGTERM and Ctrl-C both unwind, so the control plane below is stopped
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    load_at_start = [round(x, 2) for x in os.getloadavg()]  # 2 cores shared: say how busy
     with tempfile.TemporaryDirectory(prefix="ondeck-k8s-bench-") as tmp:
         directory = Path(tmp)
         subprocess.run(["bash", str(SCRIPT), "start", str(directory)], check=True, timeout=3600)
@@ -314,6 +350,7 @@ def main() -> None:
         "controller_rollout": through,
         "controller_noop_50_services": noop_through,
         "goals": GOALS,
+        "loadavg_at_start": load_at_start,
     }
     path = save_results("kubernetes", {"repeats": args.repeats}, results)
     print("spec change -> Available:", describe(rollout["ondeck_change_to_available_s"]))
@@ -321,6 +358,9 @@ def main() -> None:
     print("  peer kubectl:         ", describe(rollout["peer_kubectl_apply_and_rollout_status_s"]))
     print("no-op, 50 services:     ", describe(noop["ondeck_noop_s"]))
     print(f"  requests {noop['ondeck_requests_sent']}, writes {noop['ondeck_write_requests']}")
+    print(f"  cache lists/watches meanwhile: {noop['cache_requests_during_noops']}")
+    print("  without the cache:    ", describe(noop["ondeck_noop_uncached_s"]))
+    print(f"  requests {noop['ondeck_uncached_requests_sent']}")
     print("  render (once a revision):", describe(noop["ondeck_render_s"]))
     print("  peer kubectl apply:   ", describe(noop["peer_kubectl_apply_server_side_s"]))
     print("through the controller:")
@@ -330,7 +370,8 @@ def main() -> None:
     print("  no-op check, 50 svcs: ", describe(noop_through["controller_noop_check_s"]))
     print(
         f"  {noop_through['checks']} checks, {noop_through['requests_per_check']:.1f} requests"
-        f" each, writes {noop_through['write_requests']}"
+        f" each, writes {noop_through['write_requests']}, cache lists/watches meanwhile"
+        f" {noop_through['cache_lists_and_watches_meanwhile']}"
     )
     print(f"saved {path}", file=sys.stderr)
 

@@ -369,11 +369,17 @@ class KubernetesRuntime:
         )
         if method == "GET":
             return self._send(request)
-        answer = None
         try:
             answer = self._send(request)
-        finally:  # a failed write's outcome is unknown: the caches list again
-            self._wrote(path, answer if isinstance(answer, dict) else None)
+        except ApiException as err:
+            if err.status is not None and 400 <= err.status < 500:
+                raise  # refused (a conflict, a 404...): nothing was written
+            self._wrote(path, None)  # the outcome is unknown: the caches list again
+            raise
+        except BaseException:
+            self._wrote(path, None)
+            raise
+        self._wrote(path, answer if isinstance(answer, dict) else None)
         return answer
 
     def _send(self, request: tuple[Any, ...]) -> Any:
