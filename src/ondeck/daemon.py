@@ -40,6 +40,7 @@ from ondeck.source.git import GitSource
 from ondeck.source.hostfile import HostFileRef
 from ondeck.store import open_store
 from ondeck.traffic import RouterControl, RouterLink
+from ondeck.units import parse_address
 
 log = logging.getLogger("ondeck")
 
@@ -258,12 +259,9 @@ class _Server:
 
 
 def _bind(address: str) -> socket.socket:
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
+    host, port = parse_address(address, "--api", "127.0.0.1:7070", default_host="127.0.0.1")
     try:
-        sock = listening_socket(host, int(port))
-    except ValueError as error:
-        raise UserError(f"--api {address!r}: write HOST:PORT, e.g. 127.0.0.1:7070") from error
+        sock = listening_socket(host, port)
     except OSError as error:
         raise UserError(
             f"cannot listen on {address} ({error.strerror}): is another ondeck running? "

@@ -26,6 +26,7 @@ from ondeck.errors import UserError
 from ondeck.files import write_atomic
 from ondeck.redact import mask
 from ondeck.source.hostfile import parse_ref
+from ondeck.units import parse_address
 
 CREDENTIALS_FILE = "git-credentials"
 CONTROLLER_NAME = "ondeck.service"
@@ -251,6 +252,11 @@ def write_units(
     """Write both units; `check_replace` refuses first when another install is there."""
     if (repo is None) == (host_file is None):
         raise UserError("install runs a repo (--repo) or a host file (--host-file), not both")
+    # a unit with a bad address would fail at every restart: refused before anything is written
+    parse_address(api, "--api", "127.0.0.1:7070")
+    parse_address(listen, "--listen", "127.0.0.1:8080")
+    if listen_tls is not None:
+        parse_address(listen_tls, "--listen-tls", "0.0.0.0:443")
     if host_file is not None:
         clean_host_file, credentials = _host_file_credentials(host_file)
         wanted = Installed(None, clean_host_file, str(state_dir))

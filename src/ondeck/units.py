@@ -58,3 +58,13 @@ def parse_size(text: str | int) -> int:
     if not match:
         raise UserError(f"{text!r} is not a size: write a number with a unit, like 512KiB or 10MiB")
     return int(match.group(1)) * _SIZE_UNITS[match.group(2) or "B"]
+
+
+def parse_address(
+    text: str, option: str = "--listen", example: str = "127.0.0.1:8080", default_host: str = ""
+) -> tuple[str, int]:
+    """`127.0.0.1:8080` or `[::1]:8080` -> (host, port); a bare `:8080` gets `default_host`."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536 or " " in host:
+        raise UserError(f"{option} {text!r}: expected HOST:PORT, e.g. {example}")
+    return host.removeprefix("[").removesuffix("]") or default_host, int(port)

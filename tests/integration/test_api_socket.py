@@ -48,5 +48,5 @@ def test_a_taken_port_is_a_clear_error() -> None:
 
 
 def test_a_malformed_address_says_how_to_write_it() -> None:
-    with pytest.raises(UserError, match="write HOST:PORT"):
+    with pytest.raises(UserError, match=r"--api .*expected HOST:PORT, e\.g\. 127\.0\.0\.1:7070"):
         _bind("localhost:http")

@@ -7,6 +7,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
+from ondeck.errors import UserError
 from ondeck.install import write_units
 
 
@@ -30,3 +33,15 @@ def test_both_units_serve_https_where_asked(tmp_path: Path) -> None:
     assert verify.returncode == 0, verify.stderr
     plain = write_units(tmp_path / "plain", "/srv/shop", [], tmp_path / "state", "127.0.0.1:7070")
     assert all("--listen-tls" not in _exec_start(unit) for unit in plain)
+
+
+def test_a_bad_address_is_refused_before_any_unit_is_written(tmp_path: Path) -> None:
+    for option, args in (
+        ("--listen", {"listen": "bad"}),
+        ("--api", {"api": "localhost:http"}),
+        ("--listen-tls", {"listen_tls": "0.0.0.0:99999"}),
+    ):
+        kwargs: dict[str, str] = {"api": "127.0.0.1:7070", **args}
+        with pytest.raises(UserError, match=f"{option} .*expected HOST:PORT"):
+            write_units(tmp_path / "units", "/srv/shop", [], tmp_path / "state", **kwargs)
+        assert not (tmp_path / "units").exists()

@@ -38,6 +38,7 @@ from ondeck.router.control import (
 from ondeck.router.options import HTTP, HTTPS, Listener, ProxyOptions
 from ondeck.router.proxy import Router
 from ondeck.router.tls import TlsState
+from ondeck.units import parse_address
 
 log = logging.getLogger("ondeck.router")
 SWEEP_INTERVAL = 0.25  # seconds between deadline checks
@@ -46,12 +47,8 @@ STOP_GRACE = 10.0
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
-    """`127.0.0.1:8080` or `[::1]:8080` -> (host, port); raises ValueError."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"--listen {listen!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
-    host = host.removeprefix("[").removesuffix("]") or "0.0.0.0"
-    return host, int(port)
+    """`127.0.0.1:8080` or `[::1]:8080` -> (host, port); `:8080` is every address."""
+    return parse_address(listen, default_host="0.0.0.0")
 
 
 def raise_open_files_limit() -> int:
