@@ -521,7 +521,9 @@ def _who(author: str) -> str:
 def sync(
     wait: Annotated[bool, typer.Option("--wait", help="Wait until the sync is done.")] = False,
     env: EnvOpt = None,
-    timeout: Annotated[str, typer.Option(help="Give up waiting after this long.")] = "5m",
+    timeout: Annotated[
+        str | None, typer.Option(help="With --wait: give up waiting after this long (5m).")
+    ] = None,
     skip_backup: Annotated[
         bool,
         typer.Option("--skip-backup", help="Deploy without the before_deploy backups (recorded)."),
@@ -533,7 +535,9 @@ def sync(
     app_name: AppName = None,
 ) -> None:
     """Refresh from git now and sync."""
-    seconds = parse_duration(timeout)
+    if timeout is not None and not wait:
+        raise UserError("--timeout is how long --wait waits: add --wait, or drop --timeout")
+    seconds = parse_duration(timeout or "5m")
     started = time.monotonic()
     with err.status("fetching and syncing…") if wait and not json_out else contextlib.nullcontext():
         answer = _client(state_dir, api, token, app_name).post(
@@ -682,6 +686,15 @@ def history(
             out.print(f"    [red]{escape(line)}[/red]")
 
 
+LOG_LINES = 100  # `ondeck logs` without -n
+
+
+def _last_lines(text: str, count: int) -> str:
+    """The last `count` lines of `text` (all of them when there are fewer)."""
+    kept = text.splitlines(keepends=True)[-count:] if count > 0 else []
+    return "".join(kept)
+
+
 @app.command()
 def logs(
     service: Annotated[str, typer.Argument(help="The service (or, with --job, the job).")] = "",
@@ -689,7 +702,9 @@ def logs(
     follow: Annotated[
         bool, typer.Option("-f", "--follow", help="Keep printing new lines.")
     ] = False,
-    lines: Annotated[int, typer.Option("-n", "--lines")] = 100,
+    lines: Annotated[
+        int | None, typer.Option("-n", "--lines", help="How many last lines (default 100).")
+    ] = None,
     release: Annotated[
         bool, typer.Option("--release", help="The whole output of its latest release task.")
     ] = False,
@@ -713,16 +728,24 @@ def logs(
         service, params = job, {"job": "true"}
     else:
         params = {}
+    if release and (follow or access or job is not None):
+        extra = "-f" if follow else "--access" if access else "--job"
+        raise UserError(
+            f"--release shows the whole output of the latest release task, which ends: drop {extra}"
+        )
     if access:
         from ondeck.commands.access import show
 
         where = (state_dir or default_state_dir()).resolve()
-        show(where, service, env, lines, follow, sys.stdout, app=app_name)
+        show(where, service, env, LOG_LINES if lines is None else lines, follow, sys.stdout,
+             app=app_name)  # fmt: skip
         return
     client = _client(state_dir, api, token, app_name)
     if release:
-        sys.stdout.write(client.get(f"/api/v1/release-task/{service}", env=env))
+        output = client.get(f"/api/v1/release-task/{service}", env=env)
+        sys.stdout.write(output if lines is None else _last_lines(output, lines))
         return
+    lines = LOG_LINES if lines is None else lines
     if not follow:
         sys.stdout.write(client.get(f"/api/v1/logs/{service}", env=env, lines=lines, **params))
         return
