@@ -581,6 +581,11 @@ def down(
         )
     stopped = answer["stopped"]
     err.print(f"[green]stopped[/green] {len(stopped)} instance(s): {', '.join(stopped) or '-'}")
+    for name, where in answer.get("on_cluster", {}).items():
+        err.print(
+            f"[yellow]{escape(name)} runs on Kubernetes ({escape(where)}): its pods keep "
+            "running[/yellow]; scale them with kubectl, or take the environment out of ondeck.yaml"
+        )
     if answer["exiting"]:
         err.print("the router and the controller have stopped; `ondeck up` starts it all again")
     elif env is None:  # one app of a host file: the host and its other apps go on

@@ -245,6 +245,11 @@ def test_two_environments_in_two_namespaces(
         assert refused.returncode != 0 and f"runs on Kubernetes (namespace {app}-staging)" in said
     assert (deployment(control_plane, f"{app}-staging", "web") or {})["spec"]["replicas"] == 2
     assert od.env_status("staging")["sync"] == "Synced"
+    # `ondeck down` stops this host's part; it says the cluster's pods keep running, and where
+    said = od.cli("down").stderr
+    for env in ("staging", "production"):
+        assert f"{env} runs on Kubernetes (namespace {app}-{env}): its pods keep running" in said
+    assert (deployment(control_plane, f"{app}-production", "web") or {})["spec"]["replicas"] == 3
 
 
 def test_self_heal_off_reports_an_edit_by_hand(

@@ -74,6 +74,7 @@ class DownAnswer(BaseModel):
 
     stopped: list[str]
     exiting: bool
+    on_cluster: dict[str, str] = {}  # environment -> `namespace N`: its pods keep running there
 
 
 class SyncBody(Body):
@@ -188,7 +189,13 @@ def create_app(
             stopped = await asyncio.shield(future)
         except TemporaryError as err:
             raise HTTPException(503, str(err)) from err
-        return DownAnswer(stopped=stopped, exiting=body.env is None and controller.stopped)
+        kept = {
+            name: where
+            for name, state in controller.envs.items()
+            if body.env is None and (where := state.on_cluster()) is not None
+        }
+        exiting = body.env is None and controller.stopped
+        return DownAnswer(stopped=stopped, exiting=exiting, on_cluster=kept)
 
     @api.post("/deploy")
     async def deploy(body: DeployBody, info: Caller) -> DeployAnswer:
