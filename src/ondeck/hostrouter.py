@@ -19,7 +19,7 @@ from typing import Any
 from ondeck.environment import Environment, PrepareStep
 from ondeck.errors import UserError
 from ondeck.rollout.strategies import EnvTraffic, router_config
-from ondeck.router.table import Backend, Pool, Route, RouterConfig
+from ondeck.router.table import Backend, Pool, Route, RouterConfig, RouterConfigError
 from ondeck.spec.routes import Claim, collisions, service_claims
 from ondeck.state.desired import Desired
 from ondeck.store import InstanceRecord
@@ -113,6 +113,8 @@ class HostRouter:
         self.link = link
         self.parts: dict[str, list[EnvTraffic]] = {}
         self.merged = Merged(RouterConfig((), {}), {}, {})
+        self.good: dict[str, RouterConfig] = {}  # each app's last part the router could serve
+        self.broken: dict[str, str] = {}  # why an app's newest part could not be served
 
     def refusals(self, app: str, env: str) -> list[str]:
         """Why routes of `app`'s `env` are not served (another app held them first)."""
@@ -123,11 +125,15 @@ class HostRouter:
         """What the router serves now, owned by `APP/ENV/SERVICE` (its pool)."""
         return [Claim(r.pool, r.host, r.path) for r in self.merged.config.routes]
 
+    def broken_of(self, app: str) -> tuple[str, ...]:
+        """Why `app`'s newest routing is not served (empty when it is)."""
+        return (self.broken[app],) if app in self.broken else ()
+
     def view(self, app: str) -> AppRouter:
         return AppRouter(self, app)
 
     async def push(self) -> None:
-        parts = {app: router_config(envs, 0) for app, envs in self.parts.items()}
+        parts = {app: self._part(app, envs) for app, envs in self.parts.items()}
         merged = merge_routes(parts, self.merged.holders)
         for app, texts in merged.refused.items():
             if texts != self.merged.refused.get(app):
@@ -135,9 +141,26 @@ class HostRouter:
         self.merged = merged
         await self.link.send(merged.config)
 
+    def _part(self, app: str, envs: Iterable[EnvTraffic]) -> RouterConfig:
+        """`app`'s routing; one the router could not serve (a desired state an older ondeck
+        let through) is that app's error, and its last good part is kept: the other apps'
+        routing goes on updating."""
+        try:
+            self.good[app] = router_config(envs, 0)
+        except RouterConfigError as err:
+            why = f"routing of app {app!r} not updated, the router keeps its routes: {err}"
+            if self.broken.get(app) != why:
+                log.error("[%s] %s; fix the spec", app, why)
+            self.broken[app] = why
+        else:
+            self.broken.pop(app, None)
+        return self.good.get(app, RouterConfig((), {}))
+
     async def forget(self, app: str) -> None:
         """`app` left the host: its routes go (the others' stay as they are)."""
         self.parts.pop(app, None)
+        self.good.pop(app, None)
+        self.broken.pop(app, None)
         await self.push()
 
 
@@ -149,7 +172,7 @@ class AppRouter:
 
     @property
     def error(self) -> str | None:
-        refused = self.host.merged.refused.get(self.app)
+        refused = [*self.host.merged.refused.get(self.app, ()), *self.host.broken_of(self.app)]
         return self.host.link.error or ("; ".join(refused) if refused else None)
 
     async def ensure(self) -> bool:

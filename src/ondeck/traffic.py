@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from ondeck.rollout.strategies import EnvTraffic, router_config, same_routing
 from ondeck.router.control import RouterControl as ControlSocket
 from ondeck.router.control import RouterRefused, RouterUnavailable
-from ondeck.router.table import RouterConfig
+from ondeck.router.table import RouterConfig, RouterConfigError
 from ondeck.runtime.logs import tail
 from ondeck.store import InstanceRecord
 
@@ -33,6 +33,7 @@ START_TIMEOUT = 10.0
 RESTART_RETRY = 0.5  # a router that died while starting is started again after this,
 RESTART_RETRY_MAX = 30.0  # doubling up to this
 DRAIN_POLL = 0.05
+REFUSED = "routing not updated, the router keeps its routes"
 
 
 class RouterControl(Protocol):
@@ -231,8 +232,18 @@ class RouterLink:
             self.config = current
 
     async def push(self, envs: Iterable[EnvTraffic]) -> None:
-        """Send the routing of `envs` if it changed; a router down is reported, not fatal."""
-        await self.send(router_config(envs, self.generation + 1))
+        """Send the routing of `envs` if it changed; a router down is reported, not fatal.
+
+        Routing the router could not serve (a desired state an older ondeck let
+        through) is reported too, and the router keeps serving what it has."""
+        try:
+            config = router_config(envs, self.generation + 1)
+        except RouterConfigError as err:
+            self.refused(err)
+            return
+        if self.error is not None and self.error.startswith(REFUSED):
+            self.error = None  # servable again; `send` says if the router is not there
+        await self.send(config)
 
     async def send(self, config: RouterConfig) -> None:
         """Send `config` if its routing changed (a host of many apps merges theirs first)."""
@@ -246,7 +257,17 @@ class RouterLink:
                 log.warning("router unreachable, routing not updated: %s", err)
             self.error = str(err)
             return
+        except RouterRefused as err:
+            self.refused(err)
+            return
         self.config, self.error = config, None
+
+    def refused(self, err: Exception) -> None:
+        """Routing that cannot be served: said in the status, the running routes kept."""
+        error = f"{REFUSED}: {err}; fix the spec"
+        if error != self.error:
+            log.error("%s", error)
+        self.error = error
 
     async def drain(self, rec: InstanceRecord, envs: Iterable[EnvTraffic]) -> None:
         """Take `rec` out of the pools, then wait (up to its `drain`) for its requests."""

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ondeck.router.table import Backend, Pool, Route, RouterConfig
+from ondeck.spec.httpnames import route_host_key
 from ondeck.state.desired import Desired, DesiredService
 from ondeck.state.live import LiveInstance, Phase
 from ondeck.state.rollout import Traffic
@@ -48,7 +49,7 @@ def router_config(envs: Iterable[EnvTraffic], generation: int) -> RouterConfig:
                 pool = dataclasses.replace(pool, maintenance=svc.spec.maintenance.message)
             pools[name] = pool
             for route in svc.spec.routes:
-                key = (route.host.lower() if route.host else None, route.path)
+                key = (route_host_key(route.host) if route.host else None, route.path)
                 if key in routes:
                     log.warning(
                         "route %s%s of %s already served by %s",

@@ -8,17 +8,15 @@ for every request. Invalid values raise `RouterConfigError` at construction.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ondeck.errors import UserError
+from ondeck.spec.httpnames import is_header_name, is_route_path, route_host_key
 
 SetName = Literal["stable", "canary"]
 
-_HOST_RE = re.compile(r"[a-z0-9]([a-z0-9\-._]*[a-z0-9])?|\[[0-9a-f:.]+\]")
-_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
 _NO_ACTIVE: Mapping[str, int] = {}
 
 
@@ -87,7 +85,7 @@ class Pool:
         if not 0 <= self.canary_weight <= 100:
             raise _problem(f"pool {self.name}: canary_weight {self.canary_weight} not in 0..100")
         for header in self.match_headers:
-            if not _TOKEN_RE.fullmatch(header.lower()):
+            if not is_header_name(header):
                 raise _problem(f"pool {self.name}: {header!r} is not a header name")
         ids = [b.id for b in (*self.stable, *self.canary)]
         if len(set(ids)) != len(ids):
@@ -110,12 +108,14 @@ class Route:
 
     def __post_init__(self) -> None:
         if self.host is not None:
-            host = self.host.lower()
-            if not _HOST_RE.fullmatch(host):
-                raise _problem(f"route host {self.host!r} is not a host name")
+            host = route_host_key(self.host)
+            if host is None:
+                raise _problem(f"route host {self.host!r} of {self.pool} is not a host name")
             object.__setattr__(self, "host", host)
-        if not self.path.startswith("/") or any(c in self.path for c in " ?#"):
-            raise _problem(f"route path {self.path!r} must start with / and hold no ? # or space")
+        if not is_route_path(self.path):
+            raise _problem(
+                f"route path {self.path!r} of {self.pool} must start with / and hold no ? # or space"
+            )
 
 
 # A compiled route list: (prefix, pool) longest prefix first.

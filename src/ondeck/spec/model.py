@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from ondeck.errors import UserError
+from ondeck.spec.httpnames import is_header_name, is_route_host, is_route_path
 from ondeck.units import parse_duration, parse_size
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -188,6 +189,17 @@ class Match(Strict):
     header: dict[str, str] = Field(default_factory=dict, description="Header name -> value.")
     cookie: dict[str, str] = Field(default_factory=dict, description="Cookie name -> value.")
 
+    @field_validator("header")
+    @classmethod
+    def _header_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not is_header_name(name):
+                raise ValueError(
+                    f"{name!r} is not an HTTP header name: letters, digits and - (no space "
+                    "or colon), e.g. X-Canary"
+                )
+        return value
+
 
 class Rollout(Strict):
     """How a new release replaces the running one."""
@@ -228,11 +240,25 @@ class Route(Strict):
     host: str | None = Field(None, description="Host name to match; none matches any host.")
     path: str = Field("/", description="Path prefix to match.")
 
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str | None) -> str | None:
+        if value is not None and not is_route_host(value):
+            raise ValueError(
+                f"{value!r} is not a host name the router can match: write the name alone, "
+                "without scheme, port, wildcard or space, e.g. shop.example (leave host out "
+                "to match any host)"
+            )
+        return value
+
     @field_validator("path")
     @classmethod
     def _path(cls, value: str) -> str:
-        if not value.startswith("/"):
-            raise ValueError("a route path starts with '/'")
+        if not is_route_path(value):
+            raise ValueError(
+                f"{value!r} is not a route path: a prefix that starts with '/' and holds no "
+                "space, '?' or '#', e.g. /api"
+            )
         return value
 
 
