@@ -11,12 +11,15 @@ a pod wakes the host loop, so a `kubectl edit` is seen at once; `check_every`
 is the backstop.
 What was seen is kept as an `Observed` for status; the sync record stays with
 the environment, which gets each job's outcome through a `Reports`.
+A canary waiting at a pause leaves its sync open: the next sync job runs when
+the pause is over, when a person steps in (`request`), or `check_every` later.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -29,6 +32,7 @@ from kubernetes import client as k8s
 from ondeck.errors import OndeckError, TemporaryError
 from ondeck.kube.render import Obj, manifests, namespace_of
 from ondeck.runtime.kube_cache import KubeCache
+from ondeck.runtime.kube_canary import CanaryState
 from ondeck.runtime.kubernetes import (
     ApplyResult,
     Cluster,
@@ -96,6 +100,7 @@ class Observed:
     drifted: tuple[str, ...] = ()  # object keys changed by hand, left so (self-heal off)
     left: tuple[str, ...] = ()  # fields another manager owns, left to it
     error: str | None = None  # the last check failed (the cluster unreachable, ...)
+    canaries: tuple[CanaryState, ...] = ()  # canary releases under way (or just ended)
 
 
 class Reports(Protocol):
@@ -107,12 +112,16 @@ class Reports(Protocol):
 
     def cluster_healed(self, actions: list[str]) -> None: ...
 
+    def cluster_stepped(self, revision: str, actions: list[str]) -> None:
+        """A canary went as far as it could and waits at a pause: the sync stays open."""
+
 
 @dataclass(frozen=True)
 class _Job:
     kind: str  # "sync" | "check"
     revision: str
     future: asyncio.Future[Any]
+    requests: Mapping[str, str]  # what a person asked of this sync (promote|abort)
 
 
 class ClusterEnv:
@@ -133,6 +142,8 @@ class ClusterEnv:
         self._dirty = False
         self._watching: tuple[str, str, str] | None = None
         self._cache: KubeCache | None = None
+        self._requests: dict[str, str] = {}  # service -> promote|abort, for the next sync job
+        self._paused: str | None = None  # the revision whose sync waits at a canary pause
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -169,16 +180,38 @@ class ClusterEnv:
         now = time.monotonic()
         if now < self._retry_at:
             return
-        if sync_open:
-            self._start("sync", desired, self._sync, desired)
-        elif now >= self._next_check or (self._dirty and now - self._last_check >= MIN_CHECK_GAP):
+        due = now >= self._next_check or (self._dirty and now - self._last_check >= MIN_CHECK_GAP)
+        if sync_open and (self._paused != desired.revision or due):
+            self._dirty = False
+            requests, self._requests = self._requests, {}
+            self._start("sync", desired, self._sync, desired, requests, requests=requests)
+        elif not sync_open and due:
             self._dirty = False
             self._start("check", desired, self._check, desired, heal)
 
-    def _start(self, kind: str, desired: Desired, work: Callable[..., T], *args: Any) -> None:
+    def request(self, service: str, action: str) -> None:
+        """`ondeck rollout promote|abort SERVICE`: carried out by the next sync job, soon."""
+        self._requests[service] = action
+        self._next_check = 0.0
+        self.wake()
+
+    def canary(self, service: str) -> CanaryState | None:
+        """Where `service`'s canary release stands, if one is under way (promoted: None)."""
+        observed = self.observed
+        found = [c for c in observed.canaries if c.service == service] if observed else []
+        return found[0] if found and found[0].health is not Health.HEALTHY else None
+
+    def _start(
+        self,
+        kind: str,
+        desired: Desired,
+        work: Callable[..., T],
+        *args: Any,
+        requests: Mapping[str, str] | None = None,
+    ) -> None:
         future = _in_thread(work, *args)
         future.add_done_callback(lambda _: self.wake())
-        self._job = _Job(kind, desired.revision, future)
+        self._job = _Job(kind, desired.revision, future, requests or {})
         self._last_check = time.monotonic()
         self._next_check = self._last_check + self.check_every
 
@@ -188,9 +221,11 @@ class ClusterEnv:
         if isinstance(err, TemporaryError):
             log.warning("[%s] the cluster: %s (retry in %.0fs)", self.env, err, RETRY)
             self._retry_at = time.monotonic() + RETRY
+            self._requests = {**job.requests, **self._requests}  # asked again at the retry
             self._observe_error(str(err))
             return
         if isinstance(err, OndeckError) and job.kind == "sync":
+            self._paused = None
             reports.cluster_synced(job.revision, SyncResult.FAILED, str(err), [])
             return
         if isinstance(err, OndeckError):
@@ -202,6 +237,12 @@ class ClusterEnv:
             outcome, observed = job.future.result()
             self._set(observed)
             result, error = judge(outcome)
+            if result is None:  # a canary at a pause: look again when it is over
+                self._paused = job.revision
+                self._next_check = min(self._next_check, _monotonic(wake_at(outcome)))
+                reports.cluster_stepped(job.revision, actions(outcome.result))
+                return
+            self._paused, self._requests = None, {}  # asked of a release that has ended
             reports.cluster_synced(job.revision, result, error, actions(outcome.result))
         else:
             applied, observed = job.future.result()
@@ -216,36 +257,36 @@ class ClusterEnv:
 
     def _observe_error(self, error: str) -> None:
         if self.observed is not None:
-            self.observed = Observed(
-                self.observed.namespace,
-                self.observed.status,
-                self.observed.pods,
-                self.observed.drifted,
-                self.observed.left,
-                error,
-            )
+            self.observed = dataclasses.replace(self.observed, error=error)
             self.changes += 1
 
     # -- the jobs (in a worker thread) -------------------------------------------------
 
-    def _sync(self, desired: Desired) -> tuple[SyncOutcome, Observed]:
+    def _sync(self, desired: Desired, requests: Mapping[str, str]) -> tuple[SyncOutcome, Observed]:
         runtime = self.runtime(True)  # a sync applies what git says, over any edit by hand
         self._watch(namespace_of(desired.app, desired.env), desired.app, desired.env)
         deadline = max(s.spec.rollout.deadline for s in desired.services) if desired.services else 0
-        outcome = runtime.sync(desired, desired.revision, deadline + SETTLE_GRACE)
+        outcome = runtime.sync(
+            desired,
+            desired.revision,
+            deadline + SETTLE_GRACE,
+            promote=frozenset(s for s, a in requests.items() if a == "promote"),
+            abort=frozenset(s for s, a in requests.items() if a == "abort"),
+        )
         self._watch(outcome.namespace, desired.app, desired.env)
-        return outcome, self._observe(runtime, desired, outcome.status, outcome.result)
+        return outcome, self._observe(runtime, desired, outcome)
 
     def _check(self, desired: Desired, heal: bool) -> tuple[ApplyResult, Observed]:
         runtime = self.runtime(heal)
         self._watch(namespace_of(desired.app, desired.env), desired.app, desired.env)
         outcome = runtime.sync(desired, desired.revision, 0.0)
         self._watch(outcome.namespace, desired.app, desired.env)
-        return outcome.result, self._observe(runtime, desired, outcome.status, outcome.result)
+        return outcome.result, self._observe(runtime, desired, outcome)
 
     def _observe(
-        self, runtime: KubernetesRuntime, desired: Desired, status: EnvStatus, result: ApplyResult
+        self, runtime: KubernetesRuntime, desired: Desired, outcome: SyncOutcome
     ) -> Observed:
+        status, result = outcome.status, outcome.result
         listed = runtime.pods(status.namespace, desired.app, desired.env)
         pods: dict[str, list[Pod]] = {}
         for raw in listed:
@@ -257,6 +298,7 @@ class ClusterEnv:
             {name: tuple(found) for name, found in sorted(pods.items())},
             tuple(sorted(result.drifted)),
             tuple(sorted(result.left)),
+            canaries=outcome.canaries,
         )
 
     # -- the watch (its own daemon thread) ---------------------------------------------
@@ -309,11 +351,17 @@ class ClusterEnv:
 # --- decisions (pure) ---------------------------------------------------------------------
 
 
-def judge(outcome: SyncOutcome) -> tuple[SyncResult, str | None]:
-    """A sync's result from how the environment settled: Healthy succeeds, else it fails."""
+def judge(outcome: SyncOutcome) -> tuple[SyncResult | None, str | None]:
+    """A sync's result from how the environment settled: Healthy succeeds, a canary aborted
+    aborts it, a canary at a pause (the rest Healthy) leaves it open (None), else it fails."""
     status = outcome.status
+    aborted = [c for c in outcome.canaries if c.aborted]
+    if aborted:
+        return SyncResult.ABORTED, "; ".join(f"{c.service}: {c.reason}" for c in aborted)
     if status.health is Health.HEALTHY:
         return SyncResult.SUCCEEDED, None
+    if status.health is Health.SUSPENDED and any(c.waiting for c in outcome.canaries):
+        return None, None
     reasons = status.reasons()
     for svc in status.services:
         for crash, lines in svc.crashes:
@@ -325,6 +373,17 @@ def judge(outcome: SyncOutcome) -> tuple[SyncResult, str | None]:
     return SyncResult.FAILED, "not ready before the rollout deadline: " + (
         "; ".join(reasons) or status.health.value
     )
+
+
+def wake_at(outcome: SyncOutcome) -> float | None:
+    """When the first timed canary pause of `outcome` is over (epoch seconds), if any."""
+    return min((c.wake_at for c in outcome.canaries if c.wake_at is not None), default=None)
+
+
+def _monotonic(epoch: float | None) -> float:
+    if epoch is None:
+        return float("inf")
+    return time.monotonic() + max(0.0, epoch - time.time())
 
 
 def actions(result: ApplyResult) -> list[str]:

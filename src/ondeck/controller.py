@@ -403,9 +403,10 @@ class Controller:
             )
         )
         if found is None:
-            for state in self.envs.values():  # a rolling update on a cluster is not ours to stop
-                if state.desired is not None and state.desired.service(service) is not None:
-                    state.refuse_on_cluster(f"`ondeck rollout {action}`", "see `ondeck status`")
+            for state in self.envs.values():  # on a cluster: says why not, and what to do
+                desired = state.desired
+                if desired and desired.service(service) and state.on_cluster():
+                    state.rollout_action(service, action)
             raise UserError(f"no release of {service!r} is in progress; see `ondeck status`")
         return found.rollout_action(service, action)
 

@@ -73,6 +73,7 @@ from ondeck.rollout.analysis import Measurement, measure
 from ondeck.rollout.strategies import EnvTraffic
 from ondeck.runtime.base import Runtime
 from ondeck.runtime.container import ContainerRuntime
+from ondeck.runtime.kube_canary import progress_of
 from ondeck.runtime.kubernetes import Cluster
 from ondeck.runtime.logs import rotate
 from ondeck.secrets.hoststore import HostStore, host_key
@@ -622,6 +623,12 @@ class Environment:
             self.host.store.add_sync_actions(op.id, actions)
         self._finish(result, error)
 
+    def cluster_stepped(self, revision: str, actions: list[str]) -> None:
+        """A canary on the cluster waits at a pause (cluster.Reports): the sync stays open."""
+        op = self.op
+        if op is not None and op.revision == revision and actions:
+            self.host.store.add_sync_actions(op.id, actions)
+
     def cluster_healed(self, actions: list[str]) -> None:
         """A check changed the cluster back to what git says (cluster.Reports): in history."""
         if self.desired is None or self.commit is None:
@@ -894,10 +901,8 @@ class Environment:
 
     def rollout_action(self, service: str, action: str) -> Progress:
         """`ondeck rollout promote|abort SERVICE`: a person steps in."""
-        self.refuse_on_cluster(
-            f"`ondeck rollout {action}`",
-            "a Deployment's rolling update is the cluster's; undo a release with `ondeck rollback`",
-        )
+        if self.on_cluster() is not None:
+            return self._cluster_rollout(service, action)
         now = self.host.clock.time()
         progress = self.releases.get(service) or self._rolling_release(service, action, now)
         if action == "promote":
@@ -911,6 +916,42 @@ class Environment:
         )
         log.info("[%s] %s: %s", self.name, service, action)
         self.host.wake()
+        return progress
+
+    def _cluster_rollout(self, service: str, action: str) -> Progress:
+        """runtime kubernetes: the next sync job promotes or aborts the canary on the cluster."""
+        canary = self.cluster.canary(service) if self.cluster is not None else None
+        svc = self.desired.service(service) if self.desired else None
+        if canary is None and svc is not None and svc.spec.rollout.strategy == "canary":
+            raise UserError(
+                f"no canary release of {service!r} is in progress on the cluster "
+                f"({self.on_cluster()}); see `ondeck status`"
+            )
+        if canary is None:
+            raise UserError(
+                f"environment {self.name!r} runs on Kubernetes ({self.on_cluster()}): "
+                f"`ondeck rollout {action}` steps into a canary release only; a Deployment's "
+                "rolling update is the cluster's: undo a release with `ondeck rollback`"
+            )
+        progress = progress_of(canary)
+        now = self.host.clock.time()
+        if action == "abort" and progress.stage is Stage.ABORTED:
+            raise UserError(
+                f"the release of {service!r} is aborted already: `ondeck rollout promote "
+                f"{service}` tries it again, a new commit replaces it"
+            )
+        assert self.cluster is not None and self.commit is not None  # it has a canary
+        self.cluster.request(service, action)
+        if self.op is None:  # a retry of an aborted release is a sync of its own
+            self._open(self.commit, Trigger.CLI, now, None)
+        if action == "promote":
+            progress = rollout.promote(progress, now)
+        else:
+            progress = rollout.abort(progress, "aborted by a person (ondeck rollout abort)", now)
+        self.host.store.events_add(
+            self.name, service, action, f"{service}: {action} by a person", now
+        )
+        log.info("[%s] %s: %s (on the cluster)", self.name, service, action)
         return progress
 
     async def restore_backup(
@@ -1010,6 +1051,8 @@ class Environment:
 
     def rolling(self, service: str) -> bool:
         """Is a rolling or recreate release of `service` under way (one `rollout abort` stops)?"""
+        if self.on_cluster() is not None:  # on a cluster, a canary is ondeck's to step into
+            return self.cluster is not None and self.cluster.canary(service) is not None
         svc = self.desired.service(service) if self.desired else None
         if svc is None or self.op is None or self.supervisor is None:
             return False

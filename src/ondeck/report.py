@@ -14,6 +14,7 @@ from dataclasses import replace
 from ondeck.cluster import ClusterEnv
 from ondeck.environment import Environment, commit_json
 from ondeck.errors import SourceError, SpecError, UserError
+from ondeck.runtime.kube_canary import progress_of
 from ondeck.secrets import known as known_secrets
 from ondeck.source.git import CommitInfo
 from ondeck.source.git import _redact as redact_url
@@ -337,6 +338,7 @@ def cluster_services(
         if svc is None:
             verdict = Verdict(Health.PROGRESSING, "pruning")
         pods = observed.pods.get(name, ()) if observed else ()
+        canary = cluster.canary(name) if cluster is not None else None
         logs = {crash.pod: lines for crash, lines in live.crashes} if live else {}
         d = reasons.get(name)
         current = svc is not None and verdict.health is Health.HEALTHY
@@ -369,6 +371,9 @@ def cluster_services(
                     )
                     for pod in pods
                 ],
+                release=ReleaseStatus.model_validate(progress_of(canary).to_json())
+                if canary
+                else None,
             )
         )
     return out

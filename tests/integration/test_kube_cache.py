@@ -232,6 +232,9 @@ class _Reports:
     def cluster_healed(self, actions: list[str]) -> None:
         self.healed.append(actions)
 
+    def cluster_stepped(self, revision: str, actions: list[str]) -> None:
+        raise AssertionError(f"no canary here, yet a sync of {revision} waits at a pause")
+
 
 def test_an_edit_while_the_controller_runs_is_reverted_through_the_cache(
     control_plane: ControlPlane, app: str

@@ -194,3 +194,39 @@ def test_a_look_without_waiting_leaves_a_canary_where_it_is(
     assert looked.status.health is Health.PROGRESSING
     waited = runtime.sync(_desired(app, 2), "r2", timeout=120)
     assert waited.canaries[0].move is Move.PAUSE and waited.canaries[0].step == 1
+
+
+def test_a_person_promotes_past_one_pause_aborts_and_retries(
+    runtime: KubernetesRuntime, app: str
+) -> None:
+    # as on a host: `ondeck rollout promote` goes past the current pause (timed or manual),
+    # one per promotion; `abort` goes back to the stable set; promoting an aborted release
+    # starts it again from its first step
+    steps = "[{weight: 25}, {pause: 1h}, {weight: 50}, {pause: manual}]"
+    text = SPEC.format(app=app, version=1, deadline="5m").replace(
+        "[{weight: 25}, {pause: 2s}, {weight: 50}, {pause: manual}]", steps
+    )
+    first = runtime.sync(render(render_spec(parse(text)), "default", "", ""), "r1", timeout=120)
+    ns = first.namespace
+    v2 = render(render_spec(parse(text.replace("shop:1", "shop:2"))), "default", "", "")
+    timed = runtime.sync(v2, "r2", timeout=120)
+    assert (timed.canaries[0].move, timed.canaries[0].canary) == (Move.PAUSE, 1)
+
+    past = runtime.promote(v2, "web", "r2", timeout=120)
+    (state,) = past.canaries
+    assert (state.move, state.step, state.canary, state.stable) == (Move.MANUAL, 3, 2, 2)
+    assert _until("2 and 2", lambda: _served(runtime, ns) == Counter({"1": 2, "2": 2}))
+
+    stopped = runtime.sync(v2, "r2", timeout=120, abort=frozenset({"web"}))
+    (state,) = stopped.canaries
+    assert state.aborted and "aborted by a person" in state.reason
+    assert stopped.status.health is Health.DEGRADED
+    assert _until("4 pods of 1", lambda: _served(runtime, ns) == Counter({"1": 4}))
+    assert runtime.sync(v2, "r2", timeout=120).canaries[0].aborted  # not tried again
+
+    again = runtime.promote(v2, "web", "r2", timeout=120)
+    (state,) = again.canaries
+    assert (state.move, state.step, state.canary, state.aborted) == (Move.PAUSE, 1, 1, False)
+    canary = _deployment(runtime, ns, "web-canary")
+    assert canary is not None
+    assert "ondeck.dev/canary-aborted" not in canary["metadata"]["annotations"]

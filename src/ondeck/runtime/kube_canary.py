@@ -9,6 +9,9 @@ so a restarted controller goes on from there; a pause returns at once
 (Suspended) and the next sync looks again. While a canary runs, the stable
 set's replica count is changed through its /scale subresource by the field
 manager `ondeck-canary`; the promotion takes it back with a forced apply.
+A person steps in through the sync's `promote` (past the current pause, or a
+fresh start of an aborted release) and `abort` (back to the stable set), as
+`ondeck rollout promote|abort` does on a host.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ondeck.kube.canary import Move, decide, share, split
+from ondeck.kube.canary import Decision, Move, decide, share, split
 from ondeck.kube.render import Obj, canary_of
 from ondeck.runtime.kube_errors import api_errors
 from ondeck.state.desired import Desired, DesiredService
 from ondeck.state.health import Health
+from ondeck.state.rollout import Progress, Stage
 
 if TYPE_CHECKING:
     from ondeck.runtime.kubernetes import ApplyResult, KubernetesRuntime
@@ -32,6 +36,7 @@ STEP = "ondeck.dev/canary-step"
 SINCE = "ondeck.dev/canary-since"
 ABORTED = "ondeck.dev/canary-aborted"
 SCALER = "ondeck-canary"
+BY_A_PERSON = "aborted by a person (ondeck rollout abort)"
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,9 @@ class CanaryState:
     move: Move
     reason: str
     aborted: bool = False
+    since: float = 0.0  # when its current step began (epoch seconds)
+    wake_at: float | None = None  # a timed pause: when it is over (epoch seconds)
+    images: tuple[str, str] = ("", "")  # (stable, canary)
 
     @property
     def health(self) -> Health:
@@ -65,6 +73,35 @@ class CanaryState:
         if self.move is Move.WEIGHT:
             return Health.PROGRESSING
         return Health.HEALTHY if self.move is Move.PROMOTE else Health.SUSPENDED
+
+    @property
+    def waiting(self) -> bool:
+        """At a pause (timed or manual): the sync is not over, and has not failed."""
+        return not self.aborted and self.move in (Move.PAUSE, Move.MANUAL)
+
+
+def progress_of(state: CanaryState) -> Progress:
+    """A canary on a cluster as the host's release progress (status, `ondeck rollout`)."""
+    stage = (
+        Stage.ABORTED
+        if state.aborted
+        else Stage.PAUSED
+        if state.move is Move.MANUAL
+        else Stage.PROMOTED
+        if state.move is Move.PROMOTE
+        else Stage.PROGRESSING
+    )
+    weight = round(100 * share(state.canary, state.stable))
+    return Progress(
+        state.service,
+        state.images[0],
+        state.images[1],
+        stage,
+        step=state.step,
+        weight=100 if stage is Stage.PROMOTED else weight,
+        since=state.since,
+        reason=state.reason,
+    )
 
 
 # build(positions) -> the environment's objects, each service in `positions` as its canary
@@ -82,11 +119,14 @@ class CanaryRun:
     revision: str
     timeout: float
     keep: frozenset[str]
-    promote: frozenset[str] = frozenset()
+    promote: frozenset[str] = frozenset()  # past the current pause; an aborted one starts again
+    abort: frozenset[str] = frozenset()  # back to the stable set, by a person
     clock: Callable[[], float] = time.time
     positions: dict[str, Position] = field(default_factory=dict)
     states: dict[str, CanaryState] = field(default_factory=dict)
     writes: int = 0
+    applied: list[ApplyResult] = field(default_factory=list)  # each step's apply, for history
+    _images: tuple[str, str] = ("", "")  # the service at hand's (stable, canary) images
 
     def kept(self) -> frozenset[str]:
         """Objects the environment's apply must not prune: stable sets under a canary."""
@@ -114,14 +154,22 @@ class CanaryRun:
             pos = _position(current)
         else:
             pos = Position(0, 0, self.clock())
+        self._images = (_image(stable), _image(plain))
         self.positions[name] = pos
-        if pos.aborted:
-            self._state(name, pos, total, len(steps), Move.WEIGHT, pos.aborted, aborted=True)
+        if name in self.abort and not pos.aborted:
+            self._abort(build, name, pos, total, BY_A_PERSON)
+            return
+        passed = name not in self.promote  # a promotion goes past one pause, as on a host
+        if pos.aborted and not passed:  # a person retries it: from the first step
+            pos, passed = self._move(build, name, Position(0, 0, self.clock())), True
+        elif pos.aborted:
+            why = f"canary aborted: {pos.aborted}"
+            self._state(name, pos, total, len(steps), Move.WEIGHT, why, aborted=True)
             return
         while True:
             decision = decide(steps, pos.step, pos.since, self.clock())
-            if decision.move is Move.MANUAL and name in self.promote:
-                decision = type(decision)(Move.NEXT)
+            if decision.move in (Move.MANUAL, Move.PAUSE) and not passed:
+                decision, passed = Decision(Move.NEXT), True
             if decision.move is Move.WEIGHT:
                 canary, rest = split(total, decision.weight)
                 pos = self._move(build, name, Position(canary, pos.step, pos.since), rest)
@@ -147,11 +195,12 @@ class CanaryRun:
                 return
             else:
                 reason = (
-                    "waiting for `ondeck rollout promote`"
+                    f"waiting for `ondeck rollout promote {name}`"
                     if decision.move is Move.MANUAL
                     else f"paused, {decision.left:.0f} s left"
                 )
-                self._state(name, pos, total, len(steps), decision.move, reason)
+                wake = self.clock() + decision.left if decision.move is Move.PAUSE else None
+                self._state(name, pos, total, len(steps), decision.move, reason, wake_at=wake)
                 return
 
     def _move(self, build: Build, name: str, pos: Position, stable: int | None = None) -> Position:
@@ -175,7 +224,15 @@ class CanaryRun:
         self.writes += 1
         del self.positions[name]
         self.states[name] = CanaryState(
-            name, steps, steps, 0, total, Move.PROMOTE, "promoted: every step done"
+            name,
+            steps,
+            steps,
+            0,
+            total,
+            Move.PROMOTE,
+            "promoted: every step done",
+            since=self.clock(),
+            images=self._images,
         )
 
     def _state(
@@ -187,18 +244,30 @@ class CanaryRun:
         move: Move,
         reason: str,
         aborted: bool = False,
+        wake_at: float | None = None,
     ) -> None:
         stable = total if aborted else max(total - pos.replicas, 0 if pos.replicas >= total else 1)
         if not aborted:
             pct = round(100 * share(pos.replicas, stable))
             reason = f"canary {pos.replicas} of {pos.replicas + stable} pods (~{pct}%), {reason}"
         self.states[name] = CanaryState(
-            name, pos.step, steps, pos.replicas, stable, move, reason, aborted
+            name,
+            pos.step,
+            steps,
+            pos.replicas,
+            stable,
+            move,
+            reason,
+            aborted,
+            since=pos.since,
+            wake_at=wake_at,
+            images=self._images,
         )
 
     def _apply(self, objects: list[Obj]) -> ApplyResult:
         result = self.runtime.apply(objects, self.revision, keep=self.kept())
         self.writes += result.writes
+        self.applied.append(result)
         return result
 
     def _scale(self, name: str, replicas: int) -> None:
@@ -237,6 +306,11 @@ def _position(deployment: Obj) -> Position:
     except ValueError:
         step, since = 0, 0.0
     return Position(int(deployment["spec"].get("replicas", 0)), step, since, notes.get(ABORTED, ""))
+
+
+def _image(deployment: Obj) -> str:
+    containers = deployment["spec"]["template"]["spec"].get("containers") or [{}]
+    return str(containers[0].get("image", ""))
 
 
 def _deployment(objects: list[Obj], name: str) -> Obj:

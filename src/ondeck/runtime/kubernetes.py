@@ -697,6 +697,7 @@ class KubernetesRuntime:
         timeout: float,
         namespace: str | None = None,
         promote: frozenset[str] = frozenset(),
+        abort: frozenset[str] = frozenset(),
     ) -> SyncOutcome:
         """Apply one environment and watch it settle; blue/green services switch when ready.
 
@@ -747,10 +748,12 @@ class KubernetesRuntime:
 
         # a canary service with a new release steps through its weights (kube_canary.py)
         canaries = CanaryRun(
-            self, is_subset, desired, ns, revision, timeout, frozenset(keep), promote
+            self, is_subset, desired, ns, revision, timeout, frozenset(keep), promote, abort
         )
         canaries.advance(build, live)
         objects = build(canaries.positions)
+        for step in canaries.applied:  # what the canary's steps applied counts too
+            first = _merged(first, dataclasses.replace(step, writes=0))
         result = _merged(first, self.apply(objects, revision, keep=canaries.kept()))
         result.writes += canaries.writes
         targets = {
@@ -773,7 +776,7 @@ class KubernetesRuntime:
     def promote(
         self, desired: Desired, service: str, revision: str, timeout: float, **kw: Any
     ) -> SyncOutcome:
-        """`ondeck rollout promote`: a canary waiting at a manual pause goes on (a sync)."""
+        """`ondeck rollout promote`: a canary goes past its current pause (a sync)."""
         return self.sync(desired, revision, timeout, promote=frozenset({service}), **kw)
 
     def force_apply(self, obj: Obj, revision: str) -> None:
@@ -870,7 +873,7 @@ def _merged(first: ApplyResult, then: ApplyResult) -> ApplyResult:
     done = set(first.created + first.changed + first.reverted)
     return ApplyResult(
         created=first.created + then.created,
-        changed=first.changed + then.changed,
+        changed=first.changed + [k for k in then.changed if k not in done],
         unchanged=[k for k in then.unchanged if k not in done],
         reverted=first.reverted + then.reverted,
         drifted=first.drifted + then.drifted,
