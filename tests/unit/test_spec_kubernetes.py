@@ -49,8 +49,6 @@ def test_every_key_a_cluster_carries_out_validates() -> None:
         ("    restart: {policy: on-failure}\n", "services.web.restart.policy"),
         ("    restart: {backoff_max: 10s}\n", "services.web.restart"),
         ("    stop: {signal: INT}\n", "services.web.stop.signal"),
-        ("    rollout: {strategy: canary}\n", "services.web.rollout.strategy canary"),
-        ("    rollout: {steps: [{weight: 10}]}\n", "services.web.rollout.steps"),
         ("    rollout: {analysis: {interval: 5s}}\n", "services.web.rollout.analysis"),
         ("    rollout: {match: {header: {X-Canary: always}}}\n", "services.web.rollout.match"),
         ("    rollout: {drain: 5s}\n", "services.web.rollout.drain"),
@@ -98,3 +96,14 @@ def test_a_release_task_is_refused_on_containers_only() -> None:
     [problem] = validate(spec)
     assert "release tasks are not supported yet with the container runtime" in problem.message
     assert validate(spec.replace("runtime: container", "runtime: kubernetes")) == []
+
+
+def test_a_canary_with_steps_validates_the_cluster_splits_it_by_replicas() -> None:
+    steps = "[{weight: 25}, {pause: 30s}, {weight: 50}, {pause: manual}]"
+    spec = (
+        "app: shop\nruntime: kubernetes\nservices:\n  web:\n    image: shop:1\n"
+        f"    replicas: 4\n    rollout: {{strategy: canary, steps: {steps}}}\n"
+    )
+    assert validate(spec) == []
+    rollout = render_spec(parse(spec), None).services["web"].rollout
+    assert rollout.strategy == "canary" and len(rollout.steps) == 4

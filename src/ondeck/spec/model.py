@@ -881,16 +881,6 @@ def kubernetes_inert(service: Service) -> tuple[str, str] | None:
             "the kubelet has its own crash backoff",
         ),
         (service.stop.signal != "TERM", "stop.signal", "the kubelet sends TERM"),
-        (
-            rollout.strategy == "canary",
-            "rollout.strategy canary",
-            "the runtime splits by replicas, the controller does not drive its steps yet",
-        ),
-        (
-            bool(rollout.steps),
-            "rollout.steps",
-            "the controller does not drive the runtime's canary steps yet",
-        ),
         (rollout.analysis is not None, "rollout.analysis", "it reads ondeck's router metrics"),
         (rollout.match is not None, "rollout.match", "header/cookie routing is the router's"),
         (
