@@ -82,7 +82,7 @@ from ondeck.source.code import CodeRepos
 from ondeck.source.git import CommitInfo
 from ondeck.source.verify import verify_commit
 from ondeck.source.write import add_note, push_notes
-from ondeck.spec.load import parse, render_spec
+from ondeck.spec.load import environment_names, parse, render_spec
 from ondeck.spec.model import Spec
 from ondeck.spec.template import build_env
 from ondeck.state import rollout
@@ -172,6 +172,7 @@ class Environment:
 
     def __init__(self, name: str, overlay: str | None, host: Host) -> None:
         self.name, self.overlay, self.host = name, overlay, host
+        self._noted_envs: list[str] = []  # environments the spec defines that run nowhere
         self.supervisor: Supervisor | None = None
         self.cluster: ClusterEnv | None = None  # runtime kubernetes: its objects on the cluster
         self.held_down = False  # `ondeck down --env`: nothing runs until `ondeck sync --env`
@@ -422,11 +423,26 @@ class Environment:
                 f"{spec_path}: not found at {rev[:12]}; add an ondeck.yaml there (`ondeck init`)"
             )
         doc = parse(text, spec_path)
+        if self.overlay is None and fetch:
+            self._note_unused_environments(environment_names(doc))
         secrets = secrets_at(self.host, self.name, self.overlay, rev, doc.data)
         spec = render_spec(doc, self.overlay, secrets=secrets.values)
         code_id = self.host.source.tree_id(rev, path, frozenset({SPEC_FILE}))
         codes = self._resolve_code(spec, fetch)
         return render(spec, self.name, rev, code_id, secrets=secrets, codes=codes)
+
+    def _note_unused_environments(self, defined: list[str]) -> None:
+        """`ondeck up REPO` without --env runs the base spec: say so (once) when the spec
+        defines environments, which then run nowhere."""
+        if not defined or self._noted_envs == defined:
+            return
+        self._noted_envs = defined
+        message = (
+            f"the spec defines environments ({', '.join(defined)}) but this runs the base "
+            f"spec as {self.name!r}: run `ondeck up REPO --env NAME` for each one to run"
+        )
+        log.warning("[%s] %s", self.name, message)
+        self.host.store.events_add(self.name, None, "note", message, self.host.clock.time())
 
     def _resolve_code(self, spec: Spec, fetch: bool) -> dict[str, Code]:
         if spec.runtime.value != "process":
