@@ -263,3 +263,20 @@ def test_the_controller_killed_while_suspended_keeps_the_canary_where_it_was(
     rows = history(od)
     assert rows[0]["result"] == "Succeeded" and rows[0]["revision"] == v2
     assert not any(r["result"] is None for r in rows)  # nothing left open
+
+
+def test_a_new_commit_supersedes_a_suspended_canary(
+    control_plane: ControlPlane, repo: Repo, ondeck: Callable[..., Ondeck], app: str
+) -> None:
+    od = first_release(ondeck, repo, control_plane, app)
+    v2 = repo.commit("v2", spec(app, 2))
+    paused_at(od, 50)
+    quick = "[{weight: 50}, {pause: 2s}]"
+    v3 = repo.commit("v3", spec(app, 3, quick))
+    od.wait_synced(v3, timeout=WAIT)
+    wait_for(lambda: split(control_plane, app) == {"3": (4, 4)}, "every pod on v3", WAIT)
+    (superseded,) = sync_of(od, v2)
+    assert superseded["result"] == "Aborted" and "superseded" in superseded["error"]
+    (row,) = sync_of(od, v3)
+    assert row["result"] == "Succeeded", row
+    assert deployment(control_plane, app, "web-canary") is None
