@@ -174,7 +174,7 @@ def test_a_canary_suspends_at_its_manual_pause_and_promote_finishes_it(
     assert again.returncode != 0 and "no canary release of 'web' is in progress" in again.stderr
 
 
-def test_rollout_abort_returns_to_the_stable_set_and_is_not_retried(
+def test_rollout_abort_returns_to_the_stable_set_and_is_not_retried_unless_promoted(
     control_plane: ControlPlane, repo: Repo, ondeck: Callable[..., Ondeck], app: str
 ) -> None:
     od = first_release(ondeck, repo, control_plane, app)
@@ -203,6 +203,13 @@ def test_rollout_abort_returns_to_the_stable_set_and_is_not_retried(
     )
     twice = od.cli("rollout", "abort", "web", check=False)
     assert twice.returncode != 0 and "aborted already" in twice.stdout + twice.stderr
+
+    # promoting an aborted release tries it again, from its first step, as a sync of its own
+    od.cli("rollout", "promote", "web")
+    paused_at(od, 50)
+    wait_for(lambda: split(control_plane, app) == {"1": (2, 2), "2": (2, 2)}, "2 and 2", WAIT)
+    retry = sync_of(od, v2)[0]
+    assert (retry["trigger"], retry["result"]) == ("cli", None), retry
 
     # a new commit is a new release: its canary starts afresh
     v3 = repo.commit("v3", spec(app, 3))
