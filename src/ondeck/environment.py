@@ -84,7 +84,7 @@ from ondeck.source.verify import verify_commit
 from ondeck.source.write import add_note, push_notes
 from ondeck.spec.load import environment_names, parse, render_spec
 from ondeck.spec.model import Spec
-from ondeck.spec.template import build_env
+from ondeck.spec.template import build_env, expand
 from ondeck.state import rollout
 from ondeck.state.desired import Code, Desired, render
 from ondeck.state.diff import summarize
@@ -539,7 +539,7 @@ class Environment:
                 code.sha if code else desired.revision,
                 code.path if code else opts.path.strip("/"),
                 dest,
-                svc.spec.build,
+                [expand(arg, environ) for arg in svc.spec.build] if svc.spec.build else None,
                 environ,
             )
 

@@ -23,7 +23,7 @@ from ondeck.releasetask.record import TaskState
 from ondeck.releasetask.runner import ReleaseTasks, Task, TaskKey
 from ondeck.secrets import resolve
 from ondeck.secrets.hoststore import HostStore
-from ondeck.spec.template import instance_env
+from ondeck.spec.template import expand, instance_env
 from ondeck.state.desired import Desired, DesiredService, SecretEnv
 from ondeck.state.lifecycle import Trigger
 
@@ -82,9 +82,9 @@ async def run_release_tasks(env: Environment, desired: Desired) -> None:
             continue
         where = release_dir(state_dir, desired.app, svc.release)
         data_dir(state_dir, desired.app, env.name).mkdir(parents=True, exist_ok=True)
-        task = Task(
-            svc.spec.release, where, build_environ(env, desired, svc), svc.spec.release_timeout
-        )
+        environ = build_environ(env, desired, svc)
+        argv = [expand(arg, environ) for arg in svc.spec.release]  # as an instance's command
+        task = Task(argv, where, environ, svc.spec.release_timeout)
         log.info("[%s] %s: running the release task %s", env.name, svc.name, " ".join(task.argv))
         done = await tasks.ensure(key, task)
         log.info("[%s] %s: release task succeeded (attempt %d)", env.name, svc.name, done.attempt)

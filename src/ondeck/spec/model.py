@@ -335,7 +335,11 @@ class Service(Strict):
     command: Argv | None = Field(
         None, description="argv list, never a shell string; ${NAME} is expanded."
     )
-    build: Argv | None = Field(None, description="Run once per release in the release directory.")
+    build: Argv | None = Field(
+        None,
+        description="Run once per release in the release directory; ${NAME} is expanded "
+        "(per-release names only: ONDECK_APP, ONDECK_VERSION, host variables, env keys).",
+    )
     image: str | None = Field(
         None, description="Image reference (container and kubernetes runtimes)."
     )
@@ -360,7 +364,8 @@ class Service(Strict):
         None,
         description="Release task (e.g. migrations): run once per release, in the new release "
         "with its environment and secrets, after `build` and before any of its instances "
-        "starts; a failure fails the sync and the running version keeps serving.",
+        "starts; ${NAME} is expanded (not PORT or ONDECK_INSTANCE); a failure fails the sync "
+        "and the running version keeps serving.",
     )
     release_timeout: Duration = Field(
         600.0, description="A release task still running after this is killed and fails."
