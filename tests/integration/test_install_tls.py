@@ -36,12 +36,12 @@ def test_both_units_serve_https_where_asked(tmp_path: Path) -> None:
 
 
 def test_a_bad_address_is_refused_before_any_unit_is_written(tmp_path: Path) -> None:
-    for option, args in (
-        ("--listen", {"listen": "bad"}),
-        ("--api", {"api": "localhost:http"}),
-        ("--listen-tls", {"listen_tls": "0.0.0.0:99999"}),
+    units, state = tmp_path / "units", tmp_path / "state"
+    for option, api, listen, listen_tls in (
+        ("--listen", "127.0.0.1:7070", "bad", None),
+        ("--api", "localhost:http", "127.0.0.1:8080", None),
+        ("--listen-tls", "127.0.0.1:7070", "127.0.0.1:8080", "0.0.0.0:99999"),
     ):
-        kwargs: dict[str, str] = {"api": "127.0.0.1:7070", **args}
         with pytest.raises(UserError, match=f"{option} .*expected HOST:PORT"):
-            write_units(tmp_path / "units", "/srv/shop", [], tmp_path / "state", **kwargs)
-        assert not (tmp_path / "units").exists()
+            write_units(units, "/srv/shop", [], state, api, listen, listen_tls=listen_tls)
+        assert not units.exists()
