@@ -5,7 +5,8 @@ no-op reconcile read from the cache sends no request at all; a watch event
 reaches the cache; a drift is reverted from the cache with only the write; a
 read right after ondeck's own write never sees the object as before it; the
 API server restarted mid-watch makes the cache stale (reads go to the server)
-and it lists again; and through `ClusterEnv`, an edit by hand made while the
+and it lists again, and a watch resumed from before the restart gets 410 Gone
+and lists again; and through `ClusterEnv`, an edit by hand made while the
 controller runs wakes a check that reverts it from the cache.
 """
 
@@ -27,7 +28,7 @@ import pytest
 from kubeplane import ControlPlane
 from ondeck.cluster import ClusterEnv, ClusterLink
 from ondeck.kube.render import Obj, manifests
-from ondeck.runtime.kube_cache import KubeCache
+from ondeck.runtime.kube_cache import KubeCache, Reflector
 from ondeck.runtime.kubernetes import Cluster, KubernetesRuntime, cache_sources, connect
 from ondeck.spec.load import parse, render_spec
 from ondeck.state.desired import Desired, render
@@ -193,6 +194,8 @@ def test_the_cache_lists_again_after_the_api_server_restarts_mid_watch(
 ) -> None:
     objects, ns, cache = cached
     lists = cache.requests()["list"]
+    before = cache.snapshot("ConfigMap")
+    assert before is not None
     stale: list[bool] = []
     done = threading.Event()
 
@@ -217,6 +220,22 @@ def test_the_cache_lists_again_after_the_api_server_restarts_mid_watch(
     counted = Counted(runtime)
     assert f"Deployment/{ns}/web" in runtime.apply(objects, "r1").reverted
     assert {path for _, path in counted.paths} == {f"/apis/apps/v1/namespaces/{ns}/deployments/web"}
+
+    # a watch resumed from a version before the restart: the new API server's watch cache
+    # starts after it, so it answers 410 Gone, and the reflector lists again
+    source = next(s for s in cache_sources(ns, app, "default") if s.kind == "ConfigMap")
+    reflector = Reflector(runtime.api, source, lambda kind: None)
+    reflector._version, reflector._listed = before[1], True
+    reflector._listed_at = time.monotonic()
+    reflector.start()
+    try:
+        _until("a list after the 410", lambda: reflector.requests["list"] and reflector.fresh())
+        assert reflector.requests["list"] == 1 and reflector.requests["watch"] >= 2
+        snapshot = reflector.snapshot()
+        assert snapshot is not None
+        assert {c["metadata"]["name"] for c in snapshot[0]} == {"web-env"}
+    finally:
+        reflector.stop()
 
 
 class _Reports:

@@ -41,6 +41,7 @@ Obj = dict[str, Any]
 WATCH_SECONDS = 60  # the server ends each watch after this long; it is resumed from there
 MAX_SILENCE = WATCH_SECONDS + 30  # nothing heard for this long: the watch is stuck, not fresh
 RETRY = 1.0  # after an error (not a 410): list again after this long
+RESYNC = 600.0  # a kind is listed again this often anyway (defence in depth, not needed)
 _CONNECT = 10.0
 
 
@@ -72,8 +73,11 @@ class Reflector:
         self._seen = 0  # the highest resourceVersion seen, as a number
         self._required = 0  # a write ondeck made that the watch has not delivered yet
         self._listed = False
+        self._listed_at = 0.0
         self._heard = 0.0
-        self._relist = False
+        # writes whose outcome is unknown, and how many of them a completed list covers
+        self._doubts = 0
+        self._doubts_listed = 0
         self._stop = threading.Event()
         self._response: Any = None
         self._thread = threading.Thread(
@@ -89,7 +93,7 @@ class Reflector:
     def _fresh(self) -> bool:
         return (
             self._listed
-            and not self._relist
+            and self._doubts == self._doubts_listed
             and self._seen >= self._required
             and time.monotonic() - self._heard < MAX_SILENCE
         )
@@ -110,7 +114,7 @@ class Reflector:
         number = _number(version)
         with self._lock:
             if number is None:
-                self._relist = True
+                self._doubts += 1
             else:
                 self._required = max(self._required, number)
         if number is None:
@@ -136,7 +140,13 @@ class Reflector:
             try:
                 with self._lock:
                     # a write the watch never delivered (the object left the selector): list
-                    relist = self._version is None or self._relist or self._required > self._seen
+                    relist = (
+                        self._version is None
+                        or not self._listed
+                        or self._doubts != self._doubts_listed
+                        or self._required > self._seen
+                        or time.monotonic() - self._listed_at > RESYNC
+                    )
                 if relist:
                     self._list()
                 self._watch()
@@ -165,7 +175,7 @@ class Reflector:
 
     def _list(self) -> None:
         with self._lock:
-            self._relist = False
+            doubts = self._doubts  # a list sent after these writes covers them
         self.requests["list"] += 1
         response = self._send([], (_CONNECT, 30.0))
         body = response.read()
@@ -183,7 +193,8 @@ class Reflector:
             self._version = version
             self._seen = max(self._seen, _number(version) or 0)
             self._listed = True
-            self._heard = time.monotonic()
+            self._doubts_listed = doubts
+            self._listed_at = self._heard = time.monotonic()
         self.on_change(self.source.kind)
 
     def _watch(self) -> None:
@@ -205,7 +216,7 @@ class Reflector:
             with self._lock:
                 self._heard = time.monotonic()
             for event in _events(response.response):
-                if self._stop.is_set() or self._relist:
+                if self._stop.is_set() or self._doubts != self._doubts_listed:
                     return
                 self._event(event)
         finally:
