@@ -3,6 +3,7 @@
 Real API server (tests/kubeplane.py; KWOK plays the kubelet). Checked: a
 no-op reconcile read from the cache sends no request at all; a watch event
 reaches the cache; a drift is reverted from the cache with only the write; a
+field another manager took is left to it, and the next reconcile is quiet; a
 read right after ondeck's own write never sees the object as before it; the
 API server restarted mid-watch makes the cache stale (reads go to the server)
 and it lists again, and a watch resumed from before the restart gets 410 Gone
@@ -184,6 +185,56 @@ def test_a_drift_is_reverted_from_the_cache_with_only_the_write(
     assert live is not None
     assert live["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/shop:1"
     _until("the revert to reach the cache", lambda: _image(cache) == "registry.example/shop:1")
+
+
+def test_a_field_another_manager_took_is_left_to_it_from_the_cache(
+    control_plane: ControlPlane,
+    runtime: KubernetesRuntime,
+    app: str,
+    cached: tuple[list[Obj], str, KubeCache],
+) -> None:
+    _, ns, cache = cached
+    # another declarative owner (an autoscaler) takes .spec.replicas of web
+    other = (
+        f"apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web, namespace: {ns}}}\n"
+        "spec: {replicas: 3}\n"
+    )
+    result = subprocess.run(
+        [
+            "kubectl",
+            f"--kubeconfig={control_plane.kubeconfig}",
+            "apply",
+            "--server-side",
+            "--field-manager=autoscaler",
+            "--force-conflicts",
+            "-f",
+            "-",
+        ],
+        input=other,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+    def replicas() -> int | None:
+        snapshot = cache.snapshot("Deployment")
+        found = {d["metadata"]["name"]: d for d in snapshot[0]} if snapshot else {}
+        return int(found["web"]["spec"]["replicas"]) if "web" in found else None
+
+    _until("the autoscaler's replicas to reach the cache", lambda: replicas() == 3, 60)
+    text = SPEC.format(app=app, runtime="container").replace("hello", "bonjour")
+    changed = manifests(render(render_spec(parse(text), None), "default", "rev2", ""))
+    applied = runtime.apply(changed, "r2")
+    assert any(".spec.replicas" in item and "autoscaler" in item for item in applied.left)
+    live = runtime.get({"kind": "Deployment", "metadata": {"name": "web", "namespace": ns}})
+    assert live is not None and live["spec"]["replicas"] == 3
+    # once the watch has delivered those writes, the next reconcile reads only the cache
+    assert cache.wait_fresh(60)
+    counted = Counted(runtime)
+    quiet = runtime.apply(changed, "r2")
+    assert quiet.writes == 0 and counted.sent == Counter(), counted.sent
 
 
 def test_the_cache_lists_again_after_the_api_server_restarts_mid_watch(
