@@ -5,7 +5,9 @@ environment's `EnvJobs` and its notification targets in step with the desired
 state, starts due runs and asks for a wake-up at the next slot; a finish hook
 turns each sync result into a notice. A job runs in its service's current
 release (default: the first service) with that service's environment, its
-own `env` on top, and the secrets either refers to.
+own `env` on top, and the secrets either refers to. An environment whose desired
+runtime is `kubernetes` runs its jobs as CronJobs on the cluster: none starts on
+the host, and its runs are read from the cluster (kubejobs.py).
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ from ondeck.environment import Environment, Operation
 from ondeck.errors import UserError
 from ondeck.jobs.runner import Invocation, JobRunner, Run
 from ondeck.jobs.scheduler import EnvJobs, JobMetrics
+from ondeck.kube.render import namespace_of
+from ondeck.kubejobs import ClusterJobs, Where
 from ondeck.notify import Notifier
 from ondeck.releases import data_dir, is_complete, release_dir
+from ondeck.runtime.kubernetes import KubernetesRuntime
 from ondeck.spec.model import Job
 from ondeck.spec.template import expand, instance_env
 from ondeck.state.desired import Desired
@@ -38,6 +43,14 @@ def attach(env: Environment, notifier: Notifier, metrics: JobMetrics) -> EnvJobs
 
     runner = JobRunner(host.store, host.opts.state_dir, "", env.name, clock=host.clock.time)
     jobs = EnvJobs(runner, metrics, failed)
+    runtime: list[KubernetesRuntime] = []
+
+    def cluster_runtime() -> KubernetesRuntime:  # in a worker thread: connecting blocks
+        if not runtime:
+            runtime.append(KubernetesRuntime(env.ensure_cluster().link.api()))
+        return runtime[0]
+
+    on_cluster = ClusterJobs(runner, cluster_runtime, host.wake)
     seen: list[Desired | None] = [None]
 
     async def each_pass(environment: Environment, now: float) -> None:
@@ -50,7 +63,13 @@ def attach(env: Environment, notifier: Notifier, metrics: JobMetrics) -> EnvJobs
             notifier.configure(
                 desired.app, env.name, list(desired.notify), dict(desired.notify_secrets.values)
             )
-            jobs.configure({j.name: j.spec for j in desired.jobs}, invoker(environment))
+            specs = {j.name: j.spec for j in desired.jobs}
+            cluster = None
+            if desired.runtime == "kubernetes":  # the cluster's CronJobs run them, not the host
+                where = Where(namespace_of(desired.app, env.name), desired.app, env.name)
+                on_cluster.configure(specs, where)
+                cluster = on_cluster
+            jobs.configure(specs, invoker(environment), cluster)
         environment.wake_hints[WAKE_KEY] = await jobs.tick(now)
 
     def finished(

@@ -2,10 +2,10 @@
 
 Included by `api/app.py`; `jobs()` gives each environment's `EnvJobs` by name.
 Reading needs a read scope on the environment, running a job a sync scope.
+An environment on Kubernetes answers the same way: its runs are its Jobs.
 No `from __future__ import annotations`: FastAPI reads these annotations at run time.
 """
 
-import asyncio
 import time
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any
@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel
 
-from ondeck.errors import UserError
+from ondeck.errors import TemporaryError, UserError
 from ondeck.jobs.runner import Run
 from ondeck.jobs.scheduler import EnvJobs
 from ondeck.tokens import Scope, TokenInfo, allows
@@ -82,15 +82,14 @@ def jobs_router(
     async def run(name: str, body: RunBody, info: Caller) -> dict[str, Any]:
         env_name, env_jobs = pick(info, body.env, name, Scope.SYNC)
         try:
-            started = env_jobs.run_now(name)
+            started = await env_jobs.start(name)
+            done: Run = started
+            if body.wait and started.finished_at is None:
+                done = await env_jobs.wait(name, started.id, body.timeout)
         except UserError as err:
             raise HTTPException(422, str(err)) from None
-        done: Run = started
-        if body.wait and started.finished_at is None:
-            try:
-                done = await asyncio.wait_for(env_jobs.runner.wait(name, started.id), body.timeout)
-            except TimeoutError:
-                done = env_jobs.runner.record(name).runs[-1]
+        except TemporaryError as err:  # the cluster of a Kubernetes environment unreachable
+            raise HTTPException(503, str(err)) from None
         return {"env": env_name, "job": name, "run": done.to_json()}
 
     return router

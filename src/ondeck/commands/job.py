@@ -132,18 +132,22 @@ def job_history(
     token: Token = None,
     app_name: AppName = None,
 ) -> None:
-    """A job's runs, newest first: trigger, result, exit code, duration."""
+    """A job's runs, newest first: trigger, result, exit code, duration (on Kubernetes, its Job)."""
     doc = _client(state_dir, api, token, app_name).get(f"/api/v1/jobs/{name}/history", env=env)
     if json_out:
         print(json.dumps(doc, indent=2))
         return
     table = Table(box=None)
-    for col in ("RUN", "TRIGGER", "RESULT", "STARTED", "DURATION", "REASON"):
+    on_cluster = any(run.get("kube_job") for run in doc["runs"])  # runs that are Jobs
+    for col in ("RUN", *(["JOB"] if on_cluster else []), "TRIGGER", "RESULT", "STARTED"):
+        table.add_column(col)
+    for col in ("DURATION", "REASON"):
         table.add_column(col)
     for run in doc["runs"]:
         dur = f"{run['duration']:.1f}s" if run.get("duration") is not None else "-"
         table.add_row(
             str(run["id"]),
+            *([escape(run.get("kube_job") or "-")] if on_cluster else []),
             run["trigger"],
             _result(run),
             _ago(run["started_at"]),

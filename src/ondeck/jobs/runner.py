@@ -61,6 +61,7 @@ class Run:
     exit_code: int | None = None
     finished_at: float | None = None
     reason: str = ""
+    kube_job: str = ""  # on Kubernetes: the Job this run is (jobs/kube.py)
 
     @property
     def duration(self) -> float | None:
@@ -152,6 +153,10 @@ class JobRunner:
     def _save(self, name: str, record: JobRecord) -> None:
         self.store.set_kv(self._key(name), record.to_json())
         self.changes += 1
+
+    def save(self, name: str, record: JobRecord) -> None:
+        """Store a record changed elsewhere (runs read from a cluster: kubejobs.py)."""
+        self._save(name, record)
 
     def handled(self, name: str, slot: float) -> None:
         """The slot is dealt with (started, skipped or first seen): never acted on again."""

@@ -3,14 +3,18 @@
 The environment owns one `EnvJobs`, calls `configure` when its desired state
 changes and `tick` on every pass (cheap: a few comparisons per job), and
 sleeps until the time `tick` returns. The decision is `schedule.due` (pure);
-this module carries it out through the `JobRunner`.
+this module carries it out through the `JobRunner`. An environment run on
+Kubernetes has its jobs scheduled by the cluster: `configure` then hands them to a
+`ClusterRuns` (kubejobs.py), and nothing is started on the host.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -49,6 +53,18 @@ class JobMetrics:
         )
 
 
+class ClusterRuns(Protocol):
+    """The jobs of an environment on Kubernetes (kubejobs.ClusterJobs)."""
+
+    def tick(self, now: float) -> float: ...
+
+    def status(self, now: float) -> list[JobStatus]: ...
+
+    async def start(self, name: str) -> Run: ...
+
+    async def wait(self, name: str, run_id: int, timeout: float) -> Run: ...
+
+
 @dataclass(frozen=True)
 class JobStatus:
     """One line of `ondeck job list`."""
@@ -74,19 +90,27 @@ class EnvJobs:
         self.metrics = metrics
         self.on_failed = on_failed
         self.jobs: dict[str, Job] = {}
+        self.cluster: ClusterRuns | None = None  # runtime kubernetes: the cluster schedules
         self._invoke: Invoke | None = None
         self._adopted = False
         runner.on_done = self._done
 
-    def configure(self, jobs: dict[str, Job], invoke: Invoke) -> None:
-        """The jobs of the current desired state; runs of removed jobs finish on their own."""
-        self.jobs, self._invoke = dict(jobs), invoke
+    def configure(
+        self, jobs: dict[str, Job], invoke: Invoke, cluster: ClusterRuns | None = None
+    ) -> None:
+        """The jobs of the current desired state; runs of removed jobs finish on their own.
+
+        With `cluster`, the jobs run on Kubernetes: none is started on the host.
+        """
+        self.jobs, self._invoke, self.cluster = dict(jobs), invoke, cluster
         if not self._adopted:
             self._adopted = True
             self.runner.adopt(sorted(jobs))
 
     async def tick(self, now: float) -> float | None:
         """Start what is due; the earliest time a job needs looking at again."""
+        if self.cluster is not None:
+            return self.cluster.tick(now)
         wake: list[float] = []
         for name, job in self.jobs.items():
             record = self.runner.record(name)
@@ -120,7 +144,24 @@ class EnvJobs:
             raise UserError(f"no job {name!r} in {self.runner.env} (jobs: {known})")
         return self._start(name, job, str(Trigger.MANUAL), None)
 
+    async def start(self, name: str) -> Run:
+        """`ondeck job run NAME` wherever the jobs run: on the host, or on the cluster."""
+        if self.cluster is not None:
+            return await self.cluster.start(name)
+        return self.run_now(name)
+
+    async def wait(self, name: str, run_id: int, timeout: float) -> Run:
+        """The run once it has ended, or as it is after `timeout` seconds."""
+        if self.cluster is not None:
+            return await self.cluster.wait(name, run_id, timeout)
+        try:
+            return await asyncio.wait_for(self.runner.wait(name, run_id), timeout)
+        except TimeoutError:
+            return next(r for r in self.runner.record(name).runs if r.id == run_id)
+
     def status(self, now: float) -> list[JobStatus]:
+        if self.cluster is not None:
+            return self.cluster.status(now)
         out = []
         for name, job in sorted(self.jobs.items()):
             record = self.runner.record(name)

@@ -1,6 +1,7 @@
 """`every: DURATION` as the cron schedule a CronJob needs, when one says the same thing.
 
-Pure. Called by the renderer (kube/render.py) for each job with `every:`. A cron
+Pure. Called by the renderer (kube/render.py) for each job with `every:`; also
+names the label and annotation that tie a job's runs to it on a cluster. A cron
 field can only step evenly through its range, so an interval is expressible
 when it divides that range (a minute, an hour, a day) or is one week; anything
 else is refused with the schedules that come closest, never rounded silently.
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 from ondeck.errors import UserError
 
+JOB_LABEL = "ondeck.dev/job"  # on a CronJob, its Jobs and their pods: the job's name
+INSTANTIATE = "cronjob.kubernetes.io/instantiate"  # `manual` on a Job made from a CronJob
 MINUTE = 60
 HOUR = 60 * MINUTE
 DAY = 24 * HOUR

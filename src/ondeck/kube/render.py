@@ -21,7 +21,7 @@ from typing import Any
 from ruamel.yaml import YAML
 
 from ondeck.errors import UserError
-from ondeck.kube.cron import every_as_cron
+from ondeck.kube.cron import JOB_LABEL, every_as_cron
 from ondeck.kube.tls import ingress_tls
 from ondeck.spec import template
 from ondeck.spec.model import HealthCheck, Service
@@ -522,7 +522,7 @@ def _cron_job(desired: Desired, job: DesiredJob, ns: str) -> Obj:
     _refuse_unrepresentable(svc.name, svc.spec)
     env = _task_env(desired, svc, {**svc.spec.env, **spec.env}, job.name, f"{where}.env")
     container = _container(svc, "job", env, spec.command, f"{where}.command")
-    lbls = {**labels(desired), "app.kubernetes.io/component": "job", "ondeck.dev/job": job.name}
+    lbls = {**labels(desired), "app.kubernetes.io/component": "job", JOB_LABEL: job.name}
     if spec.schedule is not None:
         schedule = spec.schedule
     else:

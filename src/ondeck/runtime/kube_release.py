@@ -51,46 +51,53 @@ def wait_job(runtime: KubernetesRuntime, job: Obj, timeout: float) -> None:
     meta = job["metadata"]
     ns, name = meta["namespace"], meta["name"]
     service = meta["labels"].get("ondeck.dev/release", name)
+    live = follow_job(runtime, ns, name, timeout)
+    done = outcome(live)
+    if done is True:
+        return
+    if done is False:
+        raise ReleaseTaskError(
+            f"release task of {service} failed (Job {name}): {reason(live)}",
+            log_tail=_logs(runtime, ns, name),
+        )
+    raise TemporaryError(
+        f"release task of {service} (Job {name}) still running after {timeout:.0f} s"
+    )
+
+
+def follow_job(runtime: KubernetesRuntime, namespace: str, name: str, timeout: float) -> Obj:
+    """The Job as last seen: once Complete or Failed, or as it is after `timeout` seconds.
+
+    One read, then a watch from its resourceVersion (the release tasks above and
+    `ondeck job run` on Kubernetes, jobs/cluster.py). An empty dict: no such Job.
+    """
     deadline = time.monotonic() + timeout
     batch = k8s.BatchV1Api(runtime.api)
+    probe: Obj = {"kind": "Job", "metadata": {"name": name, "namespace": namespace}}
     while True:
-        live = runtime.get(job) or {}
-        done = outcome(live)
+        live = runtime.get(probe) or {}
         left = deadline - time.monotonic()
-        if done is None and left > 0:
-            watcher = k8s_watch.Watch()  # type: ignore[no-untyped-call]
-            try:
-                with api_errors(f"watching Job {ns}/{name}"):
-                    for event in watcher.stream(  # type: ignore[no-untyped-call]
-                        batch.list_namespaced_job,
-                        ns,
-                        field_selector=f"metadata.name={name}",
-                        resource_version=live.get("metadata", {}).get("resourceVersion"),
-                        timeout_seconds=max(1, int(min(left, _WATCH))),
-                        _request_timeout=min(left, _WATCH) + 5,
-                    ):
-                        if event["type"] not in ("ADDED", "MODIFIED"):
-                            continue
-                        live = event["raw_object"]
-                        done = outcome(live)
-                        if done is not None:
-                            break
-            except ApiException as err:
-                if err.status != 410:  # resourceVersion too old: read it again
-                    raise
-            finally:
-                watcher.stop()  # type: ignore[no-untyped-call]
-        if done is True:
-            return
-        if done is False:
-            raise ReleaseTaskError(
-                f"release task of {service} failed (Job {name}): {reason(live)}",
-                log_tail=_logs(runtime, ns, name),
-            )
-        if time.monotonic() >= deadline:
-            raise TemporaryError(
-                f"release task of {service} (Job {name}) still running after {timeout:.0f} s"
-            )
+        if not live or outcome(live) is not None or left <= 0:
+            return live
+        watcher = k8s_watch.Watch()  # type: ignore[no-untyped-call]
+        try:
+            with api_errors(f"watching Job {namespace}/{name}"):
+                for event in watcher.stream(  # type: ignore[no-untyped-call]
+                    batch.list_namespaced_job,
+                    namespace,
+                    field_selector=f"metadata.name={name}",
+                    resource_version=live.get("metadata", {}).get("resourceVersion"),
+                    timeout_seconds=max(1, int(min(left, _WATCH))),
+                    _request_timeout=min(left, _WATCH) + 5,
+                ):
+                    raw = event["raw_object"]
+                    if event["type"] == "DELETED" or outcome(raw) is not None:
+                        break  # read once more above, from the API
+        except ApiException as err:
+            if err.status != 410:  # resourceVersion too old: read it again
+                raise
+        finally:
+            watcher.stop()  # type: ignore[no-untyped-call]
 
 
 def outcome(job: Obj) -> bool | None:

@@ -462,6 +462,9 @@ class KubernetesRuntime:
                 and k not in keep
                 and o["kind"] != "Namespace"
                 and not o["metadata"].get("deletionTimestamp")  # already on its way out
+                # a CronJob's runs carry its labels; the CronJob (and the garbage
+                # collector, when it is pruned) is what removes them
+                and not o["metadata"].get("ownerReferences")
             ]
             self._prune(sorted(gone, key=key_order, reverse=True), result)
         return result

@@ -596,12 +596,14 @@ class Job(Strict):
     """A command run on a schedule in the environment's current release."""
 
     command: Argv | None = Field(
-        None, description="argv list (process runtime); ${NAME} is expanded as for services."
+        None,
+        description="argv list (process and kubernetes runtimes); ${NAME} is expanded as for "
+        "services.",
     )
     image: str | None = Field(
         None,
-        description="Container runtime: the image the job runs in (refused as not supported "
-        "yet: jobs run on the process runtime).",
+        description="Refused as not supported yet: a job runs in its service's release (process) "
+        "or image (kubernetes); for another image, a service with replicas: 0.",
     )
     service: str | None = Field(
         None,
@@ -609,11 +611,19 @@ class Job(Strict):
         "may be left out when the spec has one service.",
     )
     schedule: Cron | None = Field(
-        None, description="cron expression (minute hour day month weekday), e.g. '0 4 * * *'."
+        None,
+        description="cron expression (minute hour day month weekday), e.g. '0 4 * * *'; on "
+        "kubernetes the CronJob's schedule.",
     )
-    every: Duration | None = Field(None, description="Or a fixed interval, e.g. 10m.")
+    every: Duration | None = Field(
+        None,
+        description="Or a fixed interval, e.g. 10m; on kubernetes one a cron step can say "
+        "(dividing an hour or a day, or 1d, 7d), aligned to the clock.",
+    )
     timezone: str | None = Field(
-        None, description="IANA time zone of `schedule` (default: the host's), e.g. Europe/Paris."
+        None,
+        description="IANA time zone of `schedule` (default: the host's; on kubernetes the "
+        "cluster controller manager's), e.g. Europe/Paris.",
     )
     timeout: Duration = Field(3600.0, description="A run still going after this is killed.")
     concurrency: Literal["allow", "forbid", "replace"] = Field(
@@ -794,17 +804,19 @@ class Spec(Strict):
                     f"job {name!r} runs in service {job.service!r}, which is not in services: "
                     f"one of {', '.join(sorted(self.services)) or '(none)'}"
                 )
-            if self.runtime is not RuntimeKind.PROCESS:
+            if self.runtime is RuntimeKind.CONTAINER:
                 raise ValueError(
-                    f"job {name!r}: jobs run on the process runtime only for now "
-                    f"(not {self.runtime.value}); remove `jobs:` or use runtime: process"
+                    f"job {name!r}: jobs run on the process and kubernetes runtimes only for "
+                    "now (not container); remove `jobs:` or use runtime: process or kubernetes"
                 )
             if job.command is None:
                 raise ValueError(f"job {name!r} needs a command (an argv list)")
             if job.image is not None:
                 raise ValueError(
-                    f"job {name!r}: image is not supported yet (jobs run on the process "
-                    "runtime, in a service's release); remove image"
+                    f"job {name!r}: image is not supported yet (a job runs in its service's "
+                    "release, or on kubernetes its service's image); remove image, and to run "
+                    "another image, give it a service of its own (replicas: 0) and name it in "
+                    "the job's service"
                 )
             if not self.services:
                 raise ValueError(f"job {name!r} runs in a service's release: add a service")
