@@ -66,7 +66,7 @@ def attach(env: Environment, notifier: Notifier, metrics: JobMetrics) -> EnvJobs
             specs = {j.name: j.spec for j in desired.jobs}
             cluster = None
             if desired.runtime == "kubernetes":  # the cluster's CronJobs run them, not the host
-                where = Where(namespace_of(desired.app, env.name), desired.app, env.name)
+                where = Where(namespace_of(desired.app, desired.env), desired.app, desired.env)
                 on_cluster.configure(specs, where)
                 cluster = on_cluster
             jobs.configure(specs, invoker(environment), cluster)

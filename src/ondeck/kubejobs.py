@@ -72,12 +72,14 @@ class ClusterJobs:
             self.cronjobs, self._next = {}, 0.0
         self.jobs, self.where = dict(jobs), where
 
-    def tick(self, now: float) -> float:
-        """Fold in a finished read, start the next when due; when to look again."""
+    def tick(self, now: float) -> float | None:
+        """Fold in a finished read, start the next when due; when to look again (None: never)."""
         if self._reading is not None and self._reading.done():
             self._collect(self._reading, now)
             self._reading = None
-        if self._reading is None and now >= self._next and self.where is not None and self.jobs:
+        if self.where is None or not self.jobs:
+            return None
+        if self._reading is None and now >= self._next:
             self._reading = _in_thread(self._read, self.where, self._finished())
             self._reading.add_done_callback(lambda _: self._wake())
         return self._next if self._reading is None else now + BUSY
@@ -165,7 +167,10 @@ class ClusterJobs:
             raise err  # a bug: the environment contains it
         found = reading.result()
         self.error = None
-        self.cronjobs = kube.cronjobs_by_job(found.listing.cronjobs)
+        cronjobs = kube.cronjobs_by_job(found.listing.cronjobs)
+        if cronjobs != self.cronjobs:  # a schedule or its status changed: status shows it
+            self.cronjobs = cronjobs
+            self.runner.changes += 1
         by_job: dict[str, list[kube.Seen]] = {name: [] for name in self.jobs}
         for item in found.listing.jobs:
             name = (item["metadata"].get("labels") or {}).get(JOB_LABEL)

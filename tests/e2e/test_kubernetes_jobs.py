@@ -269,6 +269,32 @@ def test_job_run_makes_a_job_from_the_cronjob_and_a_failed_one_is_reported(
             'ondeck_job_runs_total{env="staging",job="cleanup",result="succeeded"} 2.0' in metrics
         )
         assert rx.kinds().count("job-failed") == 1  # once, not at every read
+        page = httpx.get(f"{api}/", timeout=10).text  # the dashboard (--public-read)
+        assert 'id="job-staging-stuck"' in page and "timed-out" in page
+
+        # a run that ends while ondeck is down is read, and reported once, when it is back
+        again = json.loads(od.cli("job", "run", "stuck", "--json").stdout)["run"]
+        assert again["result"] == "running"
+        od.stop()
+        wait_for(
+            lambda: any(
+                c["type"] == "Failed" and c["status"] == "True"
+                for j in kube_jobs(control_plane, ns, "stuck")
+                if j["metadata"]["name"] == again["kube_job"]
+                for c in j.get("status", {}).get("conditions") or []
+            ),
+            "the Job to fail while ondeck is down",
+            60,
+        )
+        od.start()
+
+        def stuck_ended() -> dict[str, Any] | None:
+            newest = history(od, "stuck")[0]
+            return newest if newest["id"] == again["id"] and newest["result"] != "running" else None
+
+        ended = wait_for(stuck_ended, "the run's end read after the restart", 60, every=0.5)
+        assert ended["kube_job"] == again["kube_job"] and ended["result"] == "timed-out"
+        wait_for(lambda: rx.kinds().count("job-failed") == 2, "its job-failed notification", 60)
         missing = od.cli("job", "run", "nope", check=False)
         assert missing.returncode == 1 and "no job 'nope'" in missing.stderr
         assert "Traceback" not in od.log()

@@ -116,3 +116,20 @@ def test_stop_kills_the_whole_run(tmp_path: Path) -> None:
 
     run = asyncio.run(go())
     assert run.result is RunResult.KILLED and run.reason == "replaced by run 2"
+
+
+def test_adoption_leaves_a_run_that_is_a_job_on_a_cluster(tmp_path: Path) -> None:
+    # a run on Kubernetes has no process here: its end is read from the cluster
+    # (kubejobs.py), never settled as lost by a restarted controller
+    async def go() -> Run:
+        with Store(tmp_path / "ondeck.db") as store:
+            runner = JobRunner(store, tmp_path, "shop", "prod")
+            record = runner.record("nightly")
+            record.runs.append(Run(1, "schedule", time.time(), 0.0, kube_job="nightly-29412345"))
+            runner.save("nightly", record)
+            runner.adopt(["nightly"])
+            (run,) = runner.record("nightly").runs
+            return run
+
+    run = asyncio.run(go())
+    assert run.result is RunResult.RUNNING and run.kube_job == "nightly-29412345"

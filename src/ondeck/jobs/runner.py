@@ -251,6 +251,8 @@ class JobRunner:
         """After a restart: watch the runs still going, settle those that ended meanwhile."""
         for name in names:
             for run in self.record(name).running():
+                if run.kube_job:
+                    continue  # a Job on a cluster: read from there (kubejobs.py), not a process
                 if not _alive(run, None):
                     self._settle(name, run)  # ended while we were down: at once, before a tick
                 elif (name, run.id) not in self._watchers:
