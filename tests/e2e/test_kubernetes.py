@@ -36,7 +36,7 @@ services:
     command: ["python3", "web.py"]
     image: registry.example/shop:1
     version: "1.0.0"
-    port: 8080
+    port: true
     replicas: {replicas}
     health: {{http: /healthz, interval: 1s}}
     rollout: {{deadline: {deadline}}}{extra}

@@ -34,7 +34,7 @@ services:
   web:
     image: registry.example/shop:1
     command: ["/bin/app"]
-    port: 8080
+    port: true
     replicas: 2
     env: {{LOG_LEVEL: info, DATABASE_URL: "${{DB_URL}}", DSN: "postgres://u:${{DB_PW}}@db/x"}}
     release: ["/bin/migrate"]

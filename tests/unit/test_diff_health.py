@@ -254,7 +254,7 @@ def test_fingerprint_ignores_what_does_not_shape_an_instance(changes: dict[str, 
         {"command": ["python3", "app.py", "--fast"]},
         {"version": "1.1"},
         {"code_id": "code-2"},
-        {"port": False},
+        {"port": False, "routes": []},
         {"build": ["make"]},
     ],
     ids=["env-value", "env-key", "command", "version", "code", "port", "build"],
@@ -284,3 +284,29 @@ def test_render_sorts_services_and_keeps_the_revision() -> None:
     )
     assert result.names == frozenset(services)
     assert result.service("missing") is None
+
+
+CONTAINER_KEYS = [
+    {"image": "registry.example/shop:2"},
+    {"pull": "always"},
+    {"memory": "256MiB"},
+    {"cpus": 0.5},
+    {"volumes": {"uploads": "/uploads"}},
+]
+
+
+@pytest.mark.parametrize("changes", CONTAINER_KEYS, ids=lambda c: next(iter(c)))
+def test_container_keys_restart_nothing_on_the_process_runtime(changes: dict[str, Any]) -> None:
+    """A process environment carries them for `ondeck render --target kubernetes` only."""
+    assert web_fingerprint(**changes) == web_fingerprint()
+    base = {**BASE, "image": "registry.example/shop:1", "port": 8080}
+    container = Spec.model_validate(
+        {"app": "shop", "runtime": "container", "services": {"web": base}}
+    )
+    changed = container.model_copy(
+        update={"services": {"web": Service.model_validate({**base, **changes})}}
+    )
+    prints = [
+        render(s, "production", "rev", "c").services[0].fingerprint for s in (container, changed)
+    ]
+    assert prints[0] != prints[1]

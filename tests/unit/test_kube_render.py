@@ -64,7 +64,7 @@ services:
   web:
     image: registry.example/shop:2
     command: ["/bin/app"]
-    port: 8080
+    port: true
     replicas: 2
     env:
       LOG_LEVEL: info
@@ -233,8 +233,13 @@ def test_output_is_deterministic_and_in_apply_order() -> None:
     assert "creationTimestamp" not in first
 
 
-NO_IMAGE = SPEC.replace("runtime: container", "runtime: process").replace(
-    '    image: registry.example/shop:1.4.2\n    command: ["/bin/app"', '    command: ["/bin/app"'
+NO_IMAGE = (
+    SPEC.replace("runtime: container", "runtime: process")
+    .replace(
+        '    image: registry.example/shop:1.4.2\n    command: ["/bin/app"',
+        '    command: ["/bin/app"',
+    )
+    .replace("port: 8080", "port: true")
 )
 
 

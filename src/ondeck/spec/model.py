@@ -27,6 +27,7 @@ from ondeck.units import parse_duration, parse_size
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+DATA_VOLUME, DATA_MOUNT = "data", "/data"  # a container's persistent data (ONDECK_DATA_DIR)
 SIGNALS = ("TERM", "INT", "QUIT", "HUP", "KILL", "USR1", "USR2", "WINCH")
 
 
@@ -341,14 +342,19 @@ class Service(Strict):
         "(per-release names only: ONDECK_APP, ONDECK_VERSION, host variables, env keys).",
     )
     image: str | None = Field(
-        None, description="Image reference (container and kubernetes runtimes)."
+        None,
+        description="Image reference (container and kubernetes runtimes; a process environment "
+        "carries it for `ondeck render --target kubernetes` only).",
     )
     version: str | None = Field(None, description="Free text, exported as ONDECK_VERSION.")
     env: dict[str, EnvValue] = Field(
         default_factory=dict, description="Environment of each instance."
     )
     port: bool | int | None = Field(
-        None, description="true: ondeck assigns $PORT (process); an int is the container port."
+        None,
+        description="true: ondeck picks a free port and passes it as $PORT (process runtime; "
+        "8080 in a container); a number is the port the app listens on inside a container "
+        "(container and kubernetes runtimes only).",
     )
     replicas: int = Field(1, ge=0, description="How many instances run.")
     health: HealthCheck | None = Field(
@@ -371,15 +377,25 @@ class Service(Strict):
         600.0, description="A release task still running after this is killed and fails."
     )
     pull: Literal["always", "missing", "never"] = Field(
-        "missing", description="Container runtime: when to pull the image."
+        "missing", description="Container and kubernetes runtimes: when to pull the image."
     )
     volumes: dict[str, str] = Field(
         default_factory=dict,
-        description="Container runtime: named volume -> mount path, kept across releases "
-        "(the data volume is always mounted at /data as ONDECK_DATA_DIR).",
+        description="Container and kubernetes runtimes: named volume -> mount path, kept across "
+        "releases (the data volume is always mounted at /data as ONDECK_DATA_DIR; the name "
+        "data is its own); a process environment carries them for `ondeck render` only.",
     )
-    memory: Size | None = Field(None, description="Container runtime: memory limit, e.g. 256MiB.")
-    cpus: float | None = Field(None, gt=0, description="Container runtime: CPU limit, e.g. 0.5.")
+    memory: Size | None = Field(
+        None,
+        description="Container and kubernetes runtimes: memory limit, e.g. 256MiB (the process "
+        "runtime does not limit; it carries it for `ondeck render` only).",
+    )
+    cpus: float | None = Field(
+        None,
+        gt=0,
+        description="Container and kubernetes runtimes: CPU limit, e.g. 0.5 (the process "
+        "runtime does not limit; it carries it for `ondeck render` only).",
+    )
     source: CodeSource | None = Field(
         None,
         description="The code this service runs: {ref: REF} (a tag, branch or sha of this "
@@ -408,6 +424,12 @@ class Service(Strict):
         for name, path in value.items():
             if not DNS_LABEL.match(name) or not path.startswith("/"):
                 raise ValueError(f"volume {name!r}: a DNS-label name and an absolute mount path")
+            if name == DATA_VOLUME or path.rstrip("/") == DATA_MOUNT:
+                raise ValueError(
+                    f"volume {name!r}: the name {DATA_VOLUME!r} and the path {DATA_MOUNT} are the "
+                    "data volume's (always mounted, as ONDECK_DATA_DIR): give this volume "
+                    "another name and path, or use the data volume"
+                )
         return value
 
     @field_validator("port")
@@ -872,6 +894,60 @@ class Spec(Strict):
                     "the task by hand"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _fits_runtime(self) -> Spec:
+        """Nothing inert: a key the environment's runtime would ignore is refused, saying why."""
+        for name, service in self.services.items():
+            problem = _service_misfit(name, service, self.runtime)
+            if problem is not None:
+                raise ValueError(problem)
+        if self.runtime is RuntimeKind.CONTAINER:
+            for name, backup in self.backups.items():
+                if backup.sqlite is not None:
+                    raise ValueError(
+                        f"backup {name!r}: sqlite backups are not supported yet with runtime "
+                        "container (the database sits in the container's data volume, which "
+                        "ondeck does not read from the host); remove it from this environment, "
+                        "or run it on runtime process"
+                    )
+        return self
+
+
+def _service_misfit(name: str, service: Service, runtime: RuntimeKind) -> str | None:
+    """Why `service` asks for something `runtime` would not do, or None."""
+    about = f"service {name!r}"
+    health = service.health
+    if runtime is RuntimeKind.PROCESS and type(service.port) is int:
+        return (
+            f"{about}: port: {service.port} is the port inside a container; on the process "
+            "runtime write port: true (ondeck picks a free port and passes it as $PORT; "
+            "`ondeck render --target kubernetes` makes it 8080)"
+        )
+    if runtime is RuntimeKind.CONTAINER and service.build is not None:
+        return (
+            f"{about}: build is not supported with runtime container (an image is the "
+            "release: build it before, e.g. in CI, and name it in image); remove `build:`"
+        )
+    if runtime is RuntimeKind.CONTAINER and health is not None and health.exec is not None:
+        return (
+            f"{about}: health.exec is not supported yet with runtime container (it would run on "
+            "the host, not in the container); use health: {http: PATH} or {tcp: true}"
+        )
+    if service.port in (None, False) and service.routes:
+        return (
+            f"{about} has routes but no port, so the router has nowhere to send them: add "
+            "port: true (process runtime) or the port it listens on (container, kubernetes), "
+            "or remove routes"
+        )
+    if service.port in (None, False) and health is not None and not health.exec:
+        check = "http" if health.http is not None else "tcp"
+        return (
+            f"{about}: health.{check} checks the service's port, and it has none: add "
+            "port: true (process runtime) or the port it listens on (container, kubernetes), "
+            "or check it with health: {exec: [...]}"
+        )
+    return None
 
 
 def _not_on_kubernetes(key: str, why: str) -> str:

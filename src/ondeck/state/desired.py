@@ -16,6 +16,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from ondeck.spec.model import Backup, Job, NotifyTarget, Service, Spec, Tls
 from ondeck.spec.template import build_env_spec, names, notify_secrets, secrets_used
@@ -127,19 +128,27 @@ def _pinned_id(pin: Code) -> str:
 def fingerprint(
     service: Service, code_id: str, secrets_id: str = "", app: str = "", runtime: str = "process"
 ) -> str:
-    """A short id of everything that shapes a running instance of `service`."""
-    payload = {
+    """A short id of everything that shapes a running instance of `service`.
+
+    The image and container keys shape a container or a pod, never a process: a process
+    environment carries them for `ondeck render --target kubernetes` only, so changing
+    them restarts nothing there (they count as their defaults, so a fingerprint is the same
+    as when they were counted)."""
+    runs_images = runtime != "process"
+    payload: dict[str, Any] = {
         "app": app,
         "runtime": runtime,
         "code": code_id,
         "secrets": secrets_id,
         "command": service.command,
         "build": service.build,
-        "image": service.image,
+        "image": service.image if runs_images else None,
         "version": service.version,
         "env": dict(sorted(service.env.items())),
         "port": service.port,
-        "container": [service.pull, service.volumes, service.memory, service.cpus],
+        "container": [service.pull, service.volumes, service.memory, service.cpus]
+        if runs_images
+        else ["missing", {}, None, None],
     }
     if service.release:  # only when set: adding the key must not roll services without one
         payload["release"] = service.release
