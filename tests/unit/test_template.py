@@ -7,7 +7,7 @@ from types import MappingProxyType
 import pytest
 
 from ondeck.errors import UserError
-from ondeck.spec.model import Spec
+from ondeck.spec.model import RuntimeKind, Spec
 from ondeck.spec.template import (
     BUILTIN,
     PASSTHROUGH,
@@ -229,3 +229,36 @@ def test_instance_env_passes_through_only_the_listed_host_names() -> None:
 def test_builtin_names_are_the_designed_ones() -> None:
     assert len(BUILTIN) == len(set(BUILTIN)) == 9
     assert all(name == "PORT" or name.startswith("ONDECK_") for name in BUILTIN)
+
+
+@pytest.mark.parametrize("runtime", ["container", "kubernetes"])
+def test_a_host_variable_is_refused_where_no_host_passes_it(runtime: str) -> None:
+    """A container or pod gets no host variable: `${HOME}` failed every start on containers."""
+    spec = Spec.model_validate(
+        {
+            "app": "shop",
+            "runtime": runtime,
+            "services": {
+                "web": {
+                    "image": "shop:1",
+                    "command": ["app", "--home", "${HOME}"],
+                    "env": {"P": "${PATH}:/x", "APP": "${ONDECK_APP}"},
+                }
+            },
+        }
+    )
+    where = "a pod" if runtime == "kubernetes" else "a container"
+    assert check_references(spec) == [
+        (
+            ("services", "web", "command", 2),
+            f"${{HOME}} is a host variable, and {where} "
+            "has no host to take it from; write the value instead",
+        ),
+        (
+            ("services", "web", "env", "P"),
+            f"${{PATH}} is a host variable, and {where} "
+            "has no host to take it from; write the value instead",
+        ),
+    ]
+    process = spec.model_copy(update={"runtime": RuntimeKind.PROCESS})
+    assert check_references(process) == []

@@ -335,11 +335,8 @@ def _k8s_refs(value: str, where: str, secrets: Collection[str] = ()) -> str:
     parts: list[str] = []
     for kind, text in template._tokens(value):
         if kind == "name":
-            if text in template.PASSTHROUGH:
-                raise UserError(
-                    f"{where}: ${{{text}}} is a host variable, and a pod has no host to take "
-                    "it from; write the value instead"
-                )
+            if text in template.PASSTHROUGH:  # refused by validation too: defence in depth
+                raise UserError(f"{where}: {template.hostless(text, 'kubernetes')}")
             if text == "ONDECK_REVISION":
                 raise UserError(
                     f"{where}: ${{ONDECK_REVISION}} is not set in pods (it would change every "

@@ -143,7 +143,8 @@ def _environment_section() -> str:
     return (
         "## Environment of an instance\n\n"
         f"From the host, only {passed}\n"
-        "are passed through; then comes the service's `env`, where `${NAME}` may name a\n"
+        "are passed through (process runtime only: a container or a pod has no host to take\n"
+        "them from, so `${NAME}` of one is refused there); then comes the service's `env`, where `${NAME}` may name a\n"
         "secret (an instance receives only the secrets its `env` refers to), then these\n"
         "builtins, which always win:\n\n"
         "| variable | meaning |\n| --- | --- |\n" + rows

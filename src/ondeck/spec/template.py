@@ -100,6 +100,21 @@ def _check(value: str, known: set[str], explain: Mapping[str, str]) -> Iterator[
             yield explain.get(text) or _unknown(text, known)
 
 
+def passed_through(runtime: str) -> tuple[str, ...]:
+    """The host variables `runtime` gives an instance: a process inherits them from the host;
+    a container or a pod has no host to take them from."""
+    return PASSTHROUGH if runtime == "process" else ()
+
+
+def hostless(name: str, runtime: str) -> str:
+    """Why `${NAME}`, a host variable, cannot be used on `runtime` (not process)."""
+    where = "a pod" if runtime == "kubernetes" else "a container"
+    return (
+        f"${{{name}}} is a host variable, and {where} has no host to take it from; "
+        "write the value instead"
+    )
+
+
 def _in_argv(name: str, via: str | None = None) -> str:
     carried = f" (env {via} carries it)" if via else ""
     return (
@@ -129,13 +144,15 @@ def _service_refs(
     base: set[str],
     secrets: set[str],
     missing: Mapping[str, str],
+    unknown: Mapping[str, str] = _EMPTY,
 ) -> Iterator[tuple[Path, str]]:
+    """`unknown`: why a name is not known here (e.g. a host variable off the process runtime)."""
     here: Path = ("services", name)
     own = set(env)
     # env keys whose value holds a secret: the secret they carry, by key
     carriers = {k: s for k, v in env.items() for s in names(v) if s in secrets and s not in BUILTIN}
     for i, arg in enumerate(command or []):
-        for message in _check(arg, base | own, _EMPTY):
+        for message in _check(arg, base | own, unknown):
             yield (*here, "command", i), message
         for message in _argv_secrets(arg, env, secrets, carriers):
             yield (*here, "command", i), message
@@ -154,7 +171,7 @@ def _service_refs(
     }
     for field, argv in (("build", build), ("release", release)):
         known_here = at_build if field == "build" else at_release
-        explain = {**not_yet, **shared} if field == "build" else not_yet
+        explain = {**not_yet, **shared, **unknown} if field == "build" else {**not_yet, **unknown}
         for i, arg in enumerate(argv or []):
             for message in _check(arg, known_here, explain):
                 yield (*here, field, i), message
@@ -166,7 +183,7 @@ def _service_refs(
         for n in own - base
     }
     for key, value in env.items():
-        for message in _check(value, base, {**missing, **siblings}):
+        for message in _check(value, base, {**missing, **siblings, **unknown}):
             yield (*here, "env", key), message
 
 
@@ -187,7 +204,9 @@ def check_references(
     that would reach an argv. An unknown name in an `env` value reads as a missing secret of
     `env`, unless it is close to a known name (a typo)."""
     known = set(secrets)
-    base = set(BUILTIN) | set(PASSTHROUGH) | known
+    runtime = spec.runtime.value
+    base = set(BUILTIN) | set(passed_through(runtime)) | known
+    unknown = {n: hostless(n, runtime) for n in PASSTHROUGH if n not in base}
     problems: list[tuple[Path, str]] = []
     for name, service in spec.services.items():
         missing = {
@@ -196,6 +215,7 @@ def check_references(
             for ref in names(value)
             if ref not in base
             and ref not in service.env
+            and ref not in unknown
             and not difflib.get_close_matches(ref, sorted(base), n=1)
         }
         problems.extend(
@@ -208,6 +228,7 @@ def check_references(
                 base,
                 known,
                 missing,
+                unknown,
             )
         )
     problems.extend(_job_refs(spec, base, known, env))
