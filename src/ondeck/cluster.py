@@ -23,16 +23,17 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from kubernetes import client as k8s
 
-from ondeck.errors import OndeckError, TemporaryError
+from ondeck.errors import BackupFailure, OndeckError, TemporaryError
 from ondeck.kube.render import Obj, manifests, namespace_of
 from ondeck.runtime.kube_cache import KubeCache
 from ondeck.runtime.kube_canary import CanaryState
+from ondeck.runtime.kube_pause import scale_back, scale_down
 from ondeck.runtime.kubernetes import (
     ApplyResult,
     Cluster,
@@ -48,6 +49,7 @@ from ondeck.state.lifecycle import SyncResult
 
 log = logging.getLogger("ondeck")
 T = TypeVar("T")
+PauseStep = Callable[[KubernetesRuntime, Desired, dict[str, int], float, list[str]], None]
 
 SETTLE_GRACE = 30.0  # past the rollout deadline, time for the Deployment controller to say so
 RETRY = 5.0  # the API server unreachable: try again after this long
@@ -145,6 +147,7 @@ class ClusterEnv:
         self._requests: dict[str, str] = {}  # service -> promote|abort, for the next sync job
         self._paused: str | None = None  # the revision whose sync waits at a canary pause
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._held: dict[str, int] = {}  # a restore's pause: replicas before, by Deployment
 
     @property
     def busy(self) -> bool:
@@ -259,6 +262,27 @@ class ClusterEnv:
         if self.observed is not None:
             self.observed = dataclasses.replace(self.observed, error=error)
             self.changes += 1
+
+    # -- a restore's pause (environment.py stops calling `step` meanwhile) ---------------
+
+    async def pause(self, desired: Desired, timeout: float, log: list[str]) -> None:
+        """Let the running job end, then scale the Deployments to 0 until their pods are gone."""
+        job = self._job
+        if job is not None:  # a check or sync could apply replicas back mid-restore
+            await asyncio.wait([job.future], timeout=timeout)
+            if not job.future.done():
+                raise BackupFailure(
+                    f"a sync of {self.env} is still running on the cluster after "
+                    f"{timeout:.0f}s, so nothing was restored: try again when it ends"
+                )
+        await _as_backup_failure(_in_thread(self._hold, scale_down, desired, timeout, log))
+
+    async def resume(self, desired: Desired, timeout: float, log: list[str]) -> None:
+        """Undo `pause` (even one that failed midway): re-apply, wait until Available."""
+        await _as_backup_failure(_in_thread(self._hold, scale_back, desired, timeout, log))
+
+    def _hold(self, step: PauseStep, desired: Desired, timeout: float, log: list[str]) -> None:
+        step(self.runtime(True), desired, self._held, timeout, log)
 
     # -- the jobs (in a worker thread) -------------------------------------------------
 
@@ -435,6 +459,15 @@ def _timestamp(text: str | None) -> float | None:
 
         return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
     return None
+
+
+async def _as_backup_failure(work: Awaitable[None]) -> None:
+    try:
+        await work
+    except BackupFailure:
+        raise
+    except OndeckError as err:  # the cluster unreachable, a request refused...
+        raise BackupFailure(str(err)) from err
 
 
 def _in_thread(work: Callable[..., T], *args: Any) -> asyncio.Future[T]:

@@ -983,21 +983,35 @@ class Environment:
         op_id = store.begin_sync(
             self.name, desired.revision, "ondeck backup", what, Trigger.RESTORE, started
         )
+        steps: list[str] = []  # on a cluster: the scale to 0 and back, in history
         try:
             restored, safety = await self.backups.restore(
-                name, backup_id, while_running, self._pause, self._resume
+                name,
+                backup_id,
+                while_running,
+                lambda: self._pause(steps),
+                lambda: self._resume(steps),
             )
         except (BackupFailure, UserError) as err:
+            if steps:
+                store.add_sync_actions(op_id, steps)
             store.finish_sync(op_id, SyncResult.FAILED, self.host.clock.time(), str(err))
             raise
+        if steps:
+            store.add_sync_actions(op_id, steps)
         note = f"restored {restored.id}; the state before is backup {safety.id}"
         store.finish_sync(op_id, SyncResult.SUCCEEDED, self.host.clock.time(), note)
         log.info("[%s] %s", self.name, note)
         return restored
 
-    async def _pause(self) -> None:
-        """Stop every instance and keep them stopped (reconcile stands aside)."""
+    async def _pause(self, steps: list[str]) -> None:
+        """Stop every instance and keep them stopped (reconcile stands aside).
+
+        On a cluster: the Deployments scaled to 0 until their pods are gone."""
         self.paused = True
+        if self.desired is not None and self.desired.runtime == "kubernetes":
+            await self.ensure_cluster().pause(self.desired, RESTORE_STOP_DEADLINE, steps)
+            return
         sup = self.supervisor
         if sup is None:
             return
@@ -1006,11 +1020,20 @@ class Environment:
                 sup.stop(inst_id, "restore")
         await self._until(lambda: not sup.instances, RESTORE_STOP_DEADLINE, "to stop")
 
-    async def _resume(self) -> None:
-        """Let reconcile start the services again and wait until they are healthy."""
+    async def _resume(self, steps: list[str]) -> None:
+        """Let reconcile start the services again and wait until they are healthy.
+
+        On a cluster: the environment re-applied (replicas from the spec) and Available."""
+        desired = self.desired
+        if desired is not None and desired.runtime == "kubernetes":
+            try:
+                await self.ensure_cluster().resume(desired, RESTORE_HEALTH_DEADLINE, steps)
+            finally:
+                self.paused = False
+                self.host.wake()
+            return
         self.paused = False
         self.host.wake()
-        desired = self.desired
 
         def healthy() -> bool:
             if desired is None or self.supervisor is None:

@@ -67,7 +67,6 @@ def test_a_service_key_only_a_host_carries_out_is_refused(extra: str, key: str) 
 @pytest.mark.parametrize(
     ("extra", "key"),
     [
-        ("backups:\n  db: {postgres: {url_env: DATABASE_URL}}\n", "backups"),
         ("tls: {certificates: [{hosts: [a.example], cert: /c, key: /k}]}\n", "tls"),
     ],
 )
@@ -75,6 +74,24 @@ def test_a_spec_key_only_a_host_carries_out_is_refused(extra: str, key: str) -> 
     spec = "app: shop\nruntime: kubernetes\nservices:\n  web: {image: 'shop:1', port: 80}\n"
     [problem] = validate(spec + extra)
     assert problem.message.startswith(f"{key} is not supported yet with runtime kubernetes")
+
+
+def test_a_postgres_backup_validates_on_kubernetes_and_a_sqlite_one_is_refused_with_why() -> None:
+    spec = "app: shop\nruntime: kubernetes\nservices:\n  web: {image: 'shop:1', port: 80}\n"
+    assert validate(spec + "backups:\n  db: {postgres: {url_env: DATABASE_URL}}\n") == []
+    [problem] = validate(spec + "backups:\n  files: {sqlite: data/shop.db}\n")
+    message = problem.message
+    assert message.startswith("backups.files.sqlite cannot be backed up with runtime kubernetes")
+    assert "out of the controller's reach" in message  # why
+    assert "PostgreSQL" in message and "cluster's tools" in message  # what to do instead
+    # on a host, the same file backup is fine
+    assert (
+        validate(
+            spec.replace("runtime: kubernetes", "runtime: container")
+            + "backups:\n  files: {sqlite: data/shop.db}\n"
+        )
+        == []
+    )
 
 
 def test_an_overlay_moving_one_environment_to_kubernetes_is_checked_there_only() -> None:

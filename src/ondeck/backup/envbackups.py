@@ -17,6 +17,7 @@ from typing import Any
 from ondeck.backup.manifest import Manifest
 from ondeck.backup.service import Action, BackupMetrics, BackupService, Place, Trigger
 from ondeck.errors import BackupFailure, UserError
+from ondeck.kube.render import manifests
 from ondeck.state.desired import Desired
 
 Secrets = Callable[[str, str], Mapping[str, str]]  # (app, env) -> the host secrets that apply
@@ -27,12 +28,29 @@ class BackupGateFailed(UserError):
 
 
 def changes_a_service(current: Desired | None, new: Desired) -> bool:
-    """Whether deploying `new` over `current` would start, stop or replace an instance."""
+    """Whether deploying `new` over `current` would start, stop or replace an instance.
+
+    On Kubernetes, an instance is a pod: what counts is each Deployment's pod template
+    and replicas as rendered (probes, grace, the config hash...), not the host's
+    fingerprint; a move between runtimes replaces every instance."""
     if current is None:
         return False  # nothing deployed yet: no data of it to protect
+    if current.runtime != new.runtime:
+        return bool(current.services or new.services)
+    if new.runtime == "kubernetes":
+        return _pods_of(current) != _pods_of(new)
     before = {s.name: (s.fingerprint, s.replicas) for s in current.services}
     after = {s.name: (s.fingerprint, s.replicas) for s in new.services}
     return before != after
+
+
+def _pods_of(desired: Desired) -> dict[str, Any]:
+    """Each rendered Deployment's pod template and replicas, by name."""
+    return {
+        obj["metadata"]["name"]: (obj["spec"]["template"], obj["spec"]["replicas"])
+        for obj in manifests(desired)
+        if obj["kind"] == "Deployment"
+    }
 
 
 class EnvBackups:
@@ -119,14 +137,14 @@ class EnvBackups:
             raise BackupFailure(
                 f"the backup of the current state failed, so nothing was restored: {err}"
             ) from err
-        if not while_running:
-            await pause()
         try:
+            if not while_running:
+                await pause()
             restored = await asyncio.wrap_future(
                 service.submit(name, Action.RESTORE, Trigger.MANUAL, chosen.id)
             )
         finally:
-            if not while_running:
+            if not while_running:  # also after a pause that failed midway: nothing left down
                 await resume()
         return restored, safety
 

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING
 
 from ondeck.kube.canary import Decision, Move, decide, share, split
 from ondeck.kube.render import Obj, canary_of
-from ondeck.runtime.kube_errors import api_errors
 from ondeck.state.desired import Desired, DesiredService
 from ondeck.state.health import Health
 from ondeck.state.rollout import Progress, Stage
@@ -271,15 +270,7 @@ class CanaryRun:
         return result
 
     def _scale(self, name: str, replicas: int) -> None:
-        path = f"/apis/apps/v1/namespaces/{self.namespace}/deployments/{name}/scale"
-        with api_errors(f"scaling Deployment {self.namespace}/{name}"):
-            self.runtime._request(
-                "PATCH",
-                path,
-                body={"spec": {"replicas": replicas}},
-                content_type="application/merge-patch+json",
-                fieldManager=SCALER,
-            )
+        self.runtime.scale(self.namespace, name, replicas, SCALER)
         self.writes += 1
 
 

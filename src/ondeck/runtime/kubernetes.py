@@ -64,6 +64,7 @@ MANAGED_BY = "app.kubernetes.io/managed-by"
 APPLIED = "ondeck.dev/applied"  # hash of what ondeck applied: tells drift from a new spec
 REVISION = "ondeck.dev/revision"
 SWITCHED = "ondeck.dev/switched-at"  # when a blue/green Service last changed sets
+RESTORER = "ondeck-restore"  # the field manager of a restore's scale to 0 (kube_pause.py)
 _COLLECTION = {
     "Namespace": "/api/v1/namespaces",
     "PersistentVolumeClaim": "/api/v1/namespaces/{ns}/persistentvolumeclaims",
@@ -411,6 +412,18 @@ class KubernetesRuntime:
             )
         return applied
 
+    def scale(self, namespace: str, name: str, replicas: int, manager: str) -> None:
+        """Set a Deployment's replicas through its /scale subresource, as `manager`."""
+        path = f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}/scale"
+        with _api_errors(f"scaling Deployment {namespace}/{name}"):
+            self._request(
+                "PATCH",
+                path,
+                body={"spec": {"replicas": replicas}},
+                content_type="application/merge-patch+json",
+                fieldManager=manager,
+            )
+
     def list_owned(self, namespace: str, app: str, env: str) -> list[Obj]:
         """Every object ondeck applied for `app`/`env` in `namespace`, in apply order."""
         selector = (
@@ -525,7 +538,8 @@ class KubernetesRuntime:
         imperative = {
             path
             for path, manager in found
-            if _operation(live, manager) == ("Update", "") and self.self_heal
+            if (_operation(live, manager) == ("Update", "") and self.self_heal)
+            or manager == RESTORER  # a restore's pause is ondeck's own: taken back
         }
         left = [(p, m) for p, m in found if p not in imperative]
         for path, manager in left:

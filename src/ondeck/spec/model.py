@@ -473,7 +473,9 @@ class ResticRepo(Strict):
 class Backup(Strict):
     """A database backed up on a schedule and proven by restoring it."""
 
-    sqlite: str | None = Field(None, description="Path, relative to ONDECK_DATA_DIR.")
+    sqlite: str | None = Field(
+        None, description="Path, relative to ONDECK_DATA_DIR (not on Kubernetes: use postgres)."
+    )
     postgres: PostgresSource | None = Field(None, description="A PostgreSQL database.")
     schedule: str = Field(
         "0 3 * * *", description="cron expression (host time); a missed run happens once on return"
@@ -855,11 +857,20 @@ class Spec(Strict):
         if self.runtime is not RuntimeKind.KUBERNETES:
             return self
         for key, why in (
-            ("backups", "the data dir is a volume in the cluster, out of the controller's reach"),
             ("tls", "HTTPS is served by ondeck's router, which a cluster's Ingress replaces"),
         ):
             if getattr(self, key):
                 raise ValueError(_not_on_kubernetes(key, why))
+        for name, backup in self.backups.items():
+            if backup.sqlite is not None:  # postgres: pg_dump from the controller, as on a host
+                raise ValueError(
+                    f"backups.{name}.sqlite cannot be backed up with runtime kubernetes: the "
+                    "file is in the environment's data volume in the cluster, out of the "
+                    "controller's reach. Keep the data in a PostgreSQL database the controller "
+                    "can reach (backups.NAME.postgres: {url_env: DATABASE_URL}), or back the "
+                    "volume up with the cluster's tools (VolumeSnapshots, Velero) and remove "
+                    "this backup"
+                )
         for name, service in self.services.items():
             found = kubernetes_inert(service)
             if found is not None:
