@@ -175,6 +175,9 @@ def test_a_postgres_backup_on_kubernetes_is_taken_gated_and_restored_with_the_po
     taken = _json(od, "backup", "run", "db")
     assert taken["verified"] is True and taken["tables"] == {"public.orders": 1000}
     assert [b["id"] for b in _json(od, "backup", "list", "db")] == [taken["id"]]
+    proven = _json(od, "backup", "verify", "db")  # a scratch restore again, on demand
+    assert proven["id"] == taken["id"] and proven["verified"] is True
+    assert proven["verified_at"] > taken["verified_at"]
     assert "last verified restore:" in od.cli("status").stdout
 
     # a deploy that changes the Deployment: a verified backup of what ran comes first
