@@ -1023,7 +1023,7 @@ class Environment:
     async def _resume(self, steps: list[str]) -> None:
         """Let reconcile start the services again and wait until they are healthy.
 
-        On a cluster: the environment re-applied (replicas from the spec) and Available."""
+        On a cluster: each Deployment gets back the replicas it had, and is Available."""
         desired = self.desired
         if desired is not None and desired.runtime == "kubernetes":
             try:

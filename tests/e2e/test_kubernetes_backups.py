@@ -207,7 +207,8 @@ def test_a_postgres_backup_on_kubernetes_is_taken_gated_and_restored_with_the_po
     assert restore["result"] == "Succeeded"
     actions = restore["actions"]
     assert actions[0] == f"scale Deployment/{ns}/web 2 -> 0", actions
-    assert "pods of web gone" in actions and actions[-1].startswith(f"re-applied {ns}")
+    assert "pods of web gone" in actions and f"scale Deployment/{ns}/web 0 -> 2" in actions
+    assert actions[-1] == "web Available again", actions
 
     # a restore that fails once the pods are stopped (a corrupted dump): they come back
     index = od.state_dir / "backups" / app / "default" / "db"
@@ -223,7 +224,7 @@ def test_a_postgres_backup_on_kubernetes_is_taken_gated_and_restored_with_the_po
     history = _json(od, "history", "--limit", "20")["syncs"]
     undone = next(s for s in history if s["trigger"] == "restore")
     assert undone["result"] == "Failed" and "corrupted" in undone["error"]
-    assert undone["actions"][-1].startswith(f"re-applied {ns}"), undone["actions"]
+    assert undone["actions"][-1] == "web Available again", undone["actions"]
 
     # replicas are ondeck's again after the restore: a change in git is applied
     third = repo.commit("three pods", spec(app, tag=2, replicas=3))

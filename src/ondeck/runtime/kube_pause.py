@@ -4,11 +4,12 @@ Called by `cluster.ClusterEnv.pause` and `resume` (in a worker thread) while a
 backup is restored into the database the app uses, so that the app writes
 nothing meanwhile. The pause scales each Deployment to 0 through its /scale
 subresource (field manager `ondeck-restore`) and waits until their pods are
-gone; the resume re-applies the environment as git says (a sync: replicas
-come back from the spec, the runtime takes `.spec.replicas` back from
-`ondeck-restore`) and waits until every Deployment is Available. What a pause
-scaled is recorded as it goes, so a pause that fails midway is undone by the
-same resume.
+gone; the resume gives each the replicas it had (what ran: a canary's two
+sets, an autoscaler's count) and waits until it is Available. The runtime's
+next apply takes `.spec.replicas` back from `ondeck-restore` (so a controller
+killed mid-restore is healed by its successor's check: replicas from the
+spec). What a pause scaled is recorded as it goes, so a pause that fails
+midway is undone by the same resume.
 """
 
 from __future__ import annotations
@@ -68,35 +69,28 @@ def scale_back(
     timeout: float,
     log: list[str],
 ) -> None:
-    """Re-apply the environment (replicas from the spec) and wait until it is Available.
+    """Give each Deployment `scale_down` scaled back the replicas it had; wait until Available.
 
-    A Deployment whose replicas ondeck leaves to another manager (an autoscaler) gets
-    back the count it had. Raises `BackupFailure` if it is not Healthy within `timeout`.
+    What ran comes back as it was (a canary's two sets, an autoscaler's count); the
+    runtime's next apply takes `.spec.replicas` back from `ondeck-restore`. Raises
+    `BackupFailure` if a Deployment is not Available within `timeout`.
     """
     if not held:
         return
-    outcome = runtime.sync(desired, desired.revision, timeout)
-    ns = outcome.namespace
+    ns = namespace_of(desired.app, desired.env)
     live = runtime._deployments(ns, desired.app, desired.env)[0]
-    others: dict[str, str] = {}
-    for name, replicas in sorted(held.items()):
-        deploy = live.get(name)
-        if deploy is not None and int(deploy.get("spec", {}).get("replicas", 0)) == 0:
-            runtime.scale(ns, name, replicas, RESTORER)
-            others[name] = name
-            log.append(f"scale Deployment/{ns}/{name} 0 -> {replicas} (replicas not ondeck's)")
-    for status in (
-        outcome.status,
-        runtime.wait(ns, desired.app, desired.env, others, timeout) if others else None,
-    ):
-        if status is not None and status.health is not Health.HEALTHY:
-            raise BackupFailure(
-                f"the Deployments of {ns} did not become Available again within "
-                f"{timeout:.0f}s: {'; '.join(status.reasons()) or status.health.value}; "
-                "see `ondeck status`"
-            )
+    back = {name: replicas for name, replicas in held.items() if name in live}
+    for name, replicas in sorted(back.items()):
+        runtime.scale(ns, name, replicas, RESTORER)
+        log.append(f"scale Deployment/{ns}/{name} 0 -> {replicas}")
+    status = runtime.wait(ns, desired.app, desired.env, {n: n for n in back}, timeout)
+    if status.health is not Health.HEALTHY:
+        raise BackupFailure(
+            f"the Deployments of {ns} did not become Available again within {timeout:.0f}s: "
+            f"{'; '.join(status.reasons()) or status.health.value}; see `ondeck status`"
+        )
     held.clear()
-    log.append(f"re-applied {ns}: {', '.join(sorted(live))} Available")
+    log.append(f"{', '.join(sorted(back))} Available again")
 
 
 def serving(pods: Iterable[Obj]) -> list[str]:
