@@ -226,6 +226,13 @@ def test_a_postgres_backup_on_kubernetes_is_taken_gated_and_restored_with_the_po
     assert undone["result"] == "Failed" and "corrupted" in undone["error"]
     assert undone["actions"][-1] == "web Available again", undone["actions"]
 
+    # --while-running: restored with the pods up (the Deployment never leaves 2)
+    pg.psql("INSERT INTO orders SELECT generate_series(1001, 1100)", app)
+    with Replicas(control_plane, ns, "web") as watch:
+        _json(od, "backup", "restore", "db", "--while-running")
+    assert _count(pg, app) == 1000
+    assert all(s[0] == 2 for s in watch.seen), watch.seen
+
     # replicas are ondeck's again after the restore: a change in git is applied
     third = repo.commit("three pods", spec(app, tag=2, replicas=3))
     od.wait_synced(third, timeout=180)
