@@ -78,6 +78,7 @@ def test_a_pause_that_fails_midway_is_undone_and_nothing_is_restored(tmp_path: P
         "    image: registry.example/shop:1\n", '    command: ["python3", "web.py"]\n'
     )
     host = host.replace("postgres: {url_env: DATABASE_URL}", "sqlite: shop.db")
+    host = host.replace("port: 8080", "port: true")
     data = tmp_path / "data" / "shop" / "default"
     data.mkdir(parents=True)
     with sqlite3.connect(data / "shop.db") as db:

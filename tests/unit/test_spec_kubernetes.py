@@ -85,13 +85,8 @@ def test_a_postgres_backup_validates_on_kubernetes_and_a_sqlite_one_is_refused_w
     assert "out of the controller's reach" in message  # why
     assert "PostgreSQL" in message and "cluster's tools" in message  # what to do instead
     # on a host, the same file backup is fine
-    assert (
-        validate(
-            spec.replace("runtime: kubernetes", "runtime: container")
-            + "backups:\n  files: {sqlite: data/shop.db}\n"
-        )
-        == []
-    )
+    host = "app: shop\nservices:\n  web: {command: [a], port: true}\n"
+    assert validate(host + "backups:\n  files: {sqlite: data/shop.db}\n") == []
 
 
 def test_an_overlay_moving_one_environment_to_kubernetes_is_checked_there_only() -> None:
