@@ -344,6 +344,11 @@ class ClusterEnv:
         for runtime in self._runtimes.values():
             runtime.use_cache(*key, self._cache)
 
+    def cached(self, kind: str) -> tuple[list[Obj], str] | None:
+        """This environment's objects of `kind` from the watch-fed cache, and their
+        resourceVersion; None before the first sync or while not fresh. Read-only."""
+        return self._cache.snapshot(kind) if self._cache is not None else None
+
     def _changed(self, kind: str) -> None:
         if kind != "Pod":
             self._poke()

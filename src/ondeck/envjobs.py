@@ -20,7 +20,7 @@ from ondeck.environment import Environment, Operation
 from ondeck.errors import UserError
 from ondeck.jobs.runner import Invocation, JobRunner, Run
 from ondeck.jobs.scheduler import EnvJobs, JobMetrics
-from ondeck.kube.render import namespace_of
+from ondeck.kube.render import Obj, namespace_of
 from ondeck.kubejobs import ClusterJobs, Where
 from ondeck.notify import Notifier
 from ondeck.releases import data_dir, is_complete, release_dir
@@ -50,7 +50,10 @@ def attach(env: Environment, notifier: Notifier, metrics: JobMetrics) -> EnvJobs
             runtime.append(KubernetesRuntime(env.ensure_cluster().link.api()))
         return runtime[0]
 
-    on_cluster = ClusterJobs(runner, cluster_runtime, host.wake)
+    def cached(kind: str) -> tuple[list[Obj], str] | None:
+        return env.cluster.cached(kind) if env.cluster is not None else None
+
+    on_cluster = ClusterJobs(runner, cluster_runtime, host.wake, cached)
     seen: list[Desired | None] = [None]
 
     async def each_pass(environment: Environment, now: float) -> None:

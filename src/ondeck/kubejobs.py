@@ -6,7 +6,9 @@ CronJobs are applied with the rest of the environment; here, on each pass, a
 read of the environment's CronJobs and Jobs is started in a worker thread at
 most every few seconds, and what it found is folded into the job records of
 the store (jobs/kube.py), so `ondeck job list|history`, status, the metrics
-and the job-failed notice read as on a host. `start` is `ondeck job run`:
+and the job-failed notice read as on a host. Once the environment's watch-fed
+cache (cluster.py, runtime/kube_cache.py) is fresh, the pass reads it instead
+and sends no request: a change of a Job or CronJob wakes the pass. `start` is `ondeck job run`:
 a Job from the CronJob's template (runtime/kube_jobs.py), followed by `wait`.
 """
 
@@ -58,8 +60,11 @@ class ClusterJobs:
         runner: JobRunner,
         runtime: Callable[[], KubernetesRuntime],
         wake: Callable[[], None],
+        cached: Callable[[str], tuple[list[Obj], str] | None] = lambda kind: None,
     ) -> None:
         self.runner, self._runtime, self._wake = runner, runtime, wake
+        self._cached = cached
+        self._version: tuple[str, ...] = ()  # of the cached Jobs and CronJobs last folded in
         self.jobs: dict[str, Job] = {}
         self.where: Where | None = None
         self.cronjobs: Mapping[str, Obj] = {}
@@ -79,6 +84,8 @@ class ClusterJobs:
             self._reading = None
         if self.where is None or not self.jobs:
             return None
+        if self._reading is None and self._from_cache(now):
+            return None  # a change of a Job or a CronJob wakes the next pass
         if self._reading is None and now >= self._next:
             self._reading = _in_thread(self._read, self.where, self._finished())
             self._reading.add_done_callback(lambda _: self._wake())
@@ -147,6 +154,28 @@ class ClusterJobs:
             exits = kube.failed_pod_exit(pods)
         return _Read(listing, exits, listed_at)
 
+    def _from_cache(self, now: float) -> bool:
+        """Fold in the cached Jobs and CronJobs when they changed; False if not cached."""
+        cronjobs, jobs = self._cached("CronJob"), self._cached("Job")
+        if cronjobs is None or jobs is None:
+            self._version = ()
+            return False
+        version = (cronjobs[1], jobs[1])
+        if version == self._version:
+            return True
+        mine = [j for j in jobs[0] if (j["metadata"].get("labels") or {}).get(JOB_LABEL)]
+        exits: Mapping[str, int] = {}
+        finished = self._finished()
+        if any(
+            j["metadata"]["name"] not in finished and kube.ended(j)[0] is RunResult.FAILED
+            for j in mine
+        ):
+            pods = self._cached("Pod")
+            exits = kube.failed_pod_exit(pods[0]) if pods is not None else {}
+        self._fold_read(_Read(kube_jobs.Listing(cronjobs[0], mine), exits, now), now)
+        self._version = version
+        return True
+
     def _finished(self) -> frozenset[str]:
         """The Jobs whose end is already recorded."""
         return frozenset(
@@ -165,7 +194,10 @@ class ClusterJobs:
             return
         if err is not None:
             raise err  # a bug: the environment contains it
-        found = reading.result()
+        self._fold_read(reading.result(), now)
+
+    def _fold_read(self, found: _Read, now: float) -> None:
+        """What a read found (from the API server or the cache), into the records."""
         self.error = None
         cronjobs = kube.cronjobs_by_job(found.listing.cronjobs)
         if cronjobs != self.cronjobs:  # a schedule or its status changed: status shows it
