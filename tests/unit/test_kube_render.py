@@ -53,7 +53,7 @@ environments:
   staging:
     services: {web: {replicas: 1}}
   production:
-    services: {web: {rollout: {strategy: blue-green}}}
+    services: {web: {rollout: {strategy: blue-green, max_surge: 1, max_unavailable: 0}}}
 """
 
 
@@ -251,11 +251,17 @@ NO_IMAGE = (
         (SPEC.replace("stop: {grace: 45s}", "stop: {grace: 45s, signal: QUIT}"), "signal QUIT"),
         (SPEC.replace('"${ONDECK_APP}-${ONDECK_ENV}"', '"${HOME}"'), "host variable"),
         (
-            SPEC.replace("{strategy: rolling,", "{strategy: canary, match: {header: {X-C: a}},"),
+            SPEC.replace(
+                "{strategy: rolling, max_surge: 2, max_unavailable: 1}",
+                "{strategy: canary, match: {header: {X-C: a}}}",
+            ),
             "rollout.match",
         ),
         (
-            SPEC.replace("{strategy: rolling,", "{strategy: canary, analysis: {interval: 5s},"),
+            SPEC.replace(
+                "{strategy: rolling, max_surge: 2, max_unavailable: 1}",
+                "{strategy: canary, analysis: {interval: 5s}}",
+            ),
             "rollout.analysis",
         ),
     ],

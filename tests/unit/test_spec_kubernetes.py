@@ -49,8 +49,14 @@ def test_every_key_a_cluster_carries_out_validates() -> None:
         ("    restart: {policy: on-failure}\n", "services.web.restart.policy"),
         ("    restart: {backoff_max: 10s}\n", "services.web.restart"),
         ("    stop: {signal: INT}\n", "services.web.stop.signal"),
-        ("    rollout: {analysis: {interval: 5s}}\n", "services.web.rollout.analysis"),
-        ("    rollout: {match: {header: {X-Canary: always}}}\n", "services.web.rollout.match"),
+        (
+            "    rollout: {strategy: blue-green, analysis: {interval: 5s}}\n",
+            "services.web.rollout.analysis",
+        ),
+        (
+            "    rollout: {strategy: canary, match: {header: {X-Canary: always}}}\n",
+            "services.web.rollout.match",
+        ),
         ("    rollout: {drain: 5s}\n", "services.web.rollout.drain"),
     ],
 )

@@ -202,14 +202,30 @@ class Match(Strict):
         return value
 
 
+def _plain(seconds_or_count: float) -> str:
+    """A default as it is written in the spec: a count, or a duration in seconds."""
+    return str(seconds_or_count) if isinstance(seconds_or_count, int) else f"{seconds_or_count:g}s"
+
+
+# Which strategies read each rollout key (state/plan.py, state/rollout.py, the router and
+# the Kubernetes runtime); `analysis` watches a blue-green switch during `keep_old` too.
+STRATEGY_KEYS: dict[str, tuple[str, ...]] = {
+    "max_surge": ("rolling",),
+    "max_unavailable": ("rolling",),
+    "keep_old": ("blue-green",),
+    "steps": ("canary",),
+    "analysis": ("blue-green", "canary"),
+    "match": ("canary",),
+}
+
+
 class Rollout(Strict):
     """How a new release replaces the running one."""
 
     strategy: Literal["recreate", "rolling", "blue-green", "canary"] = Field(
         "rolling",
         description="recreate: stop all, then start; rolling: replace a few at a time; "
-        "blue-green: start the whole new set, then switch; canary: shift traffic in steps "
-        "(until the router ships, canary runs as blue-green).",
+        "blue-green: start the whole new set, then switch; canary: shift traffic in steps.",
     )
     max_surge: int = Field(1, ge=0, description="Extra instances allowed during a rolling update.")
     max_unavailable: int = Field(
@@ -232,6 +248,26 @@ class Rollout(Strict):
             raise ValueError(
                 "max_surge and max_unavailable cannot both be 0: the rollout could never progress"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _used_by_strategy(self) -> Rollout:
+        """Nothing inert: a key only other strategies read is refused, naming them.
+
+        Keys at their default count as unset, so an overlay that changes the strategy
+        can reset what the base set for another one (`steps: []`, `match: null`...)."""
+        for key, users in STRATEGY_KEYS.items():
+            value, default = (
+                getattr(self, key),
+                Rollout.model_fields[key].get_default(call_default_factory=True),
+            )
+            if value != default and self.strategy not in users:
+                reset = "[]" if key == "steps" else "null" if default is None else _plain(default)
+                raise ValueError(
+                    f"{key!r} is read by strategy {' and '.join(users)} only, and this rollout is "
+                    f"{self.strategy}: remove it or use strategy {' or '.join(users)} (an overlay "
+                    f"that changes the strategy resets it with {key}: {reset})"
+                )
         return self
 
 
