@@ -389,7 +389,7 @@ class Service(Strict):
     port: bool | int | None = Field(
         None,
         description="true: ondeck picks a free port and passes it as $PORT (process runtime; "
-        "8080 in a container); a number is the port the app listens on inside a container "
+        "8080 on kubernetes); a number is the port the app listens on inside a container "
         "(container and kubernetes runtimes only).",
     )
     replicas: int = Field(1, ge=0, description="How many instances run.")
