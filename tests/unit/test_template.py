@@ -262,3 +262,21 @@ def test_a_host_variable_is_refused_where_no_host_passes_it(runtime: str) -> Non
     ]
     process = spec.model_copy(update={"runtime": RuntimeKind.PROCESS})
     assert check_references(process) == []
+
+
+def test_a_job_off_the_process_runtime_gets_no_host_variable_either() -> None:
+    spec = Spec.model_validate(
+        {
+            "app": "shop",
+            "runtime": "kubernetes",
+            "services": {"web": {"image": "shop:1", "port": 8080}},
+            "jobs": {"tidy": {"command": ["tidy", "${HOME}"], "every": "10m"}},
+        }
+    )
+    assert check_references(spec) == [
+        (
+            ("jobs", "tidy", "command", 1),
+            "${HOME} is a host variable, and a pod has no host to take it from; "
+            "write the value instead",
+        )
+    ]

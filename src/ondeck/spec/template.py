@@ -231,13 +231,17 @@ def check_references(
                 unknown,
             )
         )
-    problems.extend(_job_refs(spec, base, known, env))
+    problems.extend(_job_refs(spec, base, known, env, unknown))
     problems.extend(_notify_refs(spec, known, env))
     return problems
 
 
 def _job_refs(
-    spec: Spec, base: set[str], known: set[str], env: str | None
+    spec: Spec,
+    base: set[str],
+    known: set[str],
+    env: str | None,
+    unknown: Mapping[str, str] = _EMPTY,
 ) -> Iterator[tuple[Path, str]]:
     """A job's command and env are checked as a service's, with its service's env added."""
     for name, job in spec.jobs.items():
@@ -249,6 +253,7 @@ def _job_refs(
             for ref in names(value)
             if ref not in base
             and ref not in merged
+            and ref not in unknown
             and not difflib.get_close_matches(ref, sorted(base), n=1)
         }
         for path, message in _service_refs(
@@ -260,6 +265,7 @@ def _job_refs(
             base - set(PER_INSTANCE) | {"ONDECK_JOB"},
             known,
             missing,
+            unknown,
         ):
             yield ("jobs", name, *path[2:]), message
 
