@@ -121,6 +121,50 @@ class Replicas:
                     watcher.stop()  # type: ignore[no-untyped-call]
 
 
+class Pods:
+    """A watch on the pods of one service, recording how many exist after each event."""
+
+    def __init__(self, plane: ControlPlane, ns: str, service: str) -> None:
+        self.api = k8s_config.new_client_from_config(str(plane.kubeconfig))  # type: ignore[no-untyped-call]
+        self.ns, self.selector = ns, f"ondeck.dev/service={service}"
+        self.counts: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Pods:
+        self._thread.start()
+        wait_for(lambda: self.counts, "the watch to list the pods", 30)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        self.api.close()
+
+    def _run(self) -> None:
+        core = k8s.CoreV1Api(self.api)
+        listing = core.list_namespaced_pod(self.ns, label_selector=self.selector)
+        names = {pod.metadata.name for pod in listing.items if pod.metadata is not None}
+        version = listing.metadata.resource_version if listing.metadata is not None else None
+        self.counts.append(len(names))
+        while not self._stop.is_set():  # one watch, resumed from where it was: no gap
+            watcher = k8s_watch.Watch()  # type: ignore[no-untyped-call]
+            for event in watcher.stream(  # type: ignore[no-untyped-call]
+                core.list_namespaced_pod,
+                self.ns,
+                label_selector=self.selector,
+                resource_version=version,
+                timeout_seconds=2,
+            ):
+                raw = event["raw_object"]
+                version = raw["metadata"]["resourceVersion"]
+                if event["type"] == "DELETED":
+                    names.discard(raw["metadata"]["name"])
+                elif event["type"] == "ADDED":
+                    names.add(raw["metadata"]["name"])
+                self.counts.append(len(names))
+
+
 def _json(od: Ondeck, *args: str) -> Any:
     return json.loads(od.cli(*args, "--json").stdout)
 
@@ -192,14 +236,17 @@ def test_a_postgres_backup_on_kubernetes_is_taken_gated_and_restored_with_the_po
     # rows written after that backup, which the restore loses
     pg.psql("INSERT INTO orders SELECT generate_series(1001, 1500)", app)
     assert _count(pg, app) == 1500
-    with Replicas(control_plane, ns, "web") as watch:
+    with Replicas(control_plane, ns, "web") as watch, Pods(control_plane, ns, "web") as pods:
         restored = _json(od, "backup", "restore", "db")
         od.wait_synced(second, timeout=180)
     assert restored["id"] == gate["id"]
     assert _count(pg, app) == 1000
-    # the Deployment went to 0 pods, then came back Available (the watch saw both, in order)
-    stopped = watch.seen.index(next(s for s in watch.seen if s[0] == 0 and s[1] == 0))
+    # the Deployment went to 0 and every pod was gone, then it came back Available (the
+    # watches saw both, in order)
+    stopped = watch.seen.index(next(s for s in watch.seen if s[0] == 0))
     assert any(s == (2, 2, 2) for s in watch.seen[stopped:]), watch.seen
+    assert pods.counts[0] == 2 and pods.counts[-1] == 2, pods.counts
+    assert 0 in pods.counts, pods.counts
     web = _deployment(control_plane, ns)
     assert web["spec"]["replicas"] == 2 and web["status"].get("availableReplicas") == 2
     history = _json(od, "history", "--limit", "20")["syncs"]
@@ -218,7 +265,7 @@ def test_a_postgres_backup_on_kubernetes_is_taken_gated_and_restored_with_the_po
         failed = od.cli("backup", "restore", "db", "--id", gate["id"], check=False)
         od.wait_synced(second, timeout=180)
     assert failed.returncode != 0 and "corrupted" in failed.stdout + failed.stderr
-    stopped = watch.seen.index(next(s for s in watch.seen if s[0] == 0 and s[1] == 0))
+    stopped = watch.seen.index(next(s for s in watch.seen if s[0] == 0))
     assert any(s == (2, 2, 2) for s in watch.seen[stopped:]), watch.seen
     assert _count(pg, app) == 1000  # nothing restored
     history = _json(od, "history", "--limit", "20")["syncs"]
