@@ -197,6 +197,9 @@ def test_the_cluster_runs_the_schedule_the_host_does_not_and_a_removed_job_is_pr
     assert shown["cleanup"]["next_run"] is not None and shown["cleanup"]["last_result"] is None
     listed = od.cli("job", "list").stdout
     assert "tick" in listed and "succeeded" in listed
+    logs = od.cli("logs", "--job", "tick", "--env", "staging", check=False)
+    assert logs.returncode != 0
+    assert f"kubectl logs -n {ns} -l ondeck.dev/job=tick" in logs.stdout + logs.stderr
 
     # the job leaves the spec: its CronJob is pruned, and its Jobs with it
     rev = repo.commit("no more tick", spec(app, tick=False))

@@ -149,3 +149,25 @@ def test_jobs_validate_on_kubernetes_and_stay_refused_on_containers() -> None:
         Spec.model_validate(spec("container"))
     with pytest.raises(ValidationError, match="a service of its own"):
         Spec.model_validate(spec("kubernetes", image="busybox"))
+
+
+def test_an_every_without_a_cron_equivalent_is_refused_by_validation_on_kubernetes() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from ondeck.spec.model import Spec
+
+    def spec(runtime: str, every: str) -> dict[str, Any]:
+        return {
+            "app": "shop",
+            "runtime": runtime,
+            "services": {"web": {"image": "shop:1", "command": ["true"]}},
+            "jobs": {"tick": {"command": ["true"], "every": every}},
+        }
+
+    with pytest.raises(ValidationError, match=r"jobs\.tick\.every: every 7m has no cron"):
+        Spec.model_validate(spec("kubernetes", "7m"))
+    with pytest.raises(ValidationError, match="at most once a minute"):
+        Spec.model_validate(spec("kubernetes", "90s"))
+    assert Spec.model_validate(spec("kubernetes", "15m")).jobs["tick"].every == 900.0
+    assert Spec.model_validate(spec("process", "7m")).jobs["tick"].every == 420.0  # a host can

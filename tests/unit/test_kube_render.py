@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 from ondeck.cli import app
 from ondeck.commands.render import secret_names
 from ondeck.errors import SpecError, UserError
-from ondeck.kube.cron import every_as_cron
 from ondeck.kube.render import Obj, dump, manifests, pre_deploy, secret
+from ondeck.spec.cron import every_as_cron
 from ondeck.spec.load import parse, render_spec
 from ondeck.state.desired import SecretEnv, render
 

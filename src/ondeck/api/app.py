@@ -285,6 +285,7 @@ def create_app(
         if job:
             paths = _job_log_paths(controller, service, envs)
             if not paths:
+                _job_on_cluster(controller, service, envs)
                 raise HTTPException(404, f"no job {service!r}; see `ondeck job list`")
             resolve = functools.partial(_job_log_paths, controller, service, envs)
         else:
@@ -424,12 +425,27 @@ def _log_paths(controller: Controller, service: str, envs: list[str]) -> list[Lo
     return found
 
 
+def _job_on_cluster(controller: Controller, job: str, envs: list[str]) -> None:
+    """A job whose runs are Jobs on a cluster logs there: 409 saying how to read them."""
+    for name in envs:
+        where = controller.envs[name].on_cluster()
+        runs = controller.jobs.get(name)
+        if where and runs is not None and runs.cluster is not None and job in runs.jobs:
+            raise HTTPException(
+                409,
+                f"job {job!r} of environment {name!r} runs on Kubernetes ({where}): read its "
+                f"runs' logs with `kubectl logs -n {where.split()[-1]} -l ondeck.dev/job={job} "
+                "--prefix`",
+            )
+
+
 def _job_log_paths(controller: Controller, job: str, envs: list[str]) -> list[LogSource]:
-    """A job's log in each environment that has it (one file, every run behind a header)."""
+    """A job's log in each environment that runs it on the host (one file, every run behind a
+    header); on Kubernetes a run's output is its pod's log."""
     return [
         LogSource(env, job, jobs.runner.log_path(job), False)
         for env, jobs in controller.jobs.items()
-        if env in envs and job in jobs.jobs
+        if env in envs and job in jobs.jobs and jobs.cluster is None
     ]
 
 

@@ -21,9 +21,10 @@ from typing import Any
 from ruamel.yaml import YAML
 
 from ondeck.errors import UserError
-from ondeck.kube.cron import JOB_LABEL, every_as_cron
+from ondeck.kube.cron import JOB_LABEL
 from ondeck.kube.tls import ingress_tls
 from ondeck.spec import template
+from ondeck.spec.cron import every_as_cron
 from ondeck.spec.model import HealthCheck, Service
 from ondeck.state.desired import Desired, DesiredJob, DesiredService
 

@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from ondeck.errors import UserError
+from ondeck.spec.cron import every_as_cron
 from ondeck.spec.httpnames import is_header_name, is_route_host, is_route_path
 from ondeck.units import parse_duration, parse_size
 
@@ -869,6 +870,11 @@ class Spec(Strict):
                     f"job {name!r}: jobs run on the process and kubernetes runtimes only for "
                     "now (not container); remove `jobs:` or use runtime: process or kubernetes"
                 )
+            if self.runtime is RuntimeKind.KUBERNETES and job.every is not None:
+                try:  # a CronJob's schedule is cron: the interval must have an equivalent
+                    every_as_cron(job.every, f"jobs.{name}.every")
+                except UserError as err:
+                    raise ValueError(str(err)) from None
             if job.command is None:
                 raise ValueError(f"job {name!r} needs a command (an argv list)")
             if job.image is not None:
