@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ondeck.jobs.runner import Invocation, JobRunner, RunResult
+from ondeck.jobs.runner import Invocation, JobRunner, Run, RunResult
 from ondeck.jobs.scheduler import EnvJobs
 from ondeck.spec.model import Job
 from ondeck.store import Store
@@ -65,3 +65,32 @@ def test_a_run_due_while_one_runs_follows_the_policy(tmp_path: Path, policy: str
         assert results == [RunResult.RUNNING, RunResult.RUNNING]  # two at once
     else:
         assert results == [RunResult.KILLED, RunResult.RUNNING]  # the old one was replaced
+
+
+def test_a_run_left_on_a_cluster_does_not_block_the_host_schedule(tmp_path: Path) -> None:
+    # the environment ran on Kubernetes, then on the host: a Job still recorded as running
+    # there is not a process here, and `forbid` must not skip the host's runs for it
+    job = Job(command=["true"], every=10.0, concurrency="forbid")
+
+    def invoke(name: str, spec: Job) -> Invocation:
+        return Invocation([sys.executable, "-c", "pass"], tmp_path, {}, 60.0)
+
+    async def scenario() -> list[tuple[str, RunResult]]:
+        clock = Clock()
+        with Store(tmp_path / "ondeck.db") as store:
+            runner = JobRunner(store, tmp_path, "shop", "prod", clock=clock)
+            record = runner.record("tick")
+            record.runs.append(Run(1, "schedule", clock.now, 0.0, kube_job="tick-29412345"))
+            record.next_id = 2
+            runner.save("tick", record)
+            jobs = EnvJobs(runner)
+            jobs.configure({"tick": job}, invoke)
+            await jobs.tick(clock.now)
+            clock.now += 10.5
+            await jobs.tick(clock.now)
+            await until(lambda: not [r for r in runner.record("tick").running() if r.pid])
+            jobs.close()
+            return [(r.kube_job, r.result) for r in runner.record("tick").runs]
+
+    runs = asyncio.run(scenario())
+    assert runs == [("tick-29412345", RunResult.RUNNING), ("", RunResult.SUCCEEDED)]

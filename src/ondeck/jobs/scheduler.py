@@ -114,7 +114,10 @@ class EnvJobs:
         wake: list[float] = []
         for name, job in self.jobs.items():
             record = self.runner.record(name)
-            d = due(job, record.last_slot, len(record.running()), now)
+            # a run that is a Job on a cluster (the environment ran there before) is not
+            # a process here: it neither blocks nor is replaced by the host's runs
+            here = [r for r in record.running() if not r.kube_job]
+            d = due(job, record.last_slot, len(here), now)
             if d.decision is Decision.WAIT:
                 if record.last_slot is None:
                     self.runner.handled(name, d.slot)  # first seen: count slots from now
@@ -130,7 +133,7 @@ class EnvJobs:
                 self._count(name, "skipped")
             else:
                 if d.decision is Decision.REPLACE:
-                    for run in record.running():
+                    for run in here:
                         await self.runner.stop(name, run.id, "replaced by a newer run")
                 self._start(name, job, str(d.trigger), d.slot)
             wake.append(wake_at(job, self.runner.record(name).last_slot, now))
