@@ -48,6 +48,10 @@ backups:
     postgres: {{url_env: DATABASE_URL}}
     verify: true
     before_deploy: true
+  minutely:
+    postgres: {{url_env: DATABASE_URL}}
+    schedule: "* * * * *"
+    before_deploy: false
 """
 
 
@@ -165,6 +169,10 @@ class Pods:
                 self.counts.append(len(names))
 
 
+def _api(od: Ondeck) -> str:
+    return str(json.loads((od.state_dir / "api.json").read_text())["url"])
+
+
 def _json(od: Ondeck, *args: str) -> Any:
     return json.loads(od.cli(*args, "--json").stdout)
 
@@ -212,7 +220,7 @@ def test_a_postgres_backup_on_kubernetes_is_taken_gated_and_restored_with_the_po
     monkeypatch.setenv("DATABASE_URL", pg.url(app))
     ns = app  # the default environment's namespace is the app's name
     first = repo.commit("shop on kubernetes, backed up", spec(app))
-    od = ondeck(repo.path, "--kubeconfig", str(control_plane.kubeconfig))
+    od = ondeck(repo.path, "--kubeconfig", str(control_plane.kubeconfig), "--public-read")
     od.wait_synced(first, timeout=180)
 
     # `ondeck backup run`: pg_dump from the controller, proven by a scratch restore, listed
@@ -223,6 +231,9 @@ def test_a_postgres_backup_on_kubernetes_is_taken_gated_and_restored_with_the_po
     assert proven["id"] == taken["id"] and proven["verified"] is True
     assert proven["verified_at"] > taken["verified_at"]
     assert "last verified restore:" in od.cli("status").stdout
+    overview = httpx.get(_api(od) + "/", timeout=30).text  # the dashboard's backup row
+    row = overview[overview.index('id="backup-default-db"') :].split("</tr>")[0]
+    assert "Verified" in row and "postgres" in row, row
 
     # a deploy that changes the Deployment: a verified backup of what ran comes first
     second = repo.commit("shop 2", spec(app, tag=2))
@@ -302,10 +313,16 @@ def test_a_postgres_backup_on_kubernetes_is_taken_gated_and_restored_with_the_po
         pg.psql(f"ALTER DATABASE {app}_away RENAME TO {app}")
     # none taken of what ran before the skipped deploy; the skip is recorded
     assert not any(b["revision"] == third for b in _json(od, "backup", "list", "db"))
-    api = json.loads((od.state_dir / "api.json").read_text())["url"]
+    api = _api(od)
     token = (od.state_dir / "token").read_text().strip()
     auth = {"Authorization": f"Bearer {token}"}
     events = httpx.get(f"{api}/api/v1/events", headers=auth, timeout=10).json()["events"]
     assert any(e["kind"] == "backup-skipped" and fourth[:12] in e["message"] for e in events)
     metrics = httpx.get(f"{api}/metrics", timeout=10).text
     assert f'ondeck_backup_last_verified_timestamp_seconds{{app="{app}",backup="db"' in metrics
+
+    # the schedule: `minutely` was taken (and proven) at a minute's turn, with no command
+    scheduled = wait_for(
+        lambda: _json(od, "backup", "list", "minutely"), "a scheduled backup", 90, every=1
+    )
+    assert scheduled[0]["verified"] is True, scheduled
