@@ -117,6 +117,9 @@ class Reports(Protocol):
     def cluster_stepped(self, revision: str, actions: list[str]) -> None:
         """A canary went as far as it could and waits at a pause: the sync stays open."""
 
+    def cluster_canary_aborted(self, service: str, reason: str) -> None:
+        """A canary aborted on its own in this job (its pods never became ready)."""
+
 
 @dataclass(frozen=True)
 class _Job:
@@ -152,6 +155,11 @@ class ClusterEnv:
     @property
     def busy(self) -> bool:
         return self._job is not None
+
+    @property
+    def running(self) -> bool:
+        """A job's thread still works (the environment may stop stepping it meanwhile)."""
+        return self._job is not None and not self._job.future.done()
 
     def due_in(self) -> float | None:
         """Seconds until the next job is due, for the host loop's sleep (None: a job runs)."""
@@ -239,6 +247,9 @@ class ClusterEnv:
         if job.kind == "sync":
             outcome, observed = job.future.result()
             self._set(observed)
+            for canary in outcome.canaries:
+                if canary.failed_now:
+                    reports.cluster_canary_aborted(canary.service, canary.reason)
             result, error = judge(outcome)
             if result is None:  # a canary at a pause: look again when it is over
                 self._paused = job.revision

@@ -57,6 +57,7 @@ from ondeck.errors import (
     UserError,
 )
 from ondeck.kube.render import namespace_of
+from ondeck.leaving import Departure, Left, host_ready
 from ondeck.metrics import Metrics
 from ondeck.release_phase import HostSecretsWatch, run_release_tasks, secrets_at
 from ondeck.releases import (
@@ -93,7 +94,7 @@ from ondeck.state.live import Phase
 from ondeck.state.plan import Action, Forget, Plan, Restart, Start, Stop, plan
 from ondeck.state.rollout import Progress, Stage, Traffic
 from ondeck.state.verdict import analysis_step, verdict
-from ondeck.store import EnvRecord, InstanceRecord, Store
+from ondeck.store import ClusterMark, EnvRecord, InstanceRecord, Store
 from ondeck.supervisor import Supervisor
 from ondeck.traffic import RouterControl
 
@@ -107,6 +108,7 @@ FAULT_RETRY = 5.0  # an environment whose pass raised is tried again after this 
 REFUSABLE = (SpecError, UserError, SourceError, RuntimeFailure)
 RESTORE_STOP_DEADLINE = 120.0  # a restore waits this long for the services to stop
 RESTORE_HEALTH_DEADLINE = 300.0  # and this long for them to be healthy again after it
+ABORTED_ON_CLUSTER = "cluster-aborted/"  # kv: env -> the revision whose sync ended Aborted
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,9 @@ class Environment:
         self._noted_envs: list[str] = []  # environments the spec defines that run nowhere
         self.supervisor: Supervisor | None = None
         self.cluster: ClusterEnv | None = None  # runtime kubernetes: its objects on the cluster
+        # objects it may have on a cluster (kept in the store), and their removal once it left
+        self._mark: ClusterMark | None = host.store.cluster_mark(name)
+        self.departure: Departure | None = None
         self.held_down = False  # `ondeck down --env`: nothing runs until `ondeck sync --env`
         self.desired: Desired | None = None
         self.commit: CommitInfo | None = None
@@ -362,8 +367,10 @@ class Environment:
         if self.supervisor is not None:
             self.supervisor.adopt_fingerprints(desired)
         log.info("[%s] restored %s %s", self.name, rev[:12], commit.message)
-        if desired.runtime == "kubernetes" and record.live_revision != rev:
-            # a sync the last controller did not see through: this one finishes it
+        aborted = self.host.store.get_kv(f"{ABORTED_ON_CLUSTER}{self.name}") == rev
+        if desired.runtime == "kubernetes" and record.live_revision != rev and not aborted:
+            # a sync the last controller did not see through: this one finishes it (not one
+            # that ended Aborted: as on a host, an aborted release is not tried again)
             self._open(commit, Trigger.STARTUP, self.host.clock.time(), None)
 
     async def _apply_revision(self, rev: str, trigger: Trigger, commit: CommitInfo) -> None:
@@ -596,9 +603,14 @@ class Environment:
             self._reconcile_cluster(desired, sup, now)
             return
         await self._analyze(now)
+        leave_at = self._leave_cluster(desired, sup, now)
         steps = plan(desired, sup.live(), now, self.releases)
         self.wake_at = _earliest(
-            steps.wake_at, self._next_analysis(), self._rebuild_at(), *self.wake_hints.values()
+            steps.wake_at,
+            self._next_analysis(),
+            self._rebuild_at(),
+            leave_at,
+            *self.wake_hints.values(),
         )
         acting = self.op is not None or self.host.opts.self_heal or self.manual
         trigger = Trigger.CLI if self.manual else Trigger.SELF_HEAL
@@ -621,12 +633,96 @@ class Environment:
         for inst_id, inst in list(sup.instances.items()):  # moved from this host
             if inst.rec.state is not InstanceState.STOPPING:
                 sup.stop(inst_id, "the environment runs on Kubernetes now")
+        departure = self.departure
+        if departure is not None:  # back on the cluster before its objects were removed
+            self._departure_step(departure, False, now)
+            if departure.busy:
+                return  # what it deletes must not race the apply: collected when it ends
+            departure.close()
+            self.departure = None
         cluster = self.ensure_cluster()
+        self._mark_on_cluster(desired, cluster)
         heal = self.host.opts.self_heal or self.manual
         self.manual = False
         cluster.step(desired, self.op is not None, heal, self)
         due = cluster.due_in()
         self.wake_at = _earliest(now + due if due is not None else None, *self.wake_hints.values())
+
+    def _mark_on_cluster(self, desired: Desired, cluster: ClusterEnv) -> None:
+        """Record in the store, before anything is applied, where the objects will be."""
+        where = cluster.link.cluster
+        mark = ClusterMark(
+            desired.app,
+            namespace_of(desired.app, desired.env),
+            str(where.kubeconfig) if where.kubeconfig is not None else None,
+            where.context,
+        )
+        if mark != self._mark:
+            self.host.store.put_cluster_mark(self.name, mark)
+            self._mark = mark
+
+    def _leave_cluster(self, desired: Desired, sup: Supervisor, now: float) -> float | None:
+        """Runs on this host, had objects on a cluster: remove them once the host serves.
+
+        Returns when to try again after a failed attempt (None: a wake-up will come)."""
+        if self.cluster is not None and not self.cluster.running:
+            self.cluster.close()  # its watches and status: this environment is off the cluster
+            self.cluster = None
+        if self._mark is None:
+            return None
+        if self.departure is None:
+            self.departure = Departure(self.name, self._mark, self.host.cluster, self.host.wake)
+            log.info(
+                "[%s] runs on this host now: its objects on the cluster (namespace %s) are "
+                "removed once its instances are healthy",
+                self.name,
+                self._mark.namespace,
+            )
+        ready = self.cluster is None and host_ready(desired, sup.live())
+        self._departure_step(self.departure, ready, now)
+        due = self.departure.due_in() if self.departure is not None else None
+        return now + due if due else None
+
+    def _departure_step(self, departure: Departure, ready: bool, now: float) -> None:
+        left, failed = departure.step(ready)
+        if failed is not None:
+            message = (
+                f"could not remove its objects from the cluster (namespace "
+                f"{departure.mark.namespace}), retrying: {failed}"
+            )
+            log.warning("[%s] %s", self.name, message)
+            self.host.store.events_add(self.name, None, "cluster-left-failed", message, now)
+        if left is not None:
+            self._left(left, now)
+
+    def _left(self, left: Left, now: float) -> None:
+        """A teardown worked: in history (the sync that moved the environment), mark cleared."""
+        store = self.host.store
+        store.clear_cluster_mark(self.name)
+        self._mark = None
+        if self.departure is not None:
+            self.departure.close()
+            self.departure = None
+        revision = self.desired.revision if self.desired is not None else None
+        moved = next((r for r in store.history(self.name, 20) if r.revision == revision), None)
+        if moved is not None:
+            store.add_sync_actions(moved.id, left.actions())
+        elif self.commit is not None:
+            c = self.commit
+            op_id = store.begin_sync(self.name, c.sha, c.author, c.message, Trigger.SELF_HEAL, now)
+            store.add_sync_actions(op_id, left.actions())
+            store.finish_sync(op_id, SyncResult.SUCCEEDED, self.host.clock.time())
+        store.events_add(self.name, None, "cluster-left", left.summary(), now)
+
+    def leaving_error(self) -> str | None:
+        """Why the objects it left on a cluster are not removed yet (status shows it)."""
+        departure = self.departure
+        if departure is None or departure.error is None:
+            return None
+        return (
+            f"its objects on the cluster (namespace {departure.mark.namespace}) are not "
+            f"removed yet, retrying: {departure.error}"
+        )
 
     def cluster_synced(
         self, revision: str, result: SyncResult, error: str | None, actions: list[str]
@@ -637,7 +733,14 @@ class Environment:
             return  # superseded meanwhile: the newer sync has its own job
         if actions:
             self.host.store.add_sync_actions(op.id, actions)
+        if result is SyncResult.ABORTED:  # a restart does not open it again (`restore`)
+            self.host.store.set_kv(f"{ABORTED_ON_CLUSTER}{self.name}", revision)
         self._finish(result, error)
+
+    def cluster_canary_aborted(self, service: str, reason: str) -> None:
+        """A canary on the cluster aborted on its own (cluster.Reports): an event, as on a host."""
+        self.host.store.events_add(self.name, service, "abort", reason, self.host.clock.time())
+        log.error("[%s] %s release aborted: %s", self.name, service, reason)
 
     def cluster_stepped(self, revision: str, actions: list[str]) -> None:
         """A canary on the cluster waits at a pause (cluster.Reports): the sync stays open."""
@@ -959,6 +1062,7 @@ class Environment:
         assert self.cluster is not None and self.commit is not None  # it has a canary
         self.cluster.request(service, action)
         if self.op is None:  # a retry of an aborted release is a sync of its own
+            self.host.store.delete_kv(f"{ABORTED_ON_CLUSTER}{self.name}")
             self._open(self.commit, Trigger.CLI, now, None)
         if action == "promote":
             progress = rollout.promote(progress, now)
@@ -1085,6 +1189,8 @@ class Environment:
             self.supervisor.close()
         if self.cluster is not None:
             self.cluster.close()
+        if self.departure is not None:
+            self.departure.close()
         for close in self.closers:
             close()
 

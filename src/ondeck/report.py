@@ -186,7 +186,9 @@ class Reporter:
             last_result=state.last_result,
             app=state.desired.app if state.desired else None,
             services=services,
-            conditions=[c for c in (state.rewritten, cluster_error(state)) if c],
+            conditions=[
+                c for c in (state.rewritten, cluster_error(state), state.leaving_error()) if c
+            ],
             namespace=observed_namespace(state),
             backups=[BackupStatus.model_validate(b) for b in state.backups.status()],
         )

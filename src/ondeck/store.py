@@ -150,6 +150,22 @@ class EnvRecord:
     live_commit: dict[str, Any] | None = None  # the commit last synced: sha, author, message
 
 
+@dataclass(frozen=True)
+class ClusterMark:
+    """An environment has (or may have) objects on a cluster: where, to remove them later.
+
+    Kept so that a controller that only sees the new spec (runtime process) still
+    knows what to take off the cluster after a restart.
+    """
+
+    app: str
+    namespace: str
+    kubeconfig: str | None = None  # the cluster it was applied to, as `ondeck up` was told
+    context: str | None = None
+
+
+_ON_CLUSTER = "on-cluster/"  # kv key prefix: env -> ClusterMark
+
 _R = TypeVar("_R")
 
 # Rows written before these were fields kept them in `extra` under these keys.
@@ -372,6 +388,24 @@ class Store:
                 (key, value),
             )
         )
+
+    def delete_kv(self, key: str) -> None:
+        self._apply(lambda db: db.execute("DELETE FROM kv WHERE key = ?", (key,)))
+
+    # -- objects on a cluster (runtime kubernetes) ----------------------------
+
+    def cluster_mark(self, env: str) -> ClusterMark | None:
+        """Where `env` may have objects on a cluster (None: nowhere known)."""
+        raw = self.get_kv(f"{_ON_CLUSTER}{env}")
+        return None if raw is None else _from_json(ClusterMark, raw)
+
+    def put_cluster_mark(self, env: str, mark: ClusterMark) -> None:
+        """Record that `env`'s objects are on a cluster: set before each apply there."""
+        self.set_kv(f"{_ON_CLUSTER}{env}", _to_json(asdict(mark)))
+
+    def clear_cluster_mark(self, env: str) -> None:
+        """`env` has nothing left on a cluster (its objects were torn down)."""
+        self.delete_kv(f"{_ON_CLUSTER}{env}")
 
     # -- a full disk ---------------------------------------------------------
 

@@ -305,6 +305,9 @@ class _Reports:
     def cluster_stepped(self, revision: str, actions: list[str]) -> None:
         raise AssertionError(f"no canary here, yet a sync of {revision} waits at a pause")
 
+    def cluster_canary_aborted(self, service: str, reason: str) -> None:
+        raise AssertionError(f"no canary here, yet {service}'s aborted: {reason}")
+
 
 def test_an_edit_while_the_controller_runs_is_reverted_through_the_cache(
     control_plane: ControlPlane, app: str

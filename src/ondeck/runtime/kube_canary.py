@@ -16,6 +16,7 @@ fresh start of an aborted release) and `abort` (back to the stable set), as
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -64,6 +65,7 @@ class CanaryState:
     since: float = 0.0  # when its current step began (epoch seconds)
     wake_at: float | None = None  # a timed pause: when it is over (epoch seconds)
     images: tuple[str, str] = ("", "")  # (stable, canary)
+    failed_now: bool = False  # aborted on its own by this sync (not by a person, not before)
 
     @property
     def health(self) -> Health:
@@ -215,6 +217,8 @@ class CanaryRun:
         stopped = Position(0, pos.step, pos.since, why[:500])
         self._move(build, name, stopped, total)
         self._state(name, stopped, total, 0, Move.WEIGHT, f"canary aborted: {why}", aborted=True)
+        if why != BY_A_PERSON:  # a person's abort is recorded when asked for
+            self.states[name] = dataclasses.replace(self.states[name], failed_now=True)
 
     def _promote(self, plain: Obj, name: str, pos: Position, total: int, steps: int) -> None:
         """Every step done: the stable Deployment takes the new release and all its replicas."""

@@ -864,6 +864,23 @@ class KubernetesRuntime:
     def _live_service(self, namespace: str, name: str) -> Obj | None:
         return self.get({"kind": "Service", "metadata": {"name": name, "namespace": namespace}})
 
+    def remove_owned(
+        self, namespace: str, app: str, env: str, keep: frozenset[str] = frozenset()
+    ) -> tuple[ApplyResult, list[str]]:
+        """Delete every object ondeck applied for `app`/`env` in `namespace` but those of the
+        kinds in `keep` (a prune with nothing desired): what was deleted, and what was kept.
+
+        The Namespace itself is never deleted here (deleting it deletes what it holds).
+        """
+        owned = self.list_owned(namespace, app, env)
+        kept = [object_key(o) for o in owned if o["kind"] in keep]
+        gone = [
+            o for o in owned if o["kind"] not in keep and not o["metadata"].get("deletionTimestamp")
+        ]
+        result = ApplyResult()
+        self._prune(sorted(gone, key=key_order, reverse=True), result)
+        return result, kept
+
     def delete_environment(self, namespace: str) -> None:
         """Remove a whole environment: its namespace and everything in it."""
         with _api_errors(f"deleting namespace {namespace}"):
