@@ -11,15 +11,21 @@ command that deletes it. Each test has its own app, hence its own namespace.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
+import socket
 import sqlite3
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -183,6 +189,115 @@ def test_a_controller_restarted_between_the_commits_still_leaves_the_cluster(
     back = repo.commit("staging back on the host", spec(app, ON_HOST))
     od.start()  # what it had on the cluster: read from the store
     check_left(od, control_plane, ns, back)
+
+
+class Gate:
+    """A TCP relay between ondeck and the API server that can be shut (connections refused
+    and cut) and opened again on the same port: the API server unreachable, for real."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = 0
+        self._server: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def open(self) -> None:
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", self.port))
+        server.listen(64)
+        self.port, self._server = server.getsockname()[1], server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def shut(self) -> None:
+        with self._lock:
+            server, self._server = self._server, None
+            conns, self._conns = self._conns, []
+        if server is not None:
+            with contextlib.suppress(OSError):  # wakes the accept() blocked in its thread
+                server.shutdown(socket.SHUT_RDWR)
+            server.close()
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return  # shut
+            upstream = socket.create_connection(self.target, timeout=10)
+            upstream.settimeout(None)
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+
+def test_an_unreachable_api_server_does_not_hold_the_host_back_and_the_removal_is_retried(
+    control_plane: ControlPlane,
+    repo: Repo,
+    ondeck: Callable[..., Ondeck],
+    app: str,
+    tmp_path: Path,
+) -> None:
+    text = control_plane.kubeconfig.read_text()
+    (url,) = re.findall(r"server: *(https://\S+)", text)
+    server = urlsplit(url)
+    gate = Gate((server.hostname or "127.0.0.1", server.port or 443))
+    gate.open()
+    kubeconfig = tmp_path / "through-the-gate"
+    kubeconfig.write_text(text.replace(url, f"https://127.0.0.1:{gate.port}"))
+    try:
+        first = repo.commit("staging on kubernetes", spec(app, ON_CLUSTER))
+        od = ondeck(repo.path, "--env", "staging", "--kubeconfig", str(kubeconfig))
+        od.wait_synced(first, "staging", timeout=WAIT)
+        ns = f"{app}-staging"
+        gate.shut()  # the API server can no longer be reached
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", gate.port), timeout=5)
+
+        back = repo.commit("staging back on the host", spec(app, ON_HOST))
+        env = od.wait_synced(back, "staging", timeout=WAIT)  # the host side does not wait
+        (instance,) = next(s for s in env["services"] if s["name"] == "web")["instances"]
+        assert httpx.get(f"http://127.0.0.1:{instance['port']}/healthz", timeout=10).is_success
+
+        def condition() -> str | None:
+            found = od.env_status("staging")["conditions"]
+            return next((c for c in found if "not removed yet, retrying" in c), None)
+
+        said = wait_for(condition, "a status condition saying the removal failed", WAIT)
+        assert ns in said, said
+        assert events(od, "cluster-left-failed")
+        assert owned(control_plane, ns, "deployments") == ["deployment.apps/web"]
+        assert marks(od) == ["on-cluster/staging"]  # kept until the removal works
+
+        gate.open()  # the same address again: the next attempt goes through
+        wait_for(
+            lambda: owned(control_plane, ns, "deployments,services,ingresses,configmaps") == [],
+            "the environment's objects deleted once the API server is back",
+            WAIT,
+        )
+        wait_for(lambda: not marks(od), "the store's cluster mark cleared", 60)
+        wait_for(lambda: not condition(), "the condition gone", 60)
+        assert owned(control_plane, ns, "persistentvolumeclaims") == [
+            "persistentvolumeclaim/ondeck-data"
+        ]
+        (row,) = [r for r in history(od) if r["revision"] == back]
+        assert f"delete Deployment/{ns}/web (the environment left the cluster)" in row["actions"]
+    finally:
+        gate.shut()
 
 
 # --- canaries on the cluster: an abort on its own is an event; a restart does not repeat it
