@@ -654,7 +654,7 @@ class Environment:
         mark = ClusterMark(
             desired.app,
             namespace_of(desired.app, desired.env),
-            str(where.kubeconfig) if where.kubeconfig is not None else None,
+            str(where.kubeconfig.absolute()) if where.kubeconfig is not None else None,
             where.context,
         )
         if mark != self._mark:

@@ -45,28 +45,32 @@ class Left:
 
     def actions(self) -> list[str]:
         """History lines: each deletion, then what was kept and the command that deletes it."""
-        kubectl = "kubectl" + (f" --context {self.mark.context}" if self.mark.context else "")
         ns = self.mark.namespace
         lines = [f"delete {key} (the environment left the cluster)" for key in self.deleted]
         for key in self.kept:
-            kind, _, name = key.split("/", 2)
-            lines.append(
-                f"keep {key} (it holds the data dir): `{kubectl} -n {ns} delete "
-                f"{kind.lower()} {name}` deletes it"
-            )
+            lines.append(f"keep {key} (it holds the data dir): `{self._delete(key)}` deletes it")
         lines.append(
-            f"keep Namespace/{ns} (it may hold what was kept): `{kubectl} delete namespace "
-            f"{ns}` deletes it and everything left in it"
+            f"keep Namespace/{ns} (it may hold what was kept): `{self._kubectl()} delete "
+            f"namespace {ns}` deletes it and everything left in it"
         )
         return lines
 
     def summary(self) -> str:
-        kept = f"; kept {', '.join(self.kept)} (the data dir)" if self.kept else ""
+        """The event's message: what went, what stays and how to delete it."""
+        kept = "".join(
+            f"; kept {key} (the data dir): `{self._delete(key)}` deletes it" for key in self.kept
+        )
         return (
             f"left the cluster (namespace {self.mark.namespace}): deleted "
-            f"{len(self.deleted)} object(s){kept}; see `ondeck history` for how to delete "
-            "the rest"
+            f"{len(self.deleted)} object(s){kept}"
         )
+
+    def _kubectl(self) -> str:
+        return "kubectl" + (f" --context {self.mark.context}" if self.mark.context else "")
+
+    def _delete(self, key: str) -> str:
+        kind, _, name = key.split("/", 2)
+        return f"{self._kubectl()} -n {self.mark.namespace} delete {kind.lower()} {name}"
 
 
 def host_ready(desired: Desired, live: Live) -> bool:

@@ -51,7 +51,11 @@ def test_history_lists_each_deletion_and_how_to_delete_what_was_kept() -> None:
         "`kubectl --context prod delete namespace shop-staging` deletes it and everything "
         "left in it",
     ]
-    assert "deleted 1 object(s)" in left.summary() and "PersistentVolumeClaim" in left.summary()
+    assert left.summary() == (
+        "left the cluster (namespace shop-staging): deleted 1 object(s); kept "
+        "PersistentVolumeClaim/shop-staging/data (the data dir): `kubectl --context prod "
+        "-n shop-staging delete persistentvolumeclaim data` deletes it"
+    )
 
 
 def test_the_store_keeps_where_an_environment_has_objects_until_cleared(tmp_path: Path) -> None:
