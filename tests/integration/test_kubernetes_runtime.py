@@ -128,7 +128,7 @@ def _apply_and_wait(
 
 RICH = """\
 app: {app}
-runtime: container
+runtime: kubernetes
 services:
   web:
     image: registry.example/shop:1.4.2
