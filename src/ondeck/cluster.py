@@ -220,7 +220,7 @@ class ClusterEnv:
         *args: Any,
         requests: Mapping[str, str] | None = None,
     ) -> None:
-        future = _in_thread(work, *args)
+        future = in_thread(work, *args)
         future.add_done_callback(lambda _: self.wake())
         self._job = _Job(kind, desired.revision, future, requests or {})
         self._last_check = time.monotonic()
@@ -286,11 +286,11 @@ class ClusterEnv:
                     f"a sync of {self.env} is still running on the cluster after "
                     f"{timeout:.0f}s, so nothing was restored: try again when it ends"
                 )
-        await _as_backup_failure(_in_thread(self._hold, scale_down, desired, timeout, log))
+        await _as_backup_failure(in_thread(self._hold, scale_down, desired, timeout, log))
 
     async def resume(self, desired: Desired, timeout: float, log: list[str]) -> None:
         """Undo `pause` (even one that failed midway): re-apply, wait until Available."""
-        await _as_backup_failure(_in_thread(self._hold, scale_back, desired, timeout, log))
+        await _as_backup_failure(in_thread(self._hold, scale_back, desired, timeout, log))
 
     def _hold(self, step: PauseStep, desired: Desired, timeout: float, log: list[str]) -> None:
         step(self.runtime(True), desired, self._held, timeout, log)
@@ -486,7 +486,7 @@ async def _as_backup_failure(work: Awaitable[None]) -> None:
         raise BackupFailure(str(err)) from err
 
 
-def _in_thread(work: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+def in_thread(work: Callable[..., T], *args: Any) -> asyncio.Future[T]:
     """Run blocking `work` in a daemon thread (an exit never waits for an API call)."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[T] = loop.create_future()

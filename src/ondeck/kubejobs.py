@@ -20,7 +20,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from ondeck.cluster import _in_thread
+from ondeck.cluster import in_thread
 from ondeck.errors import OndeckError, UserError
 from ondeck.jobs import kube
 from ondeck.jobs.runner import JobRecord, JobRunner, Run, RunResult
@@ -87,7 +87,7 @@ class ClusterJobs:
         if self._reading is None and self._from_cache(now):
             return None  # a change of a Job or a CronJob wakes the next pass
         if self._reading is None and now >= self._next:
-            self._reading = _in_thread(self._read, self.where, self._finished())
+            self._reading = in_thread(self._read, self.where, self._finished())
             self._reading.add_done_callback(lambda _: self._wake())
         return self._next if self._reading is None else now + BUSY
 
@@ -113,7 +113,7 @@ class ClusterJobs:
         """`ondeck job run NAME`: a Job made now from the job's CronJob, recorded as manual."""
         where = self._where(name)
         runtime = self._runtime
-        created = await _in_thread(lambda: kube_jobs.run_now(runtime(), where.namespace, name))
+        created = await in_thread(lambda: kube_jobs.run_now(runtime(), where.namespace, name))
         log.info("[%s] job %s: created Job %s", where.env, name, created["metadata"]["name"])
         self._next = 0.0  # look again soon
         return self._fold(name, [kube.seen(created)], -math.inf)[1][created["metadata"]["name"]]
@@ -132,7 +132,7 @@ class ClusterJobs:
             pods = kube_jobs.pods(runtime(), where.namespace, where.app, where.env)
             return live, kube.failed_pod_exit(pods) if failed else {}
 
-        live, exits = await _in_thread(follow)
+        live, exits = await in_thread(follow)
         if live:
             self._fold(name, [kube.seen(live, exits.get(run.kube_job))], -math.inf)
         return next(r for r in self.runner.record(name).runs if r.id == run_id)

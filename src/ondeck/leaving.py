@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ondeck.cluster import ClusterLink, _in_thread
+from ondeck.cluster import ClusterLink, in_thread
 from ondeck.errors import OndeckError
 from ondeck.runtime.kubernetes import Cluster, KubernetesRuntime
 from ondeck.state.desired import Desired
@@ -129,7 +129,7 @@ class Departure:
             self.error = None
             return job.result(), None
         if ready and time.monotonic() >= self._retry_at:
-            self._job = _in_thread(self._remove)
+            self._job = in_thread(self._remove)
             self._job.add_done_callback(lambda _: self.wake())
         return None, None
 
