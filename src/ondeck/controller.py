@@ -270,7 +270,11 @@ class Controller:
         if self.router is not None:
             await self.router.push(self._routing())
         if self.certificates is not None:
-            envs = [env_tls(e.desired) for e in self.envs.values() if e.desired is not None]
+            envs = [  # a cluster's HTTPS is its Ingress controller's (runtime/kubernetes.py)
+                env_tls(e.desired)
+                for e in self.envs.values()
+                if e.desired is not None and e.desired.runtime != "kubernetes"
+            ]
             self.certificates.want(wanted(envs))
         self._export_metrics(self.status())
         self._answer_requests()

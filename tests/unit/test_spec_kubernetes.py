@@ -70,16 +70,19 @@ def test_a_service_key_only_a_host_carries_out_is_refused(extra: str, key: str) 
     assert not any("kubernetes" in p.message for p in on_host)
 
 
-@pytest.mark.parametrize(
-    ("extra", "key"),
-    [
-        ("tls: {certificates: [{hosts: [a.example], cert: /c, key: /k}]}\n", "tls"),
-    ],
-)
-def test_a_spec_key_only_a_host_carries_out_is_refused(extra: str, key: str) -> None:
+def test_tls_validates_on_kubernetes_but_what_only_a_host_or_controller_does_is_refused() -> None:
     spec = "app: shop\nruntime: kubernetes\nservices:\n  web: {image: 'shop:1', port: 80}\n"
-    [problem] = validate(spec + extra)
-    assert problem.message.startswith(f"{key} is not supported yet with runtime kubernetes")
+    own = "tls: {certificates: [{hosts: [a.example], cert: /c, key: /k}]}\n"
+    assert validate(spec + own) == []  # the runtime makes the TLS Secret from the files
+    assert validate(spec + "tls: {acme: {email: ops@shop.example}}\n") == []
+    [hsts] = validate(spec + "tls: {acme: {}, hsts: 180d}\n")
+    assert hsts.message.startswith("tls.hsts cannot be set with runtime kubernetes")
+    assert "Ingress controller" in hsts.message
+    [stored] = validate(spec + own.replace("key: /k", "key: 'secret:TLS_KEY'"))
+    assert "tls.certificates[0]" in stored.message and "file paths" in stored.message
+    # on a host, hsts and host secrets are fine
+    host = "app: shop\nservices:\n  web: {command: [a], port: true}\n"
+    assert validate(host + "tls: {acme: {}, hsts: 180d}\n") == []
 
 
 def test_a_postgres_backup_validates_on_kubernetes_and_a_sqlite_one_is_refused_with_why() -> None:

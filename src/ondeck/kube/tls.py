@@ -1,25 +1,31 @@
 """`tls:` as the TLS section of each Ingress: cert-manager for ACME, Secrets for your own.
 
-Pure. Called by the renderer (kube/render.py) for each service with routes.
-A host covered by a certificate you bring reads its key pair from a TLS
-Secret named after that certificate's hosts (you create it: its files are on
-your host, never in a manifest); other hosts get a certificate from ACME
-through cert-manager (`cert-manager.io/cluster-issuer: APP-acme`, a
-ClusterIssuer you create from the spec's `acme`). What only an Ingress
-controller decides is said for ingress-nginx, or refused.
+Pure. Called by the renderer (kube/render.py) for each service with routes,
+and by the Kubernetes runtime (runtime/kubernetes.py) for the objects it
+applies besides the manifests. A host covered by a certificate you bring
+reads its key pair from a TLS Secret named after that certificate's hosts
+(its files are on your host, never in a manifest: `ondeck up` creates the
+Secret from them at apply time, `ondeck render` users create it by hand);
+other hosts get a certificate from ACME through cert-manager
+(`cert-manager.io/cluster-issuer: APP-acme`, a ClusterIssuer made from the
+spec's `acme`, which `ondeck up` applies). What only an Ingress controller
+decides is said for ingress-nginx, or refused.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ondeck.errors import UserError
-from ondeck.spec.model import OwnCertificate, Tls
+from ondeck.spec.model import Acme, OwnCertificate, Tls
 
 ISSUER = "cert-manager.io/cluster-issuer"
 REDIRECT = "nginx.ingress.kubernetes.io/ssl-redirect"
+ISSUER_API = "cert-manager.io/v1"
+CERTIFICATE = "ondeck.dev/certificate"  # sha256 of the chain: a new pair shows, the key never
 
 
 def issuer_name(app: str) -> str:
@@ -81,3 +87,65 @@ def ingress_tls(
     if entries:
         annotations[REDIRECT] = "true" if tls.redirect else "false"
     return entries, annotations
+
+
+def issuer(app: str, acme: Acme, labels: Mapping[str, str], ca_pem: bytes | None) -> dict[str, Any]:
+    """The cert-manager ClusterIssuer `APP-acme` for `acme` (HTTP-01 through the Ingress).
+
+    Cluster-wide, so shared by the app's environments: `labels` name the app, not one
+    environment. `ca_pem` is the content of `acme.ca_bundle` (a private CA's HTTPS).
+    """
+    spec: dict[str, Any] = {
+        "server": acme.directory,
+        "privateKeySecretRef": {"name": f"{issuer_name(app)}-account"},
+        "solvers": [{"http01": {"ingress": {}}}],
+    }
+    if acme.email is not None:
+        spec["email"] = acme.email
+    if ca_pem is not None:
+        spec["caBundle"] = base64.b64encode(ca_pem).decode()
+    return {
+        "apiVersion": ISSUER_API,
+        "kind": "ClusterIssuer",
+        "metadata": {"name": issuer_name(app), "labels": dict(labels)},
+        "spec": {"acme": spec},
+    }
+
+
+def secret_names(ingresses: Sequence[Mapping[str, Any]]) -> set[str]:
+    """The TLS Secrets the `ingresses` read (`spec.tls[].secretName`)."""
+    return {
+        str(entry["secretName"])
+        for ingress in ingresses
+        for entry in ingress.get("spec", {}).get("tls", [])
+        if entry.get("secretName")
+    }
+
+
+def certificate_object(
+    cert: OwnCertificate,
+    namespace: str,
+    labels: Mapping[str, str],
+    chain_pem: bytes,
+    key_pem: bytes,
+) -> dict[str, Any]:
+    """The TLS Secret of a certificate you bring: applied by the runtime, never printed.
+
+    Its `ondeck.dev/certificate` annotation (the chain's sha256, public data) stands for
+    its content wherever objects are compared or shown; the key is only in `data`.
+    """
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": certificate_secret(cert),
+            "namespace": namespace,
+            "labels": dict(labels),
+            "annotations": {CERTIFICATE: hashlib.sha256(chain_pem).hexdigest()},
+        },
+        "type": "kubernetes.io/tls",
+        "data": {
+            "tls.crt": base64.b64encode(chain_pem).decode(),
+            "tls.key": base64.b64encode(key_pem).decode(),
+        },
+    }

@@ -31,7 +31,9 @@ from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
+from ondeck.certificates import CertificateProblem, check_pair
 from ondeck.errors import OndeckError, UserError
+from ondeck.kube import tls as kube_tls
 from ondeck.kube.health import Crash, service_health
 from ondeck.kube.render import (
     API_VERSION,
@@ -41,6 +43,7 @@ from ondeck.kube.render import (
     Obj,
     container_port,
     key_order,
+    labels,
     manifests,
     namespace_of,
     secret,
@@ -753,6 +756,7 @@ class KubernetesRuntime:
             keep.add(f"Deployment/{ns}/{svc.name}-{active}")
         objects = self.objects(desired, ns, colors, serving)
         _carry_switch_time(objects, services)
+        issued = self.apply_issuer(desired, objects)  # before anything of the environment
         # release tasks succeed before any Deployment changes (ReleaseTaskError otherwise)
         first = run_release_tasks(self, objects, revision, timeout)
 
@@ -772,7 +776,10 @@ class KubernetesRuntime:
         for step in canaries.applied:  # what the canary's steps applied counts too
             first = _merged(first, dataclasses.replace(step, writes=0))
         result = _merged(first, self.apply(objects, revision, keep=canaries.kept()))
-        result.writes += canaries.writes
+        result.writes += canaries.writes + issued.writes
+        for done, into in ((issued.created, result.created), (issued.changed, result.changed)):
+            into[:0] = done
+        result.unchanged[:0] = issued.unchanged
         targets = {
             s.name: f"{s.name}-{colors[s.name]}" if s.name in colors else s.name
             for s in desired.services
@@ -789,6 +796,58 @@ class KubernetesRuntime:
             result.writes += switched_result.writes
             switched = sorted(serving)
         return SyncOutcome(ns, result, status, tuple(switched), tuple(canaries.states.values()))
+
+    def apply_issuer(self, desired: Desired, objects: list[Obj]) -> ApplyResult:
+        """Apply the app's cert-manager ClusterIssuer when an Ingress of `objects` names it.
+
+        Cluster-wide and shared by the app's environments, so never pruned with one of
+        them. A cluster without cert-manager's CRDs fails the sync before anything is
+        applied, saying what to do.
+        """
+        result = ApplyResult()
+        acme = desired.tls.acme if desired.tls is not None else None
+        named = any(
+            (o["metadata"].get("annotations") or {}).get(kube_tls.ISSUER)
+            for o in objects
+            if o["kind"] == "Ingress"
+        )
+        if acme is None or not named:
+            return result
+        ca_pem = _read_file(acme.ca_bundle, "tls.acme.ca_bundle") if acme.ca_bundle else None
+        lbls = {  # the app's, not one environment's: no prune of an environment finds it
+            k: v
+            for k, v in labels(desired).items()
+            if k not in ("ondeck.dev/env", "app.kubernetes.io/instance")
+        }
+        obj = kube_tls.issuer(desired.app, acme, lbls, ca_pem)
+        name = obj["metadata"]["name"]
+        key = f"ClusterIssuer/{name}"
+        path = f"/apis/{kube_tls.ISSUER_API}/clusterissuers/{name}"
+        with _api_errors(f"reading {key}"):
+            try:
+                live: Obj | None = self._request("GET", path)
+            except ApiException as err:
+                if err.status != 404:
+                    raise
+                live = None
+                try:
+                    self._request("GET", f"/apis/{kube_tls.ISSUER_API}")
+                except ApiException as missing:
+                    if missing.status != 404:
+                        raise
+                    raise UserError(
+                        f"tls.acme on Kubernetes needs cert-manager, and the cluster has no "
+                        f"{kube_tls.ISSUER_API} ClusterIssuer kind: install cert-manager "
+                        "(https://cert-manager.io/docs/installation/) or remove tls.acme"
+                    ) from None
+        if live is not None and is_subset(obj, live):
+            result.unchanged.append(key)
+            return result
+        with _api_errors(f"applying {key}"):
+            result.writes += 1
+            self._request("PATCH", path, body=obj, fieldManager=MANAGER, force="true")
+        (result.created if live is None else result.changed).append(key)
+        return result
 
     def promote(
         self, desired: Desired, service: str, revision: str, timeout: float, **kw: Any
@@ -808,7 +867,8 @@ class KubernetesRuntime:
         serving: Mapping[str, str] | None = None,
         canary: Mapping[str, int] | None = None,
     ) -> list[Obj]:
-        """The environment's manifests plus its Secret, which only the runtime holds values for."""
+        """The environment's manifests plus the Secrets only the runtime holds values for: its
+        environment's, and the TLS Secret of each certificate you bring."""
         key = (namespace, _frozen(colors), _frozen(serving), _frozen(canary))
         hit = self._rendered.get(key)
         if hit is None or hit[0] is not desired:
@@ -817,7 +877,8 @@ class KubernetesRuntime:
                 self._rendered.clear()
             self._rendered[key] = hit
         found: list[Obj] = json.loads(hit[1])  # a fresh copy: callers change what they get
-        return found
+        # certificates you bring are read on every call: their files change without the spec
+        return sort_objects([*found, *_certificate_secrets(desired, namespace, found)])
 
     def _render(
         self,
@@ -889,6 +950,37 @@ class KubernetesRuntime:
             except ApiException as err:
                 if err.status != 404:
                     raise
+
+
+def _read_file(path: str, what: str) -> bytes:
+    """A file on the controller's host that an object is made from, or a clear error."""
+    try:
+        return Path(path).expanduser().read_bytes()
+    except OSError as err:
+        raise UserError(
+            f"{what}: cannot read {path} on this host ({err.strerror or err}): the file must "
+            "exist and be readable by ondeck"
+        ) from None
+
+
+def _certificate_secrets(desired: Desired, namespace: str, objects: list[Obj]) -> list[Obj]:
+    """The TLS Secret of each certificate you bring that an Ingress reads, from its files."""
+    if desired.tls is None:
+        return []
+    used = kube_tls.secret_names([o for o in objects if o["kind"] == "Ingress"])
+    found: list[Obj] = []
+    for index, cert in enumerate(desired.tls.certificates):
+        if kube_tls.certificate_secret(cert) not in used:
+            continue
+        where = f"tls.certificates[{index}]"
+        chain = _read_file(cert.cert, f"{where}.cert")
+        key = _read_file(cert.key, f"{where}.key")
+        try:
+            check_pair(chain, key)
+        except CertificateProblem as err:  # its message never holds key material
+            raise UserError(f"{where} ({cert.cert}, {cert.key}): {err}") from None
+        found.append(kube_tls.certificate_object(cert, namespace, labels(desired), chain, key))
+    return found
 
 
 def _with_canaries(status: EnvStatus, states: Mapping[str, CanaryState]) -> EnvStatus:

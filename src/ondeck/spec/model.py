@@ -898,11 +898,21 @@ class Spec(Strict):
         """Nothing inert: on Kubernetes, a key ondeck cannot carry out there is refused."""
         if self.runtime is not RuntimeKind.KUBERNETES:
             return self
-        for key, why in (
-            ("tls", "HTTPS is served by ondeck's router, which a cluster's Ingress replaces"),
-        ):
-            if getattr(self, key):
-                raise ValueError(_not_on_kubernetes(key, why))
+        if self.tls is not None:
+            if self.tls.hsts is not None:
+                raise ValueError(
+                    "tls.hsts cannot be set with runtime kubernetes: Strict-Transport-Security "
+                    "is the Ingress controller's setting (ingress-nginx: `hsts` in its "
+                    "ConfigMap); remove tls.hsts"
+                )
+            for index, cert in enumerate(self.tls.certificates):
+                if any(v.startswith(SECRET_PREFIX) for v in (cert.cert, cert.key)):
+                    raise ValueError(
+                        f"tls.certificates[{index}]: with runtime kubernetes the certificate and "
+                        "key are files on the controller's host (ondeck makes the cluster's TLS "
+                        "Secret from them); `secret:NAME` is not supported there yet: give "
+                        "file paths"
+                    )
         for name, backup in self.backups.items():
             if backup.sqlite is not None:  # postgres: pg_dump from the controller, as on a host
                 raise ValueError(
