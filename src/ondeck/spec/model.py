@@ -624,7 +624,7 @@ class OwnCertificate(Strict):
 
 
 class Tls(Strict):
-    """HTTPS at the router (needs `ondeck up --listen-tls`)."""
+    """HTTPS: at the router (needs `ondeck up --listen-tls`); on Kubernetes, the Ingress."""
 
     acme: Acme | None = Field(
         None, description="Obtain certificates for every host named in a route of the environment."
