@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import pytest
@@ -82,25 +82,46 @@ def app(control_plane: ControlPlane, pg: Cluster) -> Iterator[str]:
     )
 
 
-class Replicas:
-    """A watch on one Deployment recording (spec.replicas, pods, available) at each event."""
+class _Watching:
+    """A watch of the test's own in a thread, recording into `seen` until the `with` ends."""
 
-    def __init__(self, plane: ControlPlane, ns: str, name: str) -> None:
+    what = "the watch to start"
+
+    def __init__(self, plane: ControlPlane, ns: str) -> None:
         self.api = k8s_config.new_client_from_config(str(plane.kubeconfig))  # type: ignore[no-untyped-call]
-        self.ns, self.name = ns, name
-        self.seen: list[tuple[int, int, int]] = []
+        self.ns = ns
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> Replicas:
+    def _recorded(self) -> list[Any]:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
         self._thread.start()
-        wait_for(lambda: self.seen, "the watch to see the Deployment", 30)
+        wait_for(self._recorded, self.what, 30)
         return self
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
         self.api.close()
+
+
+class Replicas(_Watching):
+    """A watch on one Deployment recording (spec.replicas, pods, available) at each event."""
+
+    what = "the watch to see the Deployment"
+
+    def __init__(self, plane: ControlPlane, ns: str, name: str) -> None:
+        super().__init__(plane, ns)
+        self.name = name
+        self.seen: list[tuple[int, int, int]] = []
+
+    def _recorded(self) -> list[Any]:
+        return self.seen
 
     def _run(self) -> None:
         apps = k8s.AppsV1Api(self.api)
@@ -125,25 +146,18 @@ class Replicas:
                     watcher.stop()  # type: ignore[no-untyped-call]
 
 
-class Pods:
+class Pods(_Watching):
     """A watch on the pods of one service, recording how many exist after each event."""
 
+    what = "the watch to list the pods"
+
     def __init__(self, plane: ControlPlane, ns: str, service: str) -> None:
-        self.api = k8s_config.new_client_from_config(str(plane.kubeconfig))  # type: ignore[no-untyped-call]
-        self.ns, self.selector = ns, f"ondeck.dev/service={service}"
+        super().__init__(plane, ns)
+        self.selector = f"ondeck.dev/service={service}"
         self.counts: list[int] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> Pods:
-        self._thread.start()
-        wait_for(lambda: self.counts, "the watch to list the pods", 30)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-        self.api.close()
+    def _recorded(self) -> list[Any]:
+        return self.counts
 
     def _run(self) -> None:
         core = k8s.CoreV1Api(self.api)
